@@ -1,0 +1,319 @@
+//! API tests: the real router over a real (in-memory SQLite) store, called without a socket.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{TimeZone, Utc};
+use http_body_util::BodyExt;
+use seismo_api::{ApiState, router};
+use seismo_schemas::{
+    Anomaly, AnomalyKind, Explanation, Incident, IncidentEvent, IncidentEventKind, IncidentStatus,
+    Labels, Severity,
+};
+use seismo_store::{IncidentWrite, SqliteStore, Store};
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn anomaly(i: i64, service: &str, score: f64) -> Anomaly {
+    let labels: Labels = [("service".to_string(), service.to_string())].into();
+    Anomaly {
+        id: Anomaly::make_id(i as u64, i, "test"),
+        tenant: "default".into(),
+        series_id: i as u64,
+        name: "latency".into(),
+        labels,
+        ts: Utc.timestamp_opt(1_700_000_000 + i * 60, 0).unwrap(),
+        observed: 2.0,
+        expected: 1.0,
+        lower: 0.5,
+        upper: 1.5,
+        score,
+        severity: Severity::Warning,
+        kind: AnomalyKind::Point,
+        detector: "test".into(),
+        explanation: Explanation {
+            summary: format!("anomaly {i}"),
+            ..Default::default()
+        },
+    }
+}
+
+async fn seeded() -> axum::Router {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let anomalies: Vec<Anomaly> = (0..25)
+        .map(|i| {
+            anomaly(
+                i,
+                if i % 2 == 0 { "db" } else { "web" },
+                f64::from(i as i32) / 25.0,
+            )
+        })
+        .collect();
+    store.insert_anomalies(&anomalies).await.unwrap();
+    let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let incident = Incident {
+        id: "inc1".into(),
+        tenant: "default".into(),
+        title: "latency anomalous on db".into(),
+        status: IncidentStatus::Detected,
+        severity: Severity::Warning,
+        started_at: at,
+        updated_at: at,
+        resolved_at: None,
+        scope: [("service".to_string(), "db".to_string())].into(),
+        root_cause_candidates: vec![],
+        anomaly_ids: vec![],
+        alert_fingerprints: vec![],
+    };
+    let write = IncidentWrite {
+        incident: incident.clone(),
+        new_anomaly_ids: anomalies[..3].iter().map(|a| a.id.clone()).collect(),
+        new_alert_fingerprints: vec![],
+        events: vec![IncidentEvent {
+            id: "inc1-created".into(),
+            incident_id: "inc1".into(),
+            ts: at,
+            kind: IncidentEventKind::Created,
+            actor: "seismo".into(),
+            message: "opened".into(),
+            from_status: None,
+            to_status: Some(IncidentStatus::Detected),
+        }],
+    };
+    // Written twice: the second write must change nothing (idempotence).
+    store
+        .write_incidents(&[write.clone(), write])
+        .await
+        .unwrap();
+    router(ApiState {
+        store: Arc::new(store),
+    })
+}
+
+async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn anomalies_filter_by_label_score_and_time() {
+    let app = seeded().await;
+    let (code, v) = call(
+        &app,
+        "GET",
+        "/api/v1/anomalies?label=service:db&min_score=0.5",
+        "",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let items = v["items"].as_array().unwrap();
+    // Even i with i/25 >= 0.5: 14, 16, ..., 24.
+    assert_eq!(items.len(), 6);
+    assert!(
+        items
+            .iter()
+            .all(|a| a["labels"]["service"] == "db" && a["score"].as_f64().unwrap() >= 0.5)
+    );
+    let from = 1_700_000_000_000i64 + 20 * 60_000;
+    let (_, v) = call(&app, "GET", &format!("/api/v1/anomalies?from={from}"), "").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 5);
+    let (_, v) = call(&app, "GET", "/api/v1/anomalies?to=2023-11-14T22:15:00Z", "").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+}
+
+#[tokio::test]
+async fn pagination_walks_every_anomaly_once_newest_first() {
+    let app = seeded().await;
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/anomalies?limit=7".to_string();
+    loop {
+        let (code, v) = call(&app, "GET", &uri, "").await;
+        assert_eq!(code, StatusCode::OK);
+        seen.extend(
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["ts"].as_str().unwrap().to_string()),
+        );
+        match v["next_cursor"].as_str() {
+            Some(c) => uri = format!("/api/v1/anomalies?limit=7&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted);
+}
+
+#[tokio::test]
+async fn bad_parameters_are_refused_with_the_reason() {
+    let app = seeded().await;
+    for (uri, needle) in [
+        ("/api/v1/anomalies?limit=0", "limit"),
+        ("/api/v1/anomalies?min_score=2", "min_score"),
+        ("/api/v1/anomalies?from=yesterday", "RFC 3339"),
+        ("/api/v1/anomalies?cursor=zzz", "cursor"),
+        ("/api/v1/anomalies?colour=red", "unknown parameter"),
+        ("/api/v1/incidents?status=ON_FIRE", "status"),
+    ] {
+        let (code, v) = call(&app, "GET", uri, "").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{uri}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn incident_detail_transitions_and_errors() {
+    let app = seeded().await;
+    let (code, v) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["incident"]["status"], "DETECTED");
+    assert_eq!(v["anomalies"].as_array().unwrap().len(), 3);
+    assert_eq!(v["timeline"].as_array().unwrap().len(), 1);
+
+    let (code, _) = call(&app, "GET", "/api/v1/incidents/nope", "").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let (code, v) = call(
+        &app,
+        "POST",
+        "/api/v1/incidents/inc1/transition",
+        r#"{"status":"ACKNOWLEDGED","actor":"alice"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "ACKNOWLEDGED");
+
+    // ACKNOWLEDGED cannot go back to DETECTED, nor jump to LEARNED.
+    for target in ["DETECTED", "LEARNED"] {
+        let (code, v) = call(
+            &app,
+            "POST",
+            "/api/v1/incidents/inc1/transition",
+            &format!(r#"{{"status":"{target}"}}"#),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CONFLICT, "{target}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot go from ACKNOWLEDGED"),
+            "{v}"
+        );
+    }
+
+    let (code, v) = call(
+        &app,
+        "POST",
+        "/api/v1/incidents/inc1/transition",
+        r#"{"status": "RESOLVED""#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("malformed JSON"),
+        "{v}"
+    );
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/api/v1/incidents/nope/transition",
+        r#"{"status":"RESOLVED"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let (code, v) = call(
+        &app,
+        "POST",
+        "/api/v1/incidents/inc1/transition",
+        r#"{"status":"RESOLVED","note":"rolled back"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(v["resolved_at"].is_string());
+    let (_, v) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
+    let timeline = v["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 3);
+    assert_eq!(
+        timeline[2]["message"],
+        "ACKNOWLEDGED → RESOLVED: rolled back"
+    );
+    assert_eq!(timeline[1]["actor"], "alice");
+
+    let (_, v) = call(
+        &app,
+        "GET",
+        "/api/v1/incidents?status=RESOLVED&label=service:db",
+        "",
+    )
+    .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let (_, v) = call(&app, "GET", "/api/v1/incidents?status=DETECTED", "").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn tenants_do_not_see_each_other() {
+    let app = seeded().await;
+    let req = Request::builder()
+        .uri("/api/v1/incidents/inc1")
+        .header("x-seismo-tenant", "other")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let req = Request::builder()
+        .uri("/api/v1/anomalies")
+        .header("x-seismo-tenant", "other")
+        .body(Body::empty())
+        .unwrap();
+    let body = app
+        .oneshot(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn health_and_metrics_answer() {
+    let app = seeded().await;
+    let (code, v) = call(&app, "GET", "/healthz", "").await;
+    assert_eq!((code, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let resp = app
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

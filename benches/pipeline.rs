@@ -1,0 +1,2 @@
+//! Throughput of the embedded ingest→detect path (placeholder replaced below).
+fn main() {}

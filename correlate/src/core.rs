@@ -1,0 +1,815 @@
+//! Incident grouping by time window, shared labels and the service dependency graph.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use seismo_schemas::{
+    Alert, AlertStatus, Anomaly, Incident, IncidentEvent, IncidentEventKind, IncidentStatus,
+    Labels, RootCauseCandidate, Severity, correlation_key, stable_hash,
+};
+use seismo_store::IncidentWrite;
+use serde::{Deserialize, Serialize};
+
+/// Correlation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorrelateConfig {
+    /// A signal joins an incident whose last activity is at most this old, in seconds.
+    pub window_secs: u64,
+    /// An incident with no new signal for this long stops collecting; later signals open
+    /// a new incident. In seconds.
+    pub quiet_secs: u64,
+    /// Related anomalies needed within the window to open an incident. A single critical
+    /// anomaly or a firing alert opens one on its own.
+    pub min_anomalies: usize,
+    /// Label naming the service a series or alert belongs to.
+    pub service_label: String,
+    /// Label naming the host.
+    pub host_label: String,
+    /// Label refining the correlation scope beyond the tenant (e.g. `service_group`).
+    pub scope_label: Option<String>,
+    /// The service dependency graph: each service and the services it calls.
+    pub dependencies: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        CorrelateConfig {
+            window_secs: 900,
+            quiet_secs: 1800,
+            min_anomalies: 2,
+            service_label: "service".into(),
+            host_label: "host".into(),
+            scope_label: None,
+            dependencies: BTreeMap::new(),
+        }
+    }
+}
+
+/// An input of the correlator.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    Anomaly(Anomaly),
+    Alert(Alert),
+}
+
+#[derive(Debug, Clone)]
+struct ServiceFacts {
+    first: DateTime<Utc>,
+    max_score: f64,
+    strongest: String,
+    count: usize,
+}
+
+#[derive(Debug)]
+struct Open {
+    scope_key: String,
+    incident: Incident,
+    services: BTreeMap<String, ServiceFacts>,
+    hosts: HashSet<String>,
+    last: DateTime<Utc>,
+}
+
+/// The correlate core.
+#[derive(Debug)]
+pub struct Correlator {
+    cfg: CorrelateConfig,
+    /// Undirected adjacency, for "related".
+    adjacent: HashMap<String, HashSet<String>>,
+    /// For each service, every service that calls it directly or indirectly.
+    callers: HashMap<String, HashSet<String>>,
+    open: Vec<Open>,
+    pending: Vec<Anomaly>,
+    /// Which incident each alert (tenant, fingerprint) joined.
+    alerts: HashMap<(String, String), String>,
+    /// Newest event time seen on each input. The inputs are separate streams that may lag
+    /// each other (detect runs behind alerting), so each keeps its own clock.
+    anomaly_time: Option<DateTime<Utc>>,
+    alert_time: Option<DateTime<Utc>>,
+}
+
+fn short_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+impl Correlator {
+    pub fn new(cfg: CorrelateConfig) -> Self {
+        let mut adjacent: HashMap<String, HashSet<String>> = HashMap::new();
+        for (from, tos) in &cfg.dependencies {
+            for to in tos {
+                adjacent.entry(from.clone()).or_default().insert(to.clone());
+                adjacent.entry(to.clone()).or_default().insert(from.clone());
+            }
+        }
+        // Transitive callers by a walk up the reversed graph from every service.
+        let mut direct_callers: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (from, tos) in &cfg.dependencies {
+            for to in tos {
+                direct_callers.entry(to).or_default().push(from);
+            }
+        }
+        let mut callers = HashMap::new();
+        for s in adjacent.keys() {
+            let mut seen = HashSet::new();
+            let mut stack = vec![s.as_str()];
+            while let Some(x) = stack.pop() {
+                for c in direct_callers.get(x).into_iter().flatten() {
+                    if c != s && seen.insert(c.to_string()) {
+                        stack.push(c);
+                    }
+                }
+            }
+            callers.insert(s.clone(), seen);
+        }
+        Correlator {
+            cfg,
+            adjacent,
+            callers,
+            open: Vec::new(),
+            pending: Vec::new(),
+            alerts: HashMap::new(),
+            anomaly_time: None,
+            alert_time: None,
+        }
+    }
+
+    fn label<'a>(&self, labels: &'a Labels, name: &str) -> Option<&'a str> {
+        labels.get(name).map(String::as_str)
+    }
+
+    fn related(&self, a: &str, b: &str) -> bool {
+        a == b || self.adjacent.get(a).is_some_and(|n| n.contains(b))
+    }
+
+    fn scope(&self, tenant: &str, labels: &Labels) -> String {
+        correlation_key(tenant, labels, self.cfg.scope_label.as_deref())
+    }
+
+    /// Ids of the incidents still collecting signals.
+    pub fn open_ids(&self) -> Vec<String> {
+        self.open.iter().map(|o| o.incident.id.clone()).collect()
+    }
+
+    /// Stops collecting into an incident that people closed through the API.
+    pub fn mark_closed(&mut self, id: &str) {
+        self.open.retain(|o| o.incident.id != id);
+    }
+
+    /// Forgets incidents that no input can still add to: an incident stops collecting once
+    /// both streams' clocks are `quiet_secs` past its last signal. Pending anomalies expire
+    /// by the anomaly clock.
+    fn expire(&mut self) {
+        let quiet = Duration::seconds(self.cfg.quiet_secs as i64);
+        let window = Duration::seconds(self.cfg.window_secs as i64);
+        let watermark = match (self.anomaly_time, self.alert_time) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or_default(),
+        };
+        self.open.retain(|o| watermark - o.last <= quiet);
+        if let Some(now) = self.anomaly_time {
+            self.pending.retain(|a| now - a.ts <= window);
+        }
+    }
+
+    /// Feeds one signal; returns what must be written.
+    pub fn process(&mut self, signal: Signal) -> Vec<IncidentWrite> {
+        match signal {
+            Signal::Anomaly(a) => self.anomaly(a),
+            Signal::Alert(a) => self.alert(a),
+        }
+    }
+
+    fn find_open(
+        &self,
+        scope: &str,
+        service: Option<&str>,
+        host: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Option<usize> {
+        // Symmetric in time, so a signal that arrives late (its stream lagging the other)
+        // still finds the incident it belongs to.
+        let window = Duration::seconds(self.cfg.window_secs as i64);
+        self.open
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| {
+                o.scope_key == scope
+                    && now >= o.incident.started_at - window
+                    && now <= o.last + window
+            })
+            .filter(|(_, o)| {
+                service.is_some_and(|s| o.services.keys().any(|t| self.related(s, t)))
+                    || host.is_some_and(|h| o.hosts.contains(h))
+            })
+            .max_by_key(|(_, o)| o.last)
+            .map(|(i, _)| i)
+    }
+
+    fn anomaly(&mut self, a: Anomaly) -> Vec<IncidentWrite> {
+        let scope = self.scope(&a.tenant, &a.labels);
+        self.anomaly_time = self.anomaly_time.max(Some(a.ts));
+        self.expire();
+        let service = self
+            .label(&a.labels, &self.cfg.service_label)
+            .map(str::to_string);
+        let host = self
+            .label(&a.labels, &self.cfg.host_label)
+            .map(str::to_string);
+        if let Some(i) = self.find_open(&scope, service.as_deref(), host.as_deref(), a.ts) {
+            let event = self.attach_event(&self.open[i].incident.id, &a);
+            self.absorb(i, &a);
+            return vec![self.write(i, vec![a.id.clone()], vec![], vec![event])];
+        }
+        // Not part of a live incident: wait for company, unless it is critical.
+        let critical = a.severity == Severity::Critical;
+        self.pending.push(a);
+        let cluster = self.cluster(self.pending.len() - 1);
+        if cluster.len() < self.cfg.min_anomalies && !critical {
+            return Vec::new();
+        }
+        let members: Vec<Anomaly> = {
+            let keep: HashSet<usize> = cluster.into_iter().collect();
+            let mut taken = Vec::new();
+            let mut rest = Vec::new();
+            for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+                if keep.contains(&i) {
+                    taken.push(p)
+                } else {
+                    rest.push(p)
+                }
+            }
+            self.pending = rest;
+            taken.sort_by(|x, y| (x.ts, &x.id).cmp(&(y.ts, &y.id)));
+            taken
+        };
+        let opener = members.last().expect("cluster holds the new anomaly").ts;
+        let first = &members[0];
+        let id = format!(
+            "{:016x}",
+            stable_hash(&[first.tenant.as_bytes(), b"incident", first.id.as_bytes()])
+        );
+        let idx = self.create(id.clone(), scope, &first.tenant, first.ts, first.severity);
+        let mut events = vec![IncidentEvent {
+            id: format!("{id}-created"),
+            incident_id: id.clone(),
+            ts: opener,
+            kind: IncidentEventKind::Created,
+            actor: "seismo".into(),
+            message: format!("opened from {} related anomalies", members.len()),
+            from_status: None,
+            to_status: Some(IncidentStatus::Detected),
+        }];
+        for m in &members {
+            events.push(self.attach_event(&id, m));
+            self.absorb(idx, m);
+        }
+        let ids = members.iter().map(|m| m.id.clone()).collect();
+        vec![self.write(idx, ids, vec![], events)]
+    }
+
+    /// Indices of pending anomalies connected to pending[start] through related services
+    /// or shared hosts, all in its scope.
+    fn cluster(&self, start: usize) -> Vec<usize> {
+        let scope_of = |a: &Anomaly| self.scope(&a.tenant, &a.labels);
+        let key = scope_of(&self.pending[start]);
+        let svc = |a: &Anomaly| {
+            self.label(&a.labels, &self.cfg.service_label)
+                .map(str::to_string)
+        };
+        let hst = |a: &Anomaly| {
+            self.label(&a.labels, &self.cfg.host_label)
+                .map(str::to_string)
+        };
+        let mut inside = vec![start];
+        let mut seen: BTreeSet<usize> = [start].into();
+        let mut i = 0;
+        while i < inside.len() {
+            let cur = &self.pending[inside[i]];
+            let (cs, ch) = (svc(cur), hst(cur));
+            for (j, other) in self.pending.iter().enumerate() {
+                if seen.contains(&j) || scope_of(other) != key {
+                    continue;
+                }
+                let linked = match (&cs, svc(other)) {
+                    (Some(a), Some(b)) => self.related(a, &b),
+                    _ => false,
+                } || (ch.is_some() && ch == hst(other));
+                if linked {
+                    seen.insert(j);
+                    inside.push(j);
+                }
+            }
+            i += 1;
+        }
+        inside
+    }
+
+    fn create(
+        &mut self,
+        id: String,
+        scope_key: String,
+        tenant: &str,
+        at: DateTime<Utc>,
+        severity: Severity,
+    ) -> usize {
+        self.open.push(Open {
+            scope_key,
+            incident: Incident {
+                id,
+                tenant: tenant.to_string(),
+                title: String::new(),
+                status: IncidentStatus::Detected,
+                severity,
+                started_at: at,
+                updated_at: at,
+                resolved_at: None,
+                scope: Labels::new(),
+                root_cause_candidates: Vec::new(),
+                anomaly_ids: Vec::new(),
+                alert_fingerprints: Vec::new(),
+            },
+            services: BTreeMap::new(),
+            hosts: HashSet::new(),
+            last: at,
+        });
+        self.open.len() - 1
+    }
+
+    fn attach_event(&self, incident: &str, a: &Anomaly) -> IncidentEvent {
+        IncidentEvent {
+            id: format!("{incident}-a-{}", a.id),
+            incident_id: incident.to_string(),
+            ts: a.ts,
+            kind: IncidentEventKind::AnomalyAttached,
+            actor: "seismo".into(),
+            message: a.explanation.summary.clone(),
+            from_status: None,
+            to_status: None,
+        }
+    }
+
+    fn note(
+        &mut self,
+        i: usize,
+        service: Option<&str>,
+        host: Option<&str>,
+        at: DateTime<Utc>,
+        score: f64,
+        what: &str,
+        severity: Severity,
+    ) {
+        let o = &mut self.open[i];
+        if let Some(s) = service {
+            let f = o.services.entry(s.to_string()).or_insert(ServiceFacts {
+                first: at,
+                max_score: score,
+                strongest: what.to_string(),
+                count: 0,
+            });
+            f.count += 1;
+            if at < f.first {
+                f.first = at;
+            }
+            if score > f.max_score {
+                f.max_score = score;
+                f.strongest = what.to_string();
+            }
+        }
+        if let Some(h) = host {
+            o.hosts.insert(h.to_string());
+        }
+        o.last = o.last.max(at);
+        o.incident.updated_at = o.incident.updated_at.max(at);
+        o.incident.started_at = o.incident.started_at.min(at);
+        o.incident.severity = o.incident.severity.max(severity);
+    }
+
+    fn absorb(&mut self, i: usize, a: &Anomaly) {
+        let service = self
+            .label(&a.labels, &self.cfg.service_label)
+            .map(str::to_string);
+        let host = self
+            .label(&a.labels, &self.cfg.host_label)
+            .map(str::to_string);
+        self.note(
+            i,
+            service.as_deref(),
+            host.as_deref(),
+            a.ts,
+            a.score,
+            &a.name,
+            a.severity,
+        );
+        self.open[i].incident.anomaly_ids.push(a.id.clone());
+    }
+
+    fn alert(&mut self, a: Alert) -> Vec<IncidentWrite> {
+        let scope = self.scope(&a.tenant, &a.labels);
+        let at = if a.status == AlertStatus::Resolved {
+            a.ends_at.unwrap_or(a.starts_at)
+        } else {
+            a.starts_at
+        };
+        self.alert_time = self.alert_time.max(Some(at));
+        self.expire();
+        let key = (a.tenant.clone(), a.fingerprint.clone());
+        let known = self
+            .alerts
+            .get(&key)
+            .and_then(|id| self.open.iter().position(|o| &o.incident.id == id));
+        let name = a
+            .labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_else(|| "alert".into());
+        let severity = match a.labels.get("severity").map(String::as_str) {
+            Some("critical" | "page") => Severity::Critical,
+            Some("info") => Severity::Info,
+            _ => Severity::Warning,
+        };
+        let service = self
+            .label(&a.labels, &self.cfg.service_label)
+            .map(str::to_string);
+        let host = self
+            .label(&a.labels, &self.cfg.host_label)
+            .map(str::to_string);
+        let event = |incident: &str, kind: IncidentEventKind, verb: &str| IncidentEvent {
+            id: format!(
+                "{incident}-{verb}-{}-{}",
+                a.fingerprint,
+                a.starts_at.timestamp_millis()
+            ),
+            incident_id: incident.to_string(),
+            ts: at,
+            kind,
+            actor: a.source.clone(),
+            message: format!(
+                "{name} {verb}{}",
+                a.annotations
+                    .get("summary")
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            ),
+            from_status: None,
+            to_status: None,
+        };
+        if a.status == AlertStatus::Resolved {
+            let Some(i) = known else { return Vec::new() };
+            let e = event(
+                &self.open[i].incident.id,
+                IncidentEventKind::AlertResolved,
+                "resolved",
+            );
+            self.open[i].last = self.open[i].last.max(at);
+            return vec![self.write(i, vec![], vec![], vec![e])];
+        }
+        if let Some(i) = known {
+            // A repeated notification of an alert the incident already has.
+            self.open[i].last = self.open[i].last.max(at);
+            return Vec::new();
+        }
+        let (i, mut events) = match self.find_open(&scope, service.as_deref(), host.as_deref(), at)
+        {
+            Some(i) => (i, Vec::new()),
+            None => {
+                let id = format!(
+                    "{:016x}",
+                    stable_hash(&[
+                        a.tenant.as_bytes(),
+                        b"incident-alert",
+                        a.fingerprint.as_bytes(),
+                        &a.starts_at.timestamp_millis().to_le_bytes()
+                    ])
+                );
+                let i = self.create(id.clone(), scope, &a.tenant, at, severity);
+                let created = IncidentEvent {
+                    id: format!("{id}-created"),
+                    incident_id: id,
+                    ts: at,
+                    kind: IncidentEventKind::Created,
+                    actor: "seismo".into(),
+                    message: format!("opened by alert {name}"),
+                    from_status: None,
+                    to_status: Some(IncidentStatus::Detected),
+                };
+                (i, vec![created])
+            }
+        };
+        events.push(event(
+            &self.open[i].incident.id,
+            IncidentEventKind::AlertFiring,
+            "firing",
+        ));
+        self.note(
+            i,
+            service.as_deref(),
+            host.as_deref(),
+            at,
+            1.0,
+            &name,
+            severity,
+        );
+        self.open[i]
+            .incident
+            .alert_fingerprints
+            .push(a.fingerprint.clone());
+        self.alerts.insert(key, self.open[i].incident.id.clone());
+        vec![self.write(i, vec![], vec![a.fingerprint], events)]
+    }
+
+    /// Ranks the incident's services as root-cause candidates: a service that the other
+    /// affected services depend on, that went wrong first and most strongly, ranks first.
+    fn rank(&self, o: &Open) -> Vec<RootCauseCandidate> {
+        let first_all = o.services.values().map(|f| f.first).min();
+        let last_all = o.services.values().map(|f| f.first).max();
+        let span = match (first_all, last_all) {
+            (Some(a), Some(b)) => (b - a).num_milliseconds().max(0) as f64,
+            _ => 0.0,
+        };
+        let others = o.services.len().saturating_sub(1);
+        let mut out: Vec<RootCauseCandidate> = o
+            .services
+            .iter()
+            .map(|(s, f)| {
+                let lead = (f.first - first_all.unwrap_or(f.first)).num_milliseconds() as f64;
+                let earliness = if span > 0.0 { 1.0 - lead / span } else { 1.0 };
+                let dependents = self
+                    .callers
+                    .get(s)
+                    .map(|c| o.services.keys().filter(|t| c.contains(*t)).count())
+                    .unwrap_or(0);
+                let depended = if others > 0 {
+                    dependents as f64 / others as f64
+                } else {
+                    1.0
+                };
+                let score = 0.45 * depended + 0.35 * earliness + 0.2 * f.max_score.clamp(0.0, 1.0);
+                let mut evidence = vec![format!(
+                    "first signal at {}{}",
+                    short_time(f.first),
+                    if lead == 0.0 && span > 0.0 {
+                        " (earliest of the incident)".to_string()
+                    } else if lead > 0.0 {
+                        format!(" ({:.0} s after the earliest)", lead / 1000.0)
+                    } else {
+                        String::new()
+                    }
+                )];
+                if others > 0 {
+                    evidence.push(format!(
+                        "{dependents} of the {others} other affected services depend on it"
+                    ));
+                }
+                evidence.push(format!(
+                    "{} signals; strongest {} (score {:.2})",
+                    f.count, f.strongest, f.max_score
+                ));
+                RootCauseCandidate {
+                    target: format!("{}={s}", self.cfg.service_label),
+                    score,
+                    evidence,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.target.cmp(&b.target))
+        });
+        out.truncate(5);
+        out
+    }
+
+    fn write(
+        &mut self,
+        i: usize,
+        anomaly_ids: Vec<String>,
+        fingerprints: Vec<String>,
+        events: Vec<IncidentEvent>,
+    ) -> IncidentWrite {
+        let ranked = self.rank(&self.open[i]);
+        let o = &mut self.open[i];
+        let services: Vec<&String> = o.services.keys().collect();
+        o.incident.scope = Labels::new();
+        if !services.is_empty() {
+            o.incident.scope.insert(
+                self.cfg.service_label.clone(),
+                services
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        if let Some(top) = ranked.first() {
+            let svc = top
+                .target
+                .split_once('=')
+                .map(|(_, s)| s)
+                .unwrap_or(&top.target);
+            let what = o
+                .services
+                .get(svc)
+                .map(|f| f.strongest.clone())
+                .unwrap_or_default();
+            let more = o.services.len() - 1;
+            o.incident.title = if more == 0 {
+                format!("{what} anomalous on {svc}")
+            } else {
+                format!(
+                    "{what} anomalous on {svc}, with {more} related service{}",
+                    if more == 1 { "" } else { "s" }
+                )
+            };
+        } else {
+            o.incident.title = format!(
+                "{} signals on hosts {:?}",
+                o.incident.anomaly_ids.len(),
+                o.hosts
+            );
+        }
+        o.incident.root_cause_candidates = ranked;
+        IncidentWrite {
+            incident: o.incident.clone(),
+            new_anomaly_ids: anomaly_ids,
+            new_alert_fingerprints: fingerprints,
+            events,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use seismo_schemas::{AnomalyKind, Explanation};
+
+    fn cfg() -> CorrelateConfig {
+        let mut deps = BTreeMap::new();
+        deps.insert(
+            "gateway".to_string(),
+            vec!["catalog".to_string(), "checkout".to_string()],
+        );
+        deps.insert("catalog".to_string(), vec!["db".to_string()]);
+        deps.insert("checkout".to_string(), vec!["payments".to_string()]);
+        CorrelateConfig {
+            dependencies: deps,
+            ..Default::default()
+        }
+    }
+
+    fn anomaly(service: &str, host: &str, minute: i64, severity: Severity) -> Anomaly {
+        let labels: Labels = [
+            ("service".to_string(), service.to_string()),
+            ("host".to_string(), host.to_string()),
+        ]
+        .into();
+        let ts = Utc.timestamp_opt(1_700_000_000 + minute * 60, 0).unwrap();
+        Anomaly {
+            id: format!("{service}-{host}-{minute}"),
+            tenant: "t".into(),
+            series_id: 1,
+            name: "latency".into(),
+            labels,
+            ts,
+            observed: 2.0,
+            expected: 1.0,
+            lower: 0.5,
+            upper: 1.5,
+            score: 0.9,
+            severity,
+            kind: AnomalyKind::Point,
+            detector: "test".into(),
+            explanation: Explanation {
+                summary: "s".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn spreading_latency_becomes_one_incident_rooted_at_the_callee() {
+        let mut c = Correlator::new(cfg());
+        let mut writes = Vec::new();
+        writes.extend(c.process(Signal::Anomaly(anomaly("db", "db-1", 0, Severity::Warning))));
+        assert!(writes.is_empty(), "one warning waits for company");
+        writes.extend(c.process(Signal::Anomaly(anomaly("db", "db-2", 1, Severity::Warning))));
+        writes.extend(c.process(Signal::Anomaly(anomaly(
+            "catalog",
+            "cat-1",
+            2,
+            Severity::Warning,
+        ))));
+        writes.extend(c.process(Signal::Anomaly(anomaly(
+            "gateway",
+            "gw-1",
+            3,
+            Severity::Warning,
+        ))));
+        // payments is not related to any member: it waits in pending.
+        writes.extend(c.process(Signal::Anomaly(anomaly(
+            "payments",
+            "pay-1",
+            3,
+            Severity::Warning,
+        ))));
+        let ids: BTreeSet<_> = writes.iter().map(|w| w.incident.id.clone()).collect();
+        assert_eq!(ids.len(), 1);
+        let last = &writes.last().unwrap().incident;
+        assert_eq!(last.anomaly_ids.len(), 4);
+        assert_eq!(last.root_cause_candidates[0].target, "service=db");
+        assert_eq!(last.scope["service"], "catalog,db,gateway");
+        assert!(last.title.contains("on db"), "{}", last.title);
+    }
+
+    #[test]
+    fn quiet_incidents_stop_collecting_and_closed_ones_are_left_alone() {
+        let mut c = Correlator::new(cfg());
+        let w = c.process(Signal::Anomaly(anomaly(
+            "db",
+            "db-1",
+            0,
+            Severity::Critical,
+        )));
+        assert_eq!(w.len(), 1, "a critical anomaly opens an incident alone");
+        let first = w[0].incident.id.clone();
+        let later = c.process(Signal::Anomaly(anomaly(
+            "db",
+            "db-1",
+            100,
+            Severity::Critical,
+        )));
+        assert_ne!(later[0].incident.id, first);
+        c.mark_closed(&later[0].incident.id);
+        let again = c.process(Signal::Anomaly(anomaly(
+            "db",
+            "db-1",
+            101,
+            Severity::Critical,
+        )));
+        assert_ne!(again[0].incident.id, later[0].incident.id);
+    }
+
+    #[test]
+    fn alerts_open_join_and_resolve() {
+        let mut c = Correlator::new(cfg());
+        let labels: Labels = [
+            ("alertname".to_string(), "HighErrorRate".to_string()),
+            ("service".to_string(), "checkout".to_string()),
+        ]
+        .into();
+        let starts = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let mut alert = Alert {
+            tenant: "t".into(),
+            fingerprint: "fp".into(),
+            status: AlertStatus::Firing,
+            labels,
+            annotations: Labels::new(),
+            starts_at: starts,
+            ends_at: None,
+            source: "alertmanager".into(),
+        };
+        let w = c.process(Signal::Alert(alert.clone()));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].events[0].kind, IncidentEventKind::Created);
+        let id = w[0].incident.id.clone();
+        // A related anomaly joins the alert's incident.
+        let j = c.process(Signal::Anomaly(anomaly(
+            "payments",
+            "p1",
+            1,
+            Severity::Warning,
+        )));
+        assert_eq!(j[0].incident.id, id);
+        assert!(
+            c.process(Signal::Alert(alert.clone())).is_empty(),
+            "repeats are absorbed"
+        );
+        alert.status = AlertStatus::Resolved;
+        alert.ends_at = Some(starts + Duration::minutes(5));
+        let r = c.process(Signal::Alert(alert));
+        assert_eq!(r[0].events[0].kind, IncidentEventKind::AlertResolved);
+    }
+
+    #[test]
+    fn replay_gives_the_same_incidents() {
+        let inputs: Vec<_> = (0..6)
+            .map(|m| {
+                anomaly(
+                    if m % 2 == 0 { "db" } else { "catalog" },
+                    "h",
+                    m,
+                    Severity::Warning,
+                )
+            })
+            .collect();
+        let run = || {
+            let mut c = Correlator::new(cfg());
+            inputs
+                .iter()
+                .flat_map(|a| c.process(Signal::Anomaly(a.clone())))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}

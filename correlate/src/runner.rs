@@ -1,0 +1,150 @@
+//! The correlate runner: merges the anomaly and alert streams into the correlator.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus::{IntCounter, register_int_counter};
+use seismo_schemas::{Alert, AlertmanagerWebhook, Anomaly, topics};
+use seismo_store::{IncidentWrite, Store};
+use seismo_transport::{Consumer, Message, OutRecord, Producer, TransportError};
+
+use crate::{CorrelateConfig, Correlator, Signal};
+
+static INCIDENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_correlate_incidents_created_total",
+        "Incidents opened"
+    )
+    .expect("metric")
+});
+
+/// Errors that stop the correlate runner.
+#[derive(Debug, thiserror::Error)]
+pub enum CorrelateError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] seismo_store::StoreError),
+}
+
+/// Counts of what a runner did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CorrelateStats {
+    pub anomalies: u64,
+    pub alerts: u64,
+    pub incidents_created: u64,
+}
+
+/// Alerts arrive either canonical (from Seismo's HTTP ingest) or as raw Alertmanager
+/// webhook payloads written straight to the topic.
+fn parse_alerts(m: &Message) -> Vec<Alert> {
+    if let Ok(a) = serde_json::from_slice::<Alert>(&m.payload) {
+        return vec![a];
+    }
+    match serde_json::from_slice::<AlertmanagerWebhook>(&m.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|h| h.into_alerts(None))
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(offset = m.offset, error = %e, "skipping an unreadable alert record");
+            Vec::new()
+        }
+    }
+}
+
+/// How often open incidents are checked for closure through the API.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Runs correlate until both inputs end.
+pub async fn run(
+    cfg: CorrelateConfig,
+    mut anomalies: Box<dyn Consumer>,
+    mut alerts: Box<dyn Consumer>,
+    output: Arc<dyn Producer>,
+    store: Arc<dyn Store>,
+    batch_records: usize,
+) -> Result<CorrelateStats, CorrelateError> {
+    let mut core = Correlator::new(cfg);
+    let mut stats = CorrelateStats::default();
+    let (mut anomalies_done, mut alerts_done) = (false, false);
+    let mut refreshed = Instant::now();
+    while !(anomalies_done && alerts_done) {
+        let (batch, from_alerts) = tokio::select! {
+            b = anomalies.next_batch(batch_records), if !anomalies_done => (b, false),
+            b = alerts.next_batch(batch_records), if !alerts_done => (b, true),
+        };
+        let Some(batch) = batch else {
+            if from_alerts {
+                alerts_done = true
+            } else {
+                anomalies_done = true
+            }
+            continue;
+        };
+        let batch = batch?;
+        if refreshed.elapsed() >= STATUS_REFRESH {
+            refreshed = Instant::now();
+            let open = core.open_ids();
+            if !open.is_empty() {
+                for (id, status) in store.incident_statuses(&open).await? {
+                    if !status.is_open() {
+                        core.mark_closed(&id);
+                    }
+                }
+            }
+        }
+        let mut writes: Vec<IncidentWrite> = Vec::new();
+        if from_alerts {
+            let parsed: Vec<Alert> = batch.iter().flat_map(parse_alerts).collect();
+            stats.alerts += parsed.len() as u64;
+            store.insert_alerts(&parsed).await?;
+            for a in parsed {
+                writes.extend(core.process(Signal::Alert(a)));
+            }
+        } else {
+            for m in &batch {
+                match serde_json::from_slice::<Anomaly>(&m.payload) {
+                    Ok(a) => {
+                        stats.anomalies += 1;
+                        writes.extend(core.process(Signal::Anomaly(a)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(offset = m.offset, error = %e, "skipping a record that is not an anomaly")
+                    }
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let created = writes
+                .iter()
+                .filter(|w| {
+                    w.events
+                        .iter()
+                        .any(|e| e.kind == seismo_schemas::IncidentEventKind::Created)
+                })
+                .count() as u64;
+            stats.incidents_created += created;
+            INCIDENTS.inc_by(created);
+            store.write_incidents(&writes).await?;
+            let records = writes
+                .iter()
+                .map(|w| {
+                    OutRecord::new(
+                        Bytes::from(w.incident.id.clone()),
+                        Bytes::from(serde_json::to_vec(&w.incident).expect("incidents serialise")),
+                    )
+                })
+                .collect();
+            output.send(topics::INCIDENTS, records).await?;
+        }
+        if from_alerts {
+            alerts.commit(&batch).await?
+        } else {
+            anomalies.commit(&batch).await?
+        }
+    }
+    output.flush().await?;
+    Ok(stats)
+}

@@ -1,0 +1,11 @@
+//! The detect stage: per-series, strictly causal anomaly scoring with explanations.
+//!
+//! [`SeriesModel`] scores one series observation by observation (the same code scores a
+//! CSV file); [`Detector`] buckets a partitioned point stream and keeps one model per
+//! series; [`run`] is the bus runner (`seismo.points` → anomalies table + `seismo.anomalies`).
+
+mod model;
+mod runner;
+
+pub use model::{DetectConfig, Scored, SeriesModel};
+pub use runner::{DetectError, DetectStats, Detector, run};

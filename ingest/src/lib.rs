@@ -1,0 +1,179 @@
+//! The ingest stage: turns producers' records into validated, stored, re-keyed points.
+//!
+//! [`parse_lines`] is the pure core; [`run`] is the bus runner (`seismo.metrics` →
+//! metric_points table + `seismo.points`); [`http::router`] is the HTTP front door that
+//! validates before publishing, so producers learn about bad lines in the response.
+
+pub mod http;
+mod metrics;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use seismo_schemas::{MetricPoint, topics};
+use seismo_store::Store;
+use seismo_transport::{Consumer, OutRecord, Producer, TransportError};
+
+/// A line that was refused, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rejection {
+    /// 1-based line number within the record or request body.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The outcome of parsing a body of JSON lines.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub points: Vec<MetricPoint>,
+    /// Byte ranges of the accepted lines in the input, to forward them unchanged.
+    pub accepted_lines: Vec<std::ops::Range<usize>>,
+    pub rejected: Vec<Rejection>,
+}
+
+/// Parses JSON lines of `MetricPoint`. Blank lines are skipped; every other line is
+/// either accepted or rejected with its number and a reason a producer can act on.
+/// `tenant`, when given, applies to lines that name none and must match lines that do.
+pub fn parse_lines(body: &[u8], tenant: Option<&str>) -> Parsed {
+    let mut out = Parsed::default();
+    let mut start = 0;
+    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+        let range = start..start + raw.len();
+        start += raw.len() + 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match seismo_schemas::parse_point_line(line, tenant) {
+            Ok(p) => {
+                out.points.push(p);
+                out.accepted_lines.push(range);
+            }
+            Err(reason) => out.rejected.push(Rejection {
+                line: i + 1,
+                reason,
+            }),
+        }
+    }
+    out
+}
+
+/// The bus key and payload of a point on `seismo.points`.
+pub fn point_record(p: &MetricPoint) -> OutRecord {
+    OutRecord::new(
+        Bytes::from(format!("{:016x}", p.series_id())),
+        Bytes::from(serde_json::to_vec(p).expect("points serialise")),
+    )
+}
+
+/// Errors that stop the ingest runner.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] seismo_store::StoreError),
+}
+
+/// Counts of what a runner did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestStats {
+    pub records: u64,
+    pub points: u64,
+    pub rejected: u64,
+}
+
+/// Runs ingest until its input ends: parse each `seismo.metrics` record, store the points,
+/// publish them keyed by series id to `seismo.points`, send refused lines to `seismo.dlq`,
+/// and only then commit the input.
+pub async fn run(
+    mut input: Box<dyn Consumer>,
+    output: Arc<dyn Producer>,
+    store: Arc<dyn Store>,
+    batch_records: usize,
+) -> Result<IngestStats, IngestError> {
+    let mut stats = IngestStats::default();
+    while let Some(batch) = input.next_batch(batch_records).await {
+        let batch = batch?;
+        let mut points = Vec::new();
+        let mut dlq = Vec::new();
+        for m in &batch {
+            let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
+            let parsed = parse_lines(&m.payload, tenant);
+            for r in &parsed.rejected {
+                let line = m
+                    .payload
+                    .split(|b| *b == b'\n')
+                    .nth(r.line - 1)
+                    .unwrap_or_default();
+                dlq.push(
+                    OutRecord::new(m.key.clone(), Bytes::copy_from_slice(line))
+                        .header("source_topic", m.topic.clone())
+                        .header("source_partition", m.partition.to_string())
+                        .header("source_offset", m.offset.to_string())
+                        .header("line", r.line.to_string())
+                        .header("reason", r.reason.clone()),
+                );
+            }
+            points.extend(parsed.points);
+        }
+        stats.records += batch.len() as u64;
+        stats.points += points.len() as u64;
+        stats.rejected += dlq.len() as u64;
+        metrics::POINTS.inc_by(points.len() as u64);
+        metrics::REJECTED.inc_by(dlq.len() as u64);
+        // Durable first, then downstream, then commit: a crash anywhere replays the batch,
+        // and the idempotent writes absorb the replay.
+        store.insert_points(&points).await?;
+        output
+            .send(topics::POINTS, points.iter().map(point_record).collect())
+            .await?;
+        if !dlq.is_empty() {
+            output.send(topics::DLQ, dlq).await?;
+        }
+        input.commit(&batch).await?;
+    }
+    output.flush().await?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_lines_and_names_each_bad_one() {
+        let body =
+            b"{\"name\":\"cpu\",\"labels\":{\"host\":\"a\"},\"ts\":1700000000000,\"value\":0.5}\n\
+\n\
+{\"name\":\"cpu\",\"ts\":1700000000000}\n\
+not json\r\n\
+{\"name\":\"cpu\",\"ts\":1700000000,\"value\":1}\n\
+{\"tenant\":\"acme\",\"name\":\"mem\",\"ts\":\"2023-11-14T22:13:20Z\",\"value\":2}";
+        let parsed = parse_lines(body, None);
+        assert_eq!(parsed.points.len(), 2);
+        assert_eq!(parsed.points[1].tenant, "acme");
+        let lines: Vec<usize> = parsed.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 4, 5]);
+        assert!(
+            parsed.rejected[0].reason.contains("missing field `value`"),
+            "{:?}",
+            parsed.rejected[0]
+        );
+        assert!(parsed.rejected[1].reason.starts_with("malformed JSON"));
+        assert!(parsed.rejected[2].reason.contains("outside 2000-01-01"));
+        assert_eq!(
+            &body[parsed.accepted_lines[0].clone()][..9],
+            b"{\"name\":\""
+        );
+    }
+
+    #[test]
+    fn request_tenant_fills_in_and_must_agree() {
+        let body = b"{\"name\":\"a\",\"ts\":1700000000000,\"value\":1}\n{\"tenant\":\"other\",\"name\":\"a\",\"ts\":1700000000000,\"value\":1}";
+        let parsed = parse_lines(body, Some("acme"));
+        assert_eq!(parsed.points.len(), 1);
+        assert_eq!(parsed.points[0].tenant, "acme");
+        assert!(parsed.rejected[0].reason.contains("does not match"));
+    }
+}

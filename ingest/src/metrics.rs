@@ -1,0 +1,22 @@
+//! Prometheus metrics of the ingest stage (bounded labels only).
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
+
+pub static POINTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("seismo_ingest_points_total", "Points accepted by ingest")
+        .expect("metric")
+});
+pub static REJECTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("seismo_ingest_rejected_total", "Lines refused by ingest")
+        .expect("metric")
+});
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seismo_ingest_http_requests_total",
+        "Ingest HTTP requests by endpoint and status code",
+        &["endpoint", "code"]
+    )
+    .expect("metric")
+});

@@ -1,0 +1,393 @@
+//! `seismo demo`: a simulated fleet with injected faults through the whole embedded pipeline.
+
+pub mod fleet;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{DateTime, TimeZone, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use seismo_schemas::{
+    AlertStatus, AlertmanagerAlert, AlertmanagerWebhook, IncidentEventKind, Labels, topics,
+};
+use seismo_store::{IncidentQuery, Store};
+use seismo_transport::{OutRecord, Producer};
+use serde::Serialize;
+
+pub use fleet::{Fault, Fleet, Simulator};
+
+use crate::Config;
+use crate::pipeline::{Embedded, PipelineStats};
+
+/// A tick's points as JSON lines, the way a producer would send them.
+fn encode_lines(points: &[seismo_schemas::MetricPoint]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.len() * 160);
+    for p in points {
+        serde_json::to_writer(&mut out, p).expect("points serialise");
+        out.push(b'\n');
+    }
+    out
+}
+
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub days: u64,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            days: 3,
+            seed: 42,
+            progress: true,
+        }
+    }
+}
+
+/// What happened to one injected fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultOutcome {
+    pub name: String,
+    pub service: String,
+    pub onset: DateTime<Utc>,
+    pub caught: bool,
+    /// Seconds of stream time from onset until an incident held one of its signals.
+    pub detection_delay_s: Option<f64>,
+    pub incidents: Vec<String>,
+    /// The top-ranked root-cause candidate of the first matching incident.
+    pub root_cause: Option<String>,
+}
+
+/// The demo's summary (`--summary-json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub points: u64,
+    pub series: usize,
+    pub wall_s: f64,
+    pub points_per_s: f64,
+    pub anomalies: u64,
+    pub incidents: u64,
+    pub forecasts: u64,
+    pub alerts: u64,
+    pub faults: Vec<FaultOutcome>,
+    /// Incidents that match no injected fault: false alarms.
+    pub unexplained_incidents: Vec<String>,
+}
+
+/// The configuration the demo runs with: defaults plus the fleet's dependency graph.
+pub fn demo_config(base: &Config, fleet: &Fleet) -> Config {
+    let mut cfg = base.clone();
+    cfg.correlate.dependencies = fleet.dependencies();
+    cfg
+}
+
+fn ts(fleet: &Fleet, minute: u64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(fleet.start_ms + minute as i64 * 60_000)
+        .single()
+        .unwrap_or_default()
+}
+
+/// A Prometheus-style alerting rule on checkout's error ratio, evaluated every simulated
+/// minute, sending Alertmanager webhooks: fires after 3 minutes above 5%, resolves after 3
+/// minutes below.
+#[derive(Debug, Default)]
+struct ErrorRateRule {
+    above: u32,
+    below: u32,
+    firing_since: Option<DateTime<Utc>>,
+}
+
+impl ErrorRateRule {
+    const SERVICE: &'static str = "checkout";
+
+    fn eval(&mut self, ratio: f64, now: DateTime<Utc>) -> Option<AlertmanagerWebhook> {
+        if ratio > 0.05 {
+            self.above += 1;
+            self.below = 0;
+        } else {
+            self.below += 1;
+            self.above = 0;
+        }
+        let status = if self.firing_since.is_none() && self.above >= 3 {
+            self.firing_since = Some(now);
+            AlertStatus::Firing
+        } else if self.firing_since.is_some() && self.below >= 3 {
+            AlertStatus::Resolved
+        } else {
+            return None;
+        };
+        let starts_at = self.firing_since.expect("set when firing");
+        if status == AlertStatus::Resolved {
+            self.firing_since = None;
+        }
+        let labels: Labels = [
+            ("alertname".to_string(), "HighErrorRate".to_string()),
+            ("service".to_string(), Self::SERVICE.to_string()),
+            ("severity".to_string(), "critical".to_string()),
+        ]
+        .into();
+        Some(AlertmanagerWebhook {
+            version: "4".into(),
+            group_key: "{}:{alertname=\"HighErrorRate\"}".into(),
+            truncated_alerts: 0,
+            status,
+            receiver: "seismo".into(),
+            group_labels: Labels::new(),
+            common_labels: labels.clone(),
+            common_annotations: Labels::new(),
+            external_url: String::new(),
+            alerts: vec![AlertmanagerAlert {
+                status,
+                labels,
+                annotations: [(
+                    "summary".to_string(),
+                    "checkout error ratio above 5%".to_string(),
+                )]
+                .into(),
+                starts_at,
+                ends_at: (status == AlertStatus::Resolved).then_some(now),
+                generator_url: String::new(),
+                fingerprint: Some("HighErrorRate/checkout".into()),
+            }],
+        })
+    }
+}
+
+/// Feeds the simulator's telemetry into the pipeline's source, as producers would.
+async fn produce(
+    sim: Simulator,
+    source: &dyn Producer,
+    progress: &ProgressBar,
+) -> anyhow::Result<u64> {
+    let fleet = sim.fleet().clone();
+    let mut rule = ErrorRateRule::default();
+    let mut points = 0;
+    for tick in sim {
+        points += tick.points.len() as u64;
+        let payload = encode_lines(&tick.points);
+        source
+            .send(topics::METRICS, vec![OutRecord::new(Vec::new(), payload)])
+            .await?;
+        let ratio = tick
+            .error_ratio
+            .get(ErrorRateRule::SERVICE)
+            .copied()
+            .unwrap_or(0.0);
+        if let Some(hook) = rule.eval(ratio, ts(&fleet, tick.minute)) {
+            let records = hook
+                .into_alerts(None)
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|a| {
+                    OutRecord::new(
+                        a.tenant.clone(),
+                        serde_json::to_vec(&a).expect("alerts serialise"),
+                    )
+                })
+                .collect();
+            source.send(topics::ALERTS, records).await?;
+        }
+        progress.inc(1);
+    }
+    Ok(points)
+}
+
+/// Runs the demo on `store` and returns its summary.
+pub async fn run(
+    base: &Config,
+    store: Arc<dyn Store>,
+    opts: &DemoOptions,
+) -> anyhow::Result<(Summary, PipelineStats)> {
+    let fleet = Fleet::demo(opts.days);
+    let cfg = demo_config(base, &fleet);
+    let started = Instant::now();
+    let pipeline = Embedded::start(&cfg, store.clone());
+    let progress = if opts.progress {
+        ProgressBar::new(fleet.minutes)
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} simulated {pos}/{len} minutes [{bar:40}] {percent}% {per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let source = pipeline.source.clone();
+    let produced = produce(Simulator::new(fleet.clone(), opts.seed), &source, &progress).await;
+    drop(source);
+    progress.finish_and_clear();
+    let stats = pipeline.finish().await?;
+    let points = produced?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let summary = summarise(&fleet, store.as_ref(), points, wall_s).await?;
+    Ok((summary, stats))
+}
+
+/// Matches the stored incidents against the faults' ground truth.
+pub async fn summarise(
+    fleet: &Fleet,
+    store: &dyn Store,
+    points: u64,
+    wall_s: f64,
+) -> anyhow::Result<Summary> {
+    let counts = store.counts().await?;
+    let mut incidents = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_incidents(&IncidentQuery {
+                tenant: fleet.tenant.clone(),
+                limit: 1000,
+                cursor,
+                ..Default::default()
+            })
+            .await?;
+        incidents.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(seismo_store::Cursor::decode(&c)?),
+            None => break,
+        }
+    }
+    incidents.sort_by_key(|i| i.started_at);
+    // Per incident: when it was opened, and its signals as (service, time).
+    let mut signals: HashMap<String, (DateTime<Utc>, Vec<(String, DateTime<Utc>)>)> =
+        HashMap::new();
+    for inc in &incidents {
+        let events = store.incident_events(&inc.tenant, &inc.id).await?;
+        let opened = events
+            .iter()
+            .find(|e| e.kind == IncidentEventKind::Created)
+            .map(|e| e.ts)
+            .unwrap_or(inc.started_at);
+        let mut sig: Vec<(String, DateTime<Utc>)> = store
+            .anomalies_by_id(&inc.tenant, &inc.anomaly_ids)
+            .await?
+            .into_iter()
+            .map(|a| (a.labels.get("service").cloned().unwrap_or_default(), a.ts))
+            .collect();
+        for e in events
+            .iter()
+            .filter(|e| e.kind == IncidentEventKind::AlertFiring)
+        {
+            let service = fleet
+                .faults
+                .iter()
+                .find(|f| f.alert.is_some_and(|a| e.id.contains(a)))
+                .map(|f| f.service);
+            if let Some(s) = service {
+                sig.push((s.to_string(), e.ts));
+            }
+        }
+        signals.insert(inc.id.clone(), (opened, sig));
+    }
+    let grace = chrono::Duration::minutes(30);
+    let mut explained = std::collections::HashSet::new();
+    let mut faults = Vec::new();
+    for f in &fleet.faults {
+        let onset = ts(fleet, f.onset_min);
+        let end = ts(fleet, f.end_min) + grace;
+        let mut matched = Vec::new();
+        let mut best: Option<f64> = None;
+        let mut root = None;
+        for inc in &incidents {
+            let (opened, sig) = &signals[&inc.id];
+            let hits: Vec<DateTime<Utc>> = sig
+                .iter()
+                .filter(|(s, t)| f.affected.contains(&s.as_str()) && *t >= onset && *t <= end)
+                .map(|(_, t)| *t)
+                .collect();
+            let Some(first) = hits.iter().min() else {
+                continue;
+            };
+            matched.push(inc.id.clone());
+            explained.insert(inc.id.clone());
+            let caught_at = (*opened).max(*first);
+            let delay = (caught_at - onset).num_milliseconds() as f64 / 1000.0;
+            if best.is_none_or(|b| delay < b) {
+                best = Some(delay);
+                root = inc.root_cause_candidates.first().map(|c| c.target.clone());
+            }
+        }
+        faults.push(FaultOutcome {
+            name: f.name.to_string(),
+            service: f.service.to_string(),
+            onset,
+            caught: !matched.is_empty(),
+            detection_delay_s: best,
+            incidents: matched,
+            root_cause: root,
+        });
+    }
+    let unexplained_incidents = incidents
+        .iter()
+        .filter(|i| !explained.contains(&i.id))
+        .map(|i| i.id.clone())
+        .collect();
+    Ok(Summary {
+        points,
+        series: fleet.series(),
+        wall_s,
+        points_per_s: points as f64 / wall_s.max(1e-9),
+        anomalies: counts.anomalies,
+        incidents: counts.incidents,
+        forecasts: counts.forecasts,
+        alerts: counts.alerts,
+        faults,
+        unexplained_incidents,
+    })
+}
+
+/// The summary as the terminal shows it.
+pub fn render(s: &Summary, store: &str) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Seismo demo: {} points from {} series in {:.1} s ({:.0} points/s)\n",
+        s.points, s.series, s.wall_s, s.points_per_s
+    ));
+    out.push_str(&format!(
+        "  {} anomalies, {} incidents, {} forecasts, {} alerts → {store}\n\nInjected faults:\n",
+        s.anomalies, s.incidents, s.forecasts, s.alerts
+    ));
+    for f in &s.faults {
+        match f.detection_delay_s {
+            Some(d) if f.caught => out.push_str(&format!(
+                "  ✔ {:<30} caught {:>5.0} s after onset by {} incident(s); top root cause {}\n",
+                f.name,
+                d,
+                f.incidents.len(),
+                f.root_cause.as_deref().unwrap_or("?")
+            )),
+            _ => out.push_str(&format!("  ✘ {:<30} missed\n", f.name)),
+        }
+    }
+    out.push_str(&format!(
+        "Unexplained incidents (false alarms): {}\n",
+        s.unexplained_incidents.len()
+    ));
+    out
+}
+
+/// Removes an SQLite database file and its WAL companions, so a demo starts clean.
+pub fn reset_sqlite(url: &str) -> anyhow::Result<()> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .filter(|p| !p.contains(":memory:"))
+    {
+        for suffix in ["", "-wal", "-shm"] {
+            let p = format!("{path}{suffix}");
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {p}")),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The `seismo` command line: demo, run, migrate.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use seismo::Config;
+use seismo::demo::{self, DemoOptions};
+use seismo::pipeline::{self, Embedded};
+use tokio_util::sync::CancellationToken;
+
+/// Streaming anomaly detection and incident correlation for telemetry.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); `SEISMO_SECTION__KEY` environment variables override it.
+    #[arg(long, short, global = true, env = "SEISMO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a fleet with injected faults through the whole pipeline, embedded.
+    Demo {
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+        /// Keep the HTTP API up after the run (until Ctrl-C).
+        #[arg(long)]
+        serve: bool,
+        /// Simulated days (faults fall on the last one).
+        #[arg(long, default_value_t = 3)]
+        days: u64,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Database of the demo; it is recreated on every run.
+        #[arg(long, default_value = "sqlite://seismo-demo.db")]
+        db: String,
+    },
+    /// Run the pipeline embedded and listen for ingest and queries on http.listen.
+    Run,
+    /// Create or upgrade the database tables.
+    Migrate,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEISMO_LOG")
+                .unwrap_or_else(|_| "warn,seismo=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Demo {
+                summary_json,
+                serve,
+                days,
+                seed,
+                db,
+            } => demo_cmd(cfg, summary_json, serve, days, seed, db).await,
+            Command::Run => run_cmd(cfg).await,
+            Command::Migrate => {
+                pipeline::open_store(&cfg).await?;
+                println!("migrations applied to {}", cfg.storage.url);
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn demo_cmd(
+    mut cfg: Config,
+    summary_json: Option<PathBuf>,
+    serve: bool,
+    days: u64,
+    seed: u64,
+    db: String,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        days >= 2,
+        "--days must be at least 2: the first days teach the baselines"
+    );
+    demo::reset_sqlite(&db)?;
+    cfg.storage.url = db;
+    let store = pipeline::open_store(&cfg).await?;
+    let opts = DemoOptions {
+        days,
+        seed,
+        progress: true,
+    };
+    let (summary, _) = demo::run(&cfg, store.clone(), &opts).await?;
+    print!("{}", demo::render(&summary, &cfg.storage.url));
+    if let Some(path) = summary_json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("summary written to {}", path.display());
+    }
+    if serve {
+        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.http.listen))?;
+        println!(
+            "API on http://{0} (try /api/v1/incidents); Ctrl-C to stop",
+            listener.local_addr()?
+        );
+        pipeline::serve(
+            listener,
+            pipeline::router(&cfg, None, store),
+            pipeline::shutdown_signal(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn run_cmd(cfg: Config) -> anyhow::Result<()> {
+    let store = pipeline::open_store(&cfg).await?;
+    let running = Embedded::start(&cfg, store.clone());
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.http.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, store = %cfg.storage.url, "seismo running embedded");
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        pipeline::shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests, draining the pipeline");
+        stop.cancel();
+    });
+    let router = pipeline::router(&cfg, Some(&running), store);
+    pipeline::serve(listener, router, async move { token.cancelled().await }).await?;
+    let stats = running.finish().await?;
+    tracing::info!(
+        points = stats.ingest.points,
+        anomalies = stats.detect.anomalies,
+        incidents = stats.correlate.incidents_created,
+        "drained; every accepted point is stored"
+    );
+    Ok(())
+}

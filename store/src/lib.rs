@@ -1,0 +1,160 @@
+//! Seismo's result tables behind one `Store` trait: SQLite (embedded) and PostgreSQL.
+//!
+//! Every write is idempotent, keyed by the deterministic ids of the canonical types, so a
+//! record delivered twice by the bus takes effect once.
+
+mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use seismo_schemas::{
+    Alert, Anomaly, Forecast, Incident, IncidentEvent, IncidentStatus, MetricPoint, SeriesId,
+    TransitionError,
+};
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the store, split by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The caller asked for a status change the lifecycle forbids.
+    #[error(transparent)]
+    IllegalTransition(#[from] TransitionError),
+    /// A malformed cursor or filter from the caller.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The database failed; usually worth retrying.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Position in a listing sorted by (time, id) descending; opaque to API clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts_ms: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.ts_ms, self.id)
+    }
+
+    pub fn decode(s: &str) -> Result<Cursor> {
+        let bad = || StoreError::Invalid(format!("cursor {s:?} is not one this API returned"));
+        let (ts, id) = s.split_once('.').ok_or_else(bad)?;
+        let ts_ms = ts.parse().map_err(|_| bad())?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(bad());
+        }
+        Ok(Cursor {
+            ts_ms,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters for listing anomalies, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyQuery {
+    pub tenant: String,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Every (name, value) must match the anomaly's labels.
+    pub labels: Vec<(String, String)>,
+    pub min_score: Option<f64>,
+    pub series_id: Option<SeriesId>,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// Filters for listing incidents, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentQuery {
+    pub tenant: String,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub status: Option<IncidentStatus>,
+    /// Every (name, value) must match the incident's scope.
+    pub labels: Vec<(String, String)>,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// What correlate writes for one incident: its current state (status excepted: after
+/// creation, status belongs to the people driving the incident through the API) and
+/// the new members and timeline entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentWrite {
+    pub incident: Incident,
+    pub new_anomaly_ids: Vec<String>,
+    pub new_alert_fingerprints: Vec<String>,
+    pub events: Vec<IncidentEvent>,
+}
+
+/// Counts of rows, for summaries and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableCounts {
+    pub series: u64,
+    pub metric_points: u64,
+    pub anomalies: u64,
+    pub forecasts: u64,
+    pub alerts: u64,
+    pub incidents: u64,
+}
+
+/// The result tables.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or upgrades the tables.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Writes raw points (and their series), skipping ones already stored.
+    async fn insert_points(&self, points: &[MetricPoint]) -> Result<u64>;
+    async fn insert_anomalies(&self, anomalies: &[Anomaly]) -> Result<u64>;
+    async fn insert_forecasts(&self, forecasts: &[Forecast]) -> Result<u64>;
+    async fn insert_alerts(&self, alerts: &[Alert]) -> Result<u64>;
+    /// Applies correlate's incident changes in one transaction.
+    async fn write_incidents(&self, writes: &[IncidentWrite]) -> Result<()>;
+
+    async fn list_anomalies(&self, q: &AnomalyQuery) -> Result<Page<Anomaly>>;
+    async fn anomalies_by_id(&self, tenant: &str, ids: &[String]) -> Result<Vec<Anomaly>>;
+    async fn list_incidents(&self, q: &IncidentQuery) -> Result<Page<Incident>>;
+    async fn get_incident(&self, tenant: &str, id: &str) -> Result<Incident>;
+    async fn incident_events(&self, tenant: &str, id: &str) -> Result<Vec<IncidentEvent>>;
+    /// Current status of each incident that exists.
+    async fn incident_statuses(&self, ids: &[String]) -> Result<HashMap<String, IncidentStatus>>;
+    /// Moves an incident through its lifecycle, refusing illegal steps, and records the
+    /// step on its timeline.
+    async fn transition_incident(
+        &self,
+        tenant: &str,
+        id: &str,
+        to: IncidentStatus,
+        actor: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Incident>;
+
+    async fn counts(&self) -> Result<TableCounts>;
+    /// Stored points of one series in [from, to), oldest first.
+    async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>>;
+}

@@ -1,0 +1,113 @@
+//! The bus between stages: Kafka-shaped producer/consumer traits and an in-process bus.
+//!
+//! Stages see only [`Producer`] and [`Consumer`], so the same runner code moves records
+//! through bounded in-process channels (embedded mode) or through Kafka (distributed mode).
+//! Records carry opaque bytes, a key that picks the partition, and headers, as on Kafka.
+
+mod inproc;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use inproc::{InProcBus, InProcConsumer, InProcProducer};
+
+/// A record to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutRecord {
+    /// Picks the partition: records with equal keys stay in order on one partition.
+    /// Empty keys are spread round-robin.
+    pub key: Bytes,
+    pub payload: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+impl OutRecord {
+    pub fn new(key: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
+        OutRecord {
+            key: key.into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// A record as a consumer receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub key: Bytes,
+    pub payload: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// Why the bus refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The bus stayed full until the deadline: the caller should retry later (HTTP 503).
+    #[error("the pipeline is full; retry later")]
+    Full,
+    /// Nothing consumes this topic any more (the pipeline is shutting down).
+    #[error("topic {0} is closed")]
+    Closed(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    /// A broker or client failure.
+    #[error("transport failure: {0}")]
+    Other(String),
+}
+
+/// Publishes records to topics.
+#[async_trait]
+pub trait Producer: Send + Sync {
+    /// Publishes `records` to `topic` in order, waiting while the bus is full
+    /// (backpressure). Returns once every record is on the bus (acknowledged by the broker
+    /// in distributed mode).
+    async fn send(&self, topic: &str, records: Vec<OutRecord>) -> Result<(), TransportError>;
+
+    /// Like [`Producer::send`] but all-or-nothing within `timeout`: if the bus cannot take
+    /// every record in time, none is published and [`TransportError::Full`] is returned.
+    async fn try_send_all(
+        &self,
+        topic: &str,
+        records: Vec<OutRecord>,
+        timeout: Duration,
+    ) -> Result<(), TransportError>;
+
+    /// Waits until everything sent so far is durable on the bus.
+    async fn flush(&self) -> Result<(), TransportError>;
+}
+
+/// Reads a topic as one member of a consumer group.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Waits for the next records (at most `max`). `None` means the stream has ended: every
+    /// producer closed (embedded) or shutdown was requested (distributed).
+    async fn next_batch(&mut self, max: usize) -> Option<Result<Vec<Message>, TransportError>>;
+
+    /// Marks every record up to and including `batch` as processed. Call only once the
+    /// outputs derived from them are durable: this is what makes delivery at-least-once.
+    async fn commit(&mut self, batch: &[Message]) -> Result<(), TransportError>;
+
+    /// Partitions this member currently owns.
+    fn assignment(&self) -> Vec<u32>;
+}
+
+/// The partition a key maps to; equal keys always map to the same partition.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions.max(1))) as u32
+}
