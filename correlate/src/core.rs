@@ -61,6 +61,16 @@ struct ServiceFacts {
     count: usize,
 }
 
+/// What an incident learns from one signal.
+struct Noted<'a> {
+    service: Option<&'a str>,
+    host: Option<&'a str>,
+    at: DateTime<Utc>,
+    score: f64,
+    what: &'a str,
+    severity: Severity,
+}
+
 #[derive(Debug)]
 struct Open {
     scope_key: String,
@@ -348,16 +358,16 @@ impl Correlator {
         }
     }
 
-    fn note(
-        &mut self,
-        i: usize,
-        service: Option<&str>,
-        host: Option<&str>,
-        at: DateTime<Utc>,
-        score: f64,
-        what: &str,
-        severity: Severity,
-    ) {
+    /// Records one signal's facts on open incident `i`.
+    fn note(&mut self, i: usize, sig: Noted<'_>) {
+        let Noted {
+            service,
+            host,
+            at,
+            score,
+            what,
+            severity,
+        } = sig;
         let o = &mut self.open[i];
         if let Some(s) = service {
             let f = o.services.entry(s.to_string()).or_insert(ServiceFacts {
@@ -393,12 +403,14 @@ impl Correlator {
             .map(str::to_string);
         self.note(
             i,
-            service.as_deref(),
-            host.as_deref(),
-            a.ts,
-            a.score,
-            &a.name,
-            a.severity,
+            Noted {
+                service: service.as_deref(),
+                host: host.as_deref(),
+                at: a.ts,
+                score: a.score,
+                what: &a.name,
+                severity: a.severity,
+            },
         );
         self.open[i].incident.anomaly_ids.push(a.id.clone());
     }
@@ -502,12 +514,14 @@ impl Correlator {
         ));
         self.note(
             i,
-            service.as_deref(),
-            host.as_deref(),
-            at,
-            1.0,
-            &name,
-            severity,
+            Noted {
+                service: service.as_deref(),
+                host: host.as_deref(),
+                at,
+                score: 1.0,
+                what: &name,
+                severity,
+            },
         );
         self.open[i]
             .incident

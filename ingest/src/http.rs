@@ -37,13 +37,13 @@ pub fn router(state: IngestHttp) -> axum::Router {
         .with_state(state)
 }
 
-fn tenant_of(headers: &HeaderMap) -> Result<Option<String>, Response> {
+/// The request's tenant header, if any; the error is a message for a 400.
+fn tenant_of(headers: &HeaderMap) -> Result<Option<String>, String> {
     match headers.get("x-seismo-tenant") {
         None => Ok(None),
         Some(v) => {
             let t = v.to_str().unwrap_or_default();
-            seismo_schemas::validate_tenant(t)
-                .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+            seismo_schemas::validate_tenant(t).map_err(|e| e.to_string())?;
             Ok(Some(t.to_string()))
         }
     }
@@ -89,7 +89,7 @@ async fn ingest_points(State(s): State<IngestHttp>, headers: HeaderMap, body: By
 async fn ingest_points_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -> Response {
     let tenant = match tenant_of(headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let parsed = parse_lines(&body, tenant.as_deref());
     let accepted = parsed.points.len();
@@ -143,7 +143,7 @@ async fn ingest_alertmanager(
 async fn ingest_alertmanager_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -> Response {
     let tenant = match tenant_of(headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let hook: AlertmanagerWebhook = match serde_json::from_slice(&body) {
         Ok(h) => h,

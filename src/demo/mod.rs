@@ -230,6 +230,9 @@ pub async fn run(
     Ok((summary, stats))
 }
 
+/// A signal of an incident: the service it concerns and its time.
+type Signal = (String, DateTime<Utc>);
+
 /// Matches the stored incidents against the faults' ground truth.
 pub async fn summarise(
     fleet: &Fleet,
@@ -257,8 +260,7 @@ pub async fn summarise(
     }
     incidents.sort_by_key(|i| i.started_at);
     // Per incident: when it was opened, and its signals as (service, time).
-    let mut signals: HashMap<String, (DateTime<Utc>, Vec<(String, DateTime<Utc>)>)> =
-        HashMap::new();
+    let mut signals: HashMap<String, (DateTime<Utc>, Vec<Signal>)> = HashMap::new();
     for inc in &incidents {
         let events = store.incident_events(&inc.tenant, &inc.id).await?;
         let opened = events
@@ -266,7 +268,7 @@ pub async fn summarise(
             .find(|e| e.kind == IncidentEventKind::Created)
             .map(|e| e.ts)
             .unwrap_or(inc.started_at);
-        let mut sig: Vec<(String, DateTime<Utc>)> = store
+        let mut sig: Vec<Signal> = store
             .anomalies_by_id(&inc.tenant, &inc.anomaly_ids)
             .await?
             .into_iter()
