@@ -12,7 +12,7 @@ for f in summary["faults"]:
     delay = f["detection_delay_s"]
     print(f"{f['name']:32} {status:7} delay {delay if delay is not None else '-'} s")
     ok &= f["caught"]
-unexplained = len(summary["unexplained_incidents"])
+unexplained = summary["unexplained_incidents"]
 print(f"unexplained incidents: {unexplained} (at most {MAX_UNEXPLAINED})")
 print(f"points: {summary['points']} at {summary['points_per_s']:.0f} points/s")
 ok &= unexplained <= MAX_UNEXPLAINED

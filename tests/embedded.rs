@@ -49,9 +49,9 @@ async fn simulated_faults_become_incidents_in_the_store() {
         );
     }
     assert!(
-        summary.unexplained_incidents.len() <= 2,
+        summary.unexplained_incidents <= 2,
         "{:?}",
-        summary.unexplained_incidents
+        summary.unexplained_incident_ids
     );
 
     // The stored incidents tell the story: the deploy's alert and its anomalies are one

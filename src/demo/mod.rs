@@ -75,8 +75,10 @@ pub struct Summary {
     pub forecasts: u64,
     pub alerts: u64,
     pub faults: Vec<FaultOutcome>,
-    /// Incidents that match no injected fault: false alarms.
-    pub unexplained_incidents: Vec<String>,
+    /// Number of incidents that match no injected fault: false alarms.
+    pub unexplained_incidents: usize,
+    /// Their ids, to look them up through the API.
+    pub unexplained_incident_ids: Vec<String>,
 }
 
 /// The configuration the demo runs with: defaults plus the fleet's dependency graph.
@@ -327,7 +329,7 @@ pub async fn summarise(
             root_cause: root,
         });
     }
-    let unexplained_incidents = incidents
+    let unexplained_incident_ids: Vec<String> = incidents
         .iter()
         .filter(|i| !explained.contains(&i.id))
         .map(|i| i.id.clone())
@@ -342,7 +344,8 @@ pub async fn summarise(
         forecasts: counts.forecasts,
         alerts: counts.alerts,
         faults,
-        unexplained_incidents,
+        unexplained_incidents: unexplained_incident_ids.len(),
+        unexplained_incident_ids,
     })
 }
 
@@ -371,7 +374,7 @@ pub fn render(s: &Summary, store: &str) -> String {
     }
     out.push_str(&format!(
         "Unexplained incidents (false alarms): {}\n",
-        s.unexplained_incidents.len()
+        s.unexplained_incidents
     ));
     out
 }
