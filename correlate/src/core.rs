@@ -143,8 +143,10 @@ impl Correlator {
         }
     }
 
-    fn label<'a>(&self, labels: &'a Labels, name: &str) -> Option<&'a str> {
-        labels.get(name).map(String::as_str)
+    /// The service and host a signal's labels name, if any.
+    fn service_and_host(&self, labels: &Labels) -> (Option<String>, Option<String>) {
+        let get = |name: &str| labels.get(name).cloned();
+        (get(&self.cfg.service_label), get(&self.cfg.host_label))
     }
 
     fn related(&self, a: &str, b: &str) -> bool {
@@ -219,12 +221,7 @@ impl Correlator {
         let scope = self.scope(&a.tenant, &a.labels);
         self.anomaly_time = self.anomaly_time.max(Some(a.ts));
         self.expire();
-        let service = self
-            .label(&a.labels, &self.cfg.service_label)
-            .map(str::to_string);
-        let host = self
-            .label(&a.labels, &self.cfg.host_label)
-            .map(str::to_string);
+        let (service, host) = self.service_and_host(&a.labels);
         if let Some(i) = self.find_open(&scope, service.as_deref(), host.as_deref(), a.ts) {
             let event = self.attach_event(&self.open[i].incident.id, &a);
             self.absorb(i, &a);
@@ -282,28 +279,21 @@ impl Correlator {
     fn cluster(&self, start: usize) -> Vec<usize> {
         let scope_of = |a: &Anomaly| self.scope(&a.tenant, &a.labels);
         let key = scope_of(&self.pending[start]);
-        let svc = |a: &Anomaly| {
-            self.label(&a.labels, &self.cfg.service_label)
-                .map(str::to_string)
-        };
-        let hst = |a: &Anomaly| {
-            self.label(&a.labels, &self.cfg.host_label)
-                .map(str::to_string)
-        };
         let mut inside = vec![start];
         let mut seen: BTreeSet<usize> = [start].into();
         let mut i = 0;
         while i < inside.len() {
             let cur = &self.pending[inside[i]];
-            let (cs, ch) = (svc(cur), hst(cur));
+            let (cs, ch) = self.service_and_host(&cur.labels);
             for (j, other) in self.pending.iter().enumerate() {
                 if seen.contains(&j) || scope_of(other) != key {
                     continue;
                 }
-                let linked = match (&cs, svc(other)) {
+                let (os, oh) = self.service_and_host(&other.labels);
+                let linked = match (&cs, os) {
                     (Some(a), Some(b)) => self.related(a, &b),
                     _ => false,
-                } || (ch.is_some() && ch == hst(other));
+                } || (ch.is_some() && ch == oh);
                 if linked {
                     seen.insert(j);
                     inside.push(j);
@@ -395,12 +385,7 @@ impl Correlator {
     }
 
     fn absorb(&mut self, i: usize, a: &Anomaly) {
-        let service = self
-            .label(&a.labels, &self.cfg.service_label)
-            .map(str::to_string);
-        let host = self
-            .label(&a.labels, &self.cfg.host_label)
-            .map(str::to_string);
+        let (service, host) = self.service_and_host(&a.labels);
         self.note(
             i,
             Noted {
@@ -439,12 +424,7 @@ impl Correlator {
             Some("info") => Severity::Info,
             _ => Severity::Warning,
         };
-        let service = self
-            .label(&a.labels, &self.cfg.service_label)
-            .map(str::to_string);
-        let host = self
-            .label(&a.labels, &self.cfg.host_label)
-            .map(str::to_string);
+        let (service, host) = self.service_and_host(&a.labels);
         let event = |incident: &str, kind: IncidentEventKind, verb: &str| IncidentEvent {
             id: format!(
                 "{incident}-{verb}-{}-{}",
