@@ -317,6 +317,7 @@ mod tests {
     #[test]
     fn forecasts_fall_due_on_schedule() {
         let mut f = Forecaster::new(ForecastConfig {
+            bucket_secs: 300,
             every_secs: 3600,
             horizon_secs: 3600,
             ..Default::default()
