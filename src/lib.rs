@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod eval;
 pub mod pipeline;
 
 pub use config::Config;

@@ -44,6 +44,34 @@ enum Command {
     Run,
     /// Create or upgrade the database tables.
     Migrate,
+    /// Score a CSV file: `timestamp,value` with the streaming detector, or several numeric
+    /// columns (a `label` column is ignored) with an isolation forest fitted on the file.
+    Detect {
+        file: PathBuf,
+        /// Where to write the scored CSV (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Seed of the isolation forest (multi-column files).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Quality harnesses on a data folder.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Isolation-forest ROC AUC per dataset of an ODDS folder (CSV files with a `label` column).
+    Odds {
+        dir: PathBuf,
+        /// Seeds to average over.
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +97,19 @@ fn main() -> anyhow::Result<()> {
                 db,
             } => demo_cmd(cfg, summary_json, serve, days, seed, db).await,
             Command::Run => run_cmd(cfg).await,
+            Command::Detect { file, output, seed } => {
+                detect_cmd(&cfg, &file, output.as_deref(), seed)
+            }
+            Command::Eval(EvalCommand::Odds { dir, seeds, json }) => {
+                let seeds: Vec<u64> = (0..seeds.max(1)).collect();
+                let results =
+                    seismo::eval::odds::run(&dir, &seeds, seismo_detect::ForestParams::default())?;
+                print!("{}", seismo::eval::odds::render(&results));
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+                }
+                Ok(())
+            }
             Command::Migrate => {
                 pipeline::open_store(&cfg).await?;
                 println!("migrations applied to {}", cfg.storage.url);
@@ -119,6 +160,79 @@ async fn demo_cmd(
             pipeline::shutdown_signal(),
         )
         .await?;
+    }
+    Ok(())
+}
+
+fn detect_cmd(
+    cfg: &Config,
+    file: &std::path::Path,
+    output: Option<&std::path::Path>,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file.display().to_string();
+    let header: Vec<String> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().to_string())
+        .collect();
+    let mut out = String::with_capacity(text.len() * 2);
+    if header.len() == 2
+        && header.contains(&"timestamp".to_string())
+        && header.contains(&"value".to_string())
+    {
+        let s = seismo::eval::series::read_series(&text, &name)?;
+        let scores = seismo::eval::series::score_series(&cfg.detect, &s.ts_ms, &s.values);
+        out.push_str("timestamp,value,anomaly_score\n");
+        for ((t, v), score) in s.timestamps.iter().zip(&s.values).zip(&scores) {
+            out.push_str(&format!("{t},{v},{score}\n"));
+        }
+    } else {
+        let table = seismo::eval::read_numeric_csv(file)?;
+        let w = table.width();
+        let label = table.column("label");
+        let features: Vec<f64> = table
+            .data
+            .chunks(w)
+            .flat_map(|r| {
+                r.iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != label)
+                    .map(|(_, v)| *v)
+            })
+            .collect();
+        let nf = w - usize::from(label.is_some());
+        anyhow::ensure!(
+            nf > 0 && table.rows() > 0,
+            "{name}: no numeric feature rows"
+        );
+        let rows = seismo_detect::Rows::new(&features, nf);
+        let forest = seismo_detect::IsolationForest::fit(
+            rows,
+            seismo_detect::ForestParams {
+                seed,
+                ..Default::default()
+            },
+        );
+        out.push_str(&header.join(","));
+        out.push_str(",anomaly_score\n");
+        for (i, row) in table.data.chunks(w).enumerate() {
+            let cells: Vec<String> = row.iter().map(f64::to_string).collect();
+            out.push_str(&format!(
+                "{},{}\n",
+                cells.join(","),
+                forest.score(rows.row(i))
+            ));
+        }
+    }
+    match output {
+        Some(p) => std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?,
+        None => std::io::stdout().lock().write_all(out.as_bytes())?,
     }
     Ok(())
 }

@@ -183,10 +183,10 @@ fn parse_params(raw: Option<String>, allowed: &[&str]) -> ApiResult<ListParams> 
             _ => unreachable!("filtered above"),
         }
     }
-    if let (Some(f), Some(t)) = (p.from, p.to) {
-        if f >= t {
-            return Err(ApiError::BadRequest("from must be before to".into()));
-        }
+    if let (Some(f), Some(t)) = (p.from, p.to)
+        && f >= t
+    {
+        return Err(ApiError::BadRequest("from must be before to".into()));
     }
     Ok(p)
 }

@@ -4,8 +4,10 @@
 //! CSV file); [`Detector`] buckets a partitioned point stream and keeps one model per
 //! series; [`run`] is the bus runner (`seismo.points` → anomalies table + `seismo.anomalies`).
 
+mod iforest;
 mod model;
 mod runner;
 
+pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};
 pub use runner::{DetectError, DetectStats, Detector, run};

@@ -190,7 +190,7 @@ impl SeriesModel {
         let mut emit = None;
         if self.flat_run >= cfg.level_shift_after || self.seas_run >= cfg.level_shift_after {
             emit = Some(AnomalyKind::LevelShift);
-        } else if self.run > 0 && (self.run - 1) % cfg.repeat_every.max(1) == 0 {
+        } else if self.run > 0 && (self.run - 1).is_multiple_of(cfg.repeat_every.max(1)) {
             // A deviation only the seasonal comparison sees is a slow drift.
             emit = Some(if flat_hit {
                 AnomalyKind::Point

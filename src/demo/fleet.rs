@@ -389,11 +389,11 @@ impl Iterator for Simulator {
                 err_sum += err;
                 let cpu = (0.15 + 0.6 * load * (1.0 + 0.03 * gauss(&mut self.rng))).clamp(0.0, 1.0);
                 let mut mem = self.memory[i][h] * (1.0 + 0.005 * gauss(&mut self.rng));
-                if let Some(Effect::MemoryLeak { host, per_hour }) = self.effect(s.name, m) {
-                    if host == h {
-                        let hours = (m - self.onset(s.name, m)) as f64 / 60.0;
-                        mem *= 1.0 + per_hour * hours;
-                    }
+                if let Some(Effect::MemoryLeak { host, per_hour }) = self.effect(s.name, m)
+                    && host == h
+                {
+                    let hours = (m - self.onset(s.name, m)) as f64 / 60.0;
+                    mem *= 1.0 + per_hour * hours;
                 }
                 for (k, v) in [rps, lat, err, cpu, mem].into_iter().enumerate() {
                     points.push(MetricPoint {
