@@ -72,6 +72,20 @@ enum EvalCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Run the streaming detector over a NAB-layout folder (data/, labels/, config/) and
+    /// score it as NAB does.
+    Nab {
+        dir: PathBuf,
+        /// Write NAB result files under RESULTS/<name>/ (for NAB's own scorer).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Detector name used in result file names (no '_').
+        #[arg(long, default_value = "seismo")]
+        name: String,
+        /// Also write the scores as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +121,21 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", seismo::eval::odds::render(&results));
                 if let Some(path) = json {
                     std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+                }
+                Ok(())
+            }
+            Command::Eval(EvalCommand::Nab { dir, results, name, json }) => {
+                anyhow::ensure!(!name.contains('_'), "--name must not contain '_' (NAB splits file names on it)");
+                let corpus = seismo::eval::nab::Corpus::open(&dir)?;
+                let started = std::time::Instant::now();
+                let (files, scores) = seismo::eval::nab::run(&corpus, &cfg.detect, results.as_deref().map(|r| (r, name.as_str())))?;
+                let rows: usize = files.iter().map(|f| f.scores.len()).sum();
+                println!("NAB scores for {name} ({} files, {rows} rows, {:.1} s):", files.len(), started.elapsed().as_secs_f64());
+                for (profile, s) in &scores {
+                    println!("  {profile:<20} {:>7.2}  (threshold {:.6}, raw {:.3}, null {:.1}, perfect {:.1})", s.normalized, s.threshold, s.raw, s.null, s.perfect);
+                }
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&scores)?)?;
                 }
                 Ok(())
             }

@@ -7,7 +7,9 @@
 mod iforest;
 mod model;
 mod runner;
+mod stream;
 
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};
 pub use runner::{DetectError, DetectStats, Detector, run};
+pub use stream::{StreamConfig, StreamScore, StreamScorer, normal_tail};

@@ -1,5 +1,6 @@
 //! Quality harnesses: `seismo eval odds|nab DIR`, and the shared helpers they use.
 
+pub mod nab;
 pub mod odds;
 pub mod series;
 

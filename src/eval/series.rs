@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDateTime};
-use seismo_detect::{DetectConfig, SeriesModel};
+use seismo_detect::{DetectConfig, StreamConfig, StreamScorer};
 
 /// Parses the timestamp formats files use: `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), RFC 3339,
 /// or epoch milliseconds.
@@ -77,11 +77,15 @@ pub fn read_series(text: &str, name: &str) -> anyhow::Result<Series> {
 
 /// Scores every observation in order with one streaming model: causal by construction,
 /// since each score is computed before the model learns from its observation.
-pub fn score_series(cfg: &DetectConfig, ts_ms: &[i64], values: &[f64]) -> Vec<f64> {
-    let mut model = SeriesModel::new(cfg);
-    ts_ms
+pub fn score_series(_cfg: &DetectConfig, _ts_ms: &[i64], values: &[f64]) -> Vec<f64> {
+    let scfg = stream_config();
+    let mut s = StreamScorer::new();
+    values
         .iter()
-        .zip(values)
-        .map(|(t, v)| model.update(cfg, *t, *v).score.clamp(0.0, 1.0))
+        .map(|v| s.update(&scfg, *v).score.clamp(0.0, 1.0))
         .collect()
+}
+
+fn stream_config() -> StreamConfig {
+    StreamConfig::default()
 }

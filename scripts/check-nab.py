@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Runs `seismo eval nab` on a NAB folder and checks that its Rust port of NAB's scoring
+agrees with NAB's scorer (tools/nab_score.py) to within 0.01 points on every profile.
+
+    scripts/check-nab.py NAB_DIR NAB_SCORE_PY [SEISMO_BINARY]
+"""
+import json
+import subprocess
+import sys
+import tempfile
+
+nab_dir, scorer = sys.argv[1], sys.argv[2]
+exe = sys.argv[3] if len(sys.argv) > 3 else "target/release/seismo"
+with tempfile.TemporaryDirectory() as tmp:
+    ours_json = f"{tmp}/ours.json"
+    subprocess.run([exe, "eval", "nab", nab_dir, "--results", tmp, "--name", "seismo", "--json", ours_json], check=True)
+    theirs_json = f"{tmp}/theirs.json"
+    subprocess.run([sys.executable, scorer, f"{tmp}/seismo", "--nab-root", nab_dir, "--json", theirs_json], check=True)
+    ours = json.load(open(ours_json))
+    theirs = json.load(open(theirs_json))["profiles"]
+ok = True
+for profile, t in theirs.items():
+    diff = abs(ours[profile]["normalized"] - t["normalized_score"])
+    print(f"{profile:<20} seismo {ours[profile]['normalized']:.4f}  nab_score.py {t['normalized_score']:.4f}  diff {diff:.2e}")
+    ok &= diff <= 0.01
+sys.exit(0 if ok else 1)
