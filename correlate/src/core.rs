@@ -22,6 +22,10 @@ pub struct CorrelateConfig {
     /// Related anomalies needed within the window to open an incident. A single critical
     /// anomaly or a firing alert opens one on its own.
     pub min_anomalies: usize,
+    /// How long anomalies outside any incident wait, in seconds of event time, for related
+    /// ones before an incident opens, so that one fault's simultaneous symptoms become one
+    /// incident rather than several.
+    pub group_wait_secs: u64,
     /// Label naming the service a series or alert belongs to.
     pub service_label: String,
     /// Label naming the host.
@@ -38,6 +42,7 @@ impl Default for CorrelateConfig {
             window_secs: 900,
             quiet_secs: 1800,
             min_anomalies: 2,
+            group_wait_secs: 60,
             service_label: "service".into(),
             host_label: "host".into(),
             scope_label: None,
@@ -220,37 +225,89 @@ impl Correlator {
     fn anomaly(&mut self, a: Anomaly) -> Vec<IncidentWrite> {
         let scope = self.scope(&a.tenant, &a.labels);
         self.anomaly_time = self.anomaly_time.max(Some(a.ts));
+        // Groups that have waited long enough open first, so this anomaly can join them.
+        let mut writes = self.ripen(false);
         self.expire();
         let (service, host) = self.service_and_host(&a.labels);
         if let Some(i) = self.find_open(&scope, service.as_deref(), host.as_deref(), a.ts) {
             let event = self.attach_event(&self.open[i].incident.id, &a);
             self.absorb(i, &a);
-            return vec![self.write(i, vec![a.id.clone()], vec![], vec![event])];
+            writes.push(self.write(i, vec![a.id.clone()], vec![], vec![event]));
+            return writes;
         }
-        // Not part of a live incident: wait for company, unless it is critical.
-        let critical = a.severity == Severity::Critical;
+        // Not part of a live incident: wait `group_wait_secs` for related anomalies, so
+        // that everything one fault sets off in the same moment lands in one incident.
         self.pending.push(a);
-        let cluster = self.cluster(self.pending.len() - 1);
-        if cluster.len() < self.cfg.min_anomalies && !critical {
+        writes
+    }
+
+    /// Opens the incidents that pending anomalies have earned once the end of the streams
+    /// is reached (shutdown or the end of a file).
+    pub fn flush(&mut self) -> Vec<IncidentWrite> {
+        self.ripen(true)
+    }
+
+    /// Splits the pending anomalies into groups of related ones and opens an incident for
+    /// each group that has waited `group_wait_secs` (every group when `all`) and holds
+    /// `min_anomalies` anomalies or a critical one. Other groups keep waiting until they
+    /// grow or expire.
+    fn ripen(&mut self, all: bool) -> Vec<IncidentWrite> {
+        let Some(now) = self.anomaly_time else {
+            return Vec::new();
+        };
+        let wait = Duration::seconds(self.cfg.group_wait_secs as i64);
+        let mut groups = Vec::new();
+        let mut seen = vec![false; self.pending.len()];
+        for start in 0..self.pending.len() {
+            if seen[start] {
+                continue;
+            }
+            let group = self.cluster(start);
+            for &i in &group {
+                seen[i] = true;
+            }
+            let ripe = all
+                || group
+                    .iter()
+                    .map(|&i| self.pending[i].ts)
+                    .min()
+                    .is_some_and(|t| now - t >= wait);
+            let earned = group.len() >= self.cfg.min_anomalies
+                || group
+                    .iter()
+                    .any(|&i| self.pending[i].severity == Severity::Critical);
+            if ripe && earned {
+                groups.push(group);
+            }
+        }
+        if groups.is_empty() {
             return Vec::new();
         }
-        let members: Vec<Anomaly> = {
-            let keep: HashSet<usize> = cluster.into_iter().collect();
-            let mut taken = Vec::new();
-            let mut rest = Vec::new();
-            for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
-                if keep.contains(&i) {
-                    taken.push(p)
-                } else {
-                    rest.push(p)
-                }
-            }
-            self.pending = rest;
-            taken.sort_by(|x, y| (x.ts, &x.id).cmp(&(y.ts, &y.id)));
-            taken
-        };
-        let opener = members.last().expect("cluster holds the new anomaly").ts;
+        let take: HashSet<usize> = groups.iter().flatten().copied().collect();
+        let mut slots: Vec<Option<Anomaly>> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.pending = slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !take.contains(i))
+            .filter_map(|(_, a)| a.take())
+            .collect();
+        groups
+            .into_iter()
+            .map(|g| {
+                let mut members: Vec<Anomaly> =
+                    g.into_iter().filter_map(|i| slots[i].take()).collect();
+                members.sort_by(|x, y| (x.ts, &x.id).cmp(&(y.ts, &y.id)));
+                self.open_incident(members, now)
+            })
+            .collect()
+    }
+
+    fn open_incident(&mut self, members: Vec<Anomaly>, now: DateTime<Utc>) -> IncidentWrite {
         let first = &members[0];
+        let scope = self.scope(&first.tenant, &first.labels);
         let id = format!(
             "{:016x}",
             stable_hash(&[first.tenant.as_bytes(), b"incident", first.id.as_bytes()])
@@ -259,7 +316,7 @@ impl Correlator {
         let mut events = vec![IncidentEvent {
             id: format!("{id}-created"),
             incident_id: id.clone(),
-            ts: opener,
+            ts: now,
             kind: IncidentEventKind::Created,
             actor: "seismo".into(),
             message: format!("opened from {} related anomalies", members.len()),
@@ -271,7 +328,7 @@ impl Correlator {
             self.absorb(idx, m);
         }
         let ids = members.iter().map(|m| m.id.clone()).collect();
-        vec![self.write(idx, ids, vec![], events)]
+        self.write(idx, ids, vec![], events)
     }
 
     /// Indices of pending anomalies connected to pending[start] through related services
@@ -719,29 +776,66 @@ mod tests {
     #[test]
     fn quiet_incidents_stop_collecting_and_closed_ones_are_left_alone() {
         let mut c = Correlator::new(cfg());
-        let w = c.process(Signal::Anomaly(anomaly(
-            "db",
-            "db-1",
-            0,
-            Severity::Critical,
-        )));
-        assert_eq!(w.len(), 1, "a critical anomaly opens an incident alone");
+        let crit = |m| Signal::Anomaly(anomaly("db", "db-1", m, Severity::Critical));
+        assert!(
+            c.process(crit(0)).is_empty(),
+            "it waits group_wait for company first"
+        );
+        // The next anomaly moves the clock past the wait: the critical one opens alone,
+        // and this one, 100 minutes later, is too late to join it.
+        let w = c.process(crit(100));
+        assert_eq!(w.len(), 1);
         let first = w[0].incident.id.clone();
-        let later = c.process(Signal::Anomaly(anomaly(
-            "db",
-            "db-1",
-            100,
-            Severity::Critical,
-        )));
-        assert_ne!(later[0].incident.id, first);
-        c.mark_closed(&later[0].incident.id);
-        let again = c.process(Signal::Anomaly(anomaly(
-            "db",
-            "db-1",
-            101,
-            Severity::Critical,
-        )));
-        assert_ne!(again[0].incident.id, later[0].incident.id);
+        // Two minutes on, the 100th-minute anomaly has waited enough: it opens an incident
+        // that this one joins at once.
+        let w = c.process(crit(102));
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].incident.id, w[1].incident.id);
+        let later = w[0].incident.id.clone();
+        assert_ne!(later, first);
+        // Once people close it, new anomalies do not join it.
+        c.mark_closed(&later);
+        assert!(c.process(crit(103)).is_empty());
+        let w = c.flush();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].incident.id != later && w[0].incident.id != first);
+    }
+
+    #[test]
+    fn simultaneous_symptoms_wait_and_become_one_incident() {
+        // A fault shows on several services in the same minute, in no useful order: the
+        // critical caller first, then the database it depends on, then another caller.
+        let mut c = Correlator::new(cfg());
+        let mut writes = Vec::new();
+        for (svc, host, sev) in [
+            ("catalog", "cat-1", Severity::Critical),
+            ("gateway", "gw-1", Severity::Warning),
+            ("db", "db-1", Severity::Critical),
+            ("db", "db-2", Severity::Warning),
+        ] {
+            writes.extend(c.process(Signal::Anomaly(anomaly(svc, host, 0, sev))));
+        }
+        assert!(writes.is_empty());
+        writes.extend(c.process(Signal::Anomaly(anomaly(
+            "catalog",
+            "cat-2",
+            2,
+            Severity::Warning,
+        ))));
+        let ids: BTreeSet<_> = writes.iter().map(|w| w.incident.id.clone()).collect();
+        assert_eq!(ids.len(), 1, "{writes:#?}");
+        let inc = &writes.last().unwrap().incident;
+        assert_eq!(inc.anomaly_ids.len(), 5);
+        assert_eq!(inc.root_cause_candidates[0].target, "service=db");
+        let created = writes[0]
+            .events
+            .iter()
+            .find(|e| e.kind == IncidentEventKind::Created)
+            .unwrap();
+        assert_eq!(
+            created.ts,
+            Utc.timestamp_opt(1_700_000_000 + 120, 0).unwrap()
+        );
     }
 
     #[test]

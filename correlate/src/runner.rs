@@ -116,35 +116,50 @@ pub async fn run(
                 }
             }
         }
-        if !writes.is_empty() {
-            let created = writes
-                .iter()
-                .filter(|w| {
-                    w.events
-                        .iter()
-                        .any(|e| e.kind == seismo_schemas::IncidentEventKind::Created)
-                })
-                .count() as u64;
-            stats.incidents_created += created;
-            INCIDENTS.inc_by(created);
-            store.write_incidents(&writes).await?;
-            let records = writes
-                .iter()
-                .map(|w| {
-                    OutRecord::new(
-                        Bytes::from(w.incident.id.clone()),
-                        Bytes::from(serde_json::to_vec(&w.incident).expect("incidents serialise")),
-                    )
-                })
-                .collect();
-            output.send(topics::INCIDENTS, records).await?;
-        }
+        publish(&writes, &mut stats, output.as_ref(), store.as_ref()).await?;
         if from_alerts {
             alerts.commit(&batch).await?
         } else {
             anomalies.commit(&batch).await?
         }
     }
+    // Both streams ended: groups still waiting for company are decided now.
+    let last = core.flush();
+    publish(&last, &mut stats, output.as_ref(), store.as_ref()).await?;
     output.flush().await?;
     Ok(stats)
+}
+
+/// Writes incident changes, then announces them on `seismo.incidents`.
+async fn publish(
+    writes: &[IncidentWrite],
+    stats: &mut CorrelateStats,
+    output: &dyn Producer,
+    store: &dyn Store,
+) -> Result<(), CorrelateError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let created = writes
+        .iter()
+        .filter(|w| {
+            w.events
+                .iter()
+                .any(|e| e.kind == seismo_schemas::IncidentEventKind::Created)
+        })
+        .count() as u64;
+    stats.incidents_created += created;
+    INCIDENTS.inc_by(created);
+    store.write_incidents(writes).await?;
+    let records = writes
+        .iter()
+        .map(|w| {
+            OutRecord::new(
+                Bytes::from(w.incident.id.clone()),
+                Bytes::from(serde_json::to_vec(&w.incident).expect("incidents serialise")),
+            )
+        })
+        .collect();
+    output.send(topics::INCIDENTS, records).await?;
+    Ok(())
 }
