@@ -107,6 +107,7 @@ fn embedded(c: &mut Criterion, data: &[Vec<u8>]) {
                     detect_out,
                     store.clone(),
                     2048,
+                    None,
                 ));
                 for r in data {
                     source

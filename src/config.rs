@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use seismo_correlate::CorrelateConfig;
 use seismo_detect::DetectConfig;
 use seismo_forecast::ForecastConfig;
+use seismo_kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything Seismo can be told. Every section and field has a default, so an empty file
@@ -15,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub storage: StorageConfig,
     pub bus: BusConfig,
+    pub kafka: KafkaConfig,
+    pub stages: StagesConfig,
     pub http: HttpConfig,
     pub detect: DetectConfig,
     pub forecast: ForecastConfig,
@@ -25,14 +28,36 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Database URL. `sqlite://FILE` (embedded; created if missing) or `sqlite::memory:`.
+    /// Database URL: `sqlite://FILE` (embedded; created if missing), `sqlite::memory:`, or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (distributed mode).
     pub url: String,
+    /// PostgreSQL only: `auto` uses TimescaleDB when the server has the extension and
+    /// native partitioning otherwise; `require` fails without it; `off` never uses it.
+    pub timescaledb: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             url: "sqlite://seismo.db".into(),
+            timescaledb: "auto".into(),
+        }
+    }
+}
+
+/// Stage processes of the distributed mode (`seismo run --stage NAME`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StagesConfig {
+    /// How often detect saves its learned state per partition and commits its input
+    /// offsets, in ms. Shorter means less replay after a crash, more checkpoint writes.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for StagesConfig {
+    fn default() -> Self {
+        StagesConfig {
+            checkpoint_interval_ms: 5000,
         }
     }
 }
@@ -170,6 +195,8 @@ mod tests {
         for section in [
             "[storage]",
             "[bus]",
+            "[kafka]",
+            "[stages]",
             "[http]",
             "[detect]",
             "[forecast]",

@@ -3,9 +3,14 @@
 //! Only this crate knows every stage; each stage crate knows just `schemas`, the transport
 //! and the store.
 
+pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod distributed;
 pub mod eval;
 pub mod pipeline;
 
 pub use config::Config;
+
+/// The environment variable holding the log filter (tracing's `EnvFilter` syntax).
+pub const LOG_ENV: &str = "SEISMO_LOG";

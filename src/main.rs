@@ -1,101 +1,24 @@
-//! The `seismo` command line: demo, run, migrate.
+//! The `seismo` command line: dispatch of the subcommands declared in `seismo::cli`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use seismo::Config;
+use seismo::cli::{Cli, Command, EvalCommand, TopicsCommand};
 use seismo::demo::{self, DemoOptions};
 use seismo::pipeline::{self, Embedded};
 use tokio_util::sync::CancellationToken;
-
-/// Streaming anomaly detection and incident correlation for telemetry.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    /// Configuration file (TOML); `SEISMO_SECTION__KEY` environment variables override it.
-    #[arg(long, short, global = true, env = "SEISMO_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Simulate a fleet with injected faults through the whole pipeline, embedded.
-    Demo {
-        /// Write the summary as JSON to this file.
-        #[arg(long)]
-        summary_json: Option<PathBuf>,
-        /// Keep the HTTP API up after the run (until Ctrl-C).
-        #[arg(long)]
-        serve: bool,
-        /// Simulated days (faults fall on the last one).
-        #[arg(long, default_value_t = 3)]
-        days: u64,
-        /// Seed of the simulation.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Database of the demo; it is recreated on every run.
-        #[arg(long, default_value = "sqlite://seismo-demo.db")]
-        db: String,
-    },
-    /// Run the pipeline embedded and listen for ingest and queries on http.listen.
-    Run,
-    /// Create or upgrade the database tables.
-    Migrate,
-    /// Score a CSV file: `timestamp,value` with the streaming detector, or several numeric
-    /// columns (a `label` column is ignored) with an isolation forest fitted on the file.
-    Detect {
-        file: PathBuf,
-        /// Where to write the scored CSV (default: standard output).
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// Seed of the isolation forest (multi-column files).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
-    /// Quality harnesses on a data folder.
-    #[command(subcommand)]
-    Eval(EvalCommand),
-}
-
-#[derive(Subcommand)]
-enum EvalCommand {
-    /// Isolation-forest ROC AUC per dataset of an ODDS folder (CSV files with a `label` column).
-    Odds {
-        dir: PathBuf,
-        /// Seeds to average over.
-        #[arg(long, default_value_t = 5)]
-        seeds: u64,
-        /// Also write the results as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-    /// Run the streaming detector over a NAB-layout folder (data/, labels/, config/) and
-    /// score it as NAB does.
-    Nab {
-        dir: PathBuf,
-        /// Write NAB result files under RESULTS/<name>/ (for NAB's own scorer).
-        #[arg(long)]
-        results: Option<PathBuf>,
-        /// Detector name used in result file names (no '_').
-        #[arg(long, default_value = "seismo")]
-        name: String,
-        /// Also write the scores as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEISMO_LOG")
+            tracing_subscriber::EnvFilter::try_from_env(seismo::LOG_ENV)
                 .unwrap_or_else(|_| "warn,seismo=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -110,7 +33,9 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 db,
             } => demo_cmd(cfg, summary_json, serve, days, seed, db).await,
-            Command::Run => run_cmd(cfg).await,
+            Command::Run { stage: None } => run_cmd(cfg).await,
+            Command::Run { stage: Some(stage) } => seismo::distributed::run_stage(&cfg, stage).await,
+            Command::Topics(TopicsCommand::Create) => seismo::distributed::create_topics(&cfg).await,
             Command::Detect { file, output, seed } => {
                 detect_cmd(&cfg, &file, output.as_deref(), seed)
             }

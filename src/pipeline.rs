@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use seismo_schemas::topics;
-use seismo_store::{SqliteStore, Store};
+use seismo_store::{PgStore, SqliteStore, Store, TimescaleMode};
 use seismo_transport::{InProcBus, InProcProducer};
 use tokio::task::JoinHandle;
 
@@ -15,9 +15,23 @@ use crate::Config;
 /// Opens the configured store and brings its tables up to date.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = &cfg.storage.url;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mode = TimescaleMode::parse(&cfg.storage.timescaledb).with_context(|| {
+            format!(
+                "storage.timescaledb must be auto, require or off, not {:?}",
+                cfg.storage.timescaledb
+            )
+        })?;
+        let store = PgStore::connect(url, mode)
+            .await
+            .with_context(|| format!("connecting to {}", redact(url)))?;
+        store.migrate().await.context("applying migrations")?;
+        return Ok(Arc::new(store));
+    }
     if !url.starts_with("sqlite:") {
         anyhow::bail!(
-            "storage.url {url:?} is not supported by this build: use sqlite://FILE (PostgreSQL arrives with the distributed mode)"
+            "storage.url {:?} is not supported: use sqlite://FILE or postgres://USER@HOST/DB",
+            redact(url)
         );
     }
     let store = SqliteStore::connect(url)
@@ -25,6 +39,20 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .with_context(|| format!("opening {url}"))?;
     store.migrate().await.context("applying migrations")?;
     Ok(Arc::new(store))
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// What each stage did, once the pipeline has drained.
@@ -76,7 +104,7 @@ impl Embedded {
         let source = bus.producer(&[topics::METRICS, topics::ALERTS]);
         let ingest_out = Arc::new(bus.producer(&[topics::POINTS, topics::DLQ]));
         let detect_out = Arc::new(bus.producer(&[topics::ANOMALIES]));
-        let correlate_out = Arc::new(bus.producer(&[topics::INCIDENTS]));
+        let correlate_out = Arc::new(bus.producer(&[topics::INCIDENTS, topics::DLQ]));
         bus.seal();
 
         let batch = cfg.bus.batch_records;
@@ -100,6 +128,9 @@ impl Embedded {
                     detect_out,
                     store.clone(),
                     batch,
+                    // The in-process bus starts from offset 0 on every run, so there is
+                    // nothing to resume: checkpoints belong to the distributed mode.
+                    None,
                 ),
             ),
             forecast: spawn(

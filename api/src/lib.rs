@@ -68,19 +68,25 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
 }
 
-/// The API routes.
-pub fn router(state: ApiState) -> Router {
+/// Liveness and Prometheus metrics, which every process serves, whatever its stage.
+pub fn ops_router() -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/metrics", get(metrics))
+}
+
+/// The API routes (with [`ops_router`]'s).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
         .route("/api/v1/anomalies", get(list_anomalies))
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
         .with_state(state)
+        .merge(ops_router())
 }
 
 async fn metrics() -> Response {

@@ -1,4 +1,4 @@
-//! API tests: the real router over a real (in-memory SQLite) store, called without a socket.
+//! API tests: the real router over real stores (in-memory SQLite and PostgreSQL), called without a socket.
 
 use std::sync::Arc;
 
@@ -39,9 +39,7 @@ fn anomaly(i: i64, service: &str, score: f64) -> Anomaly {
     }
 }
 
-async fn seeded() -> axum::Router {
-    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-    store.migrate().await.unwrap();
+async fn seeded(store: Arc<dyn Store>) -> axum::Router {
     let anomalies: Vec<Anomaly> = (0..25)
         .map(|i| {
             anomaly(
@@ -87,9 +85,7 @@ async fn seeded() -> axum::Router {
         .write_incidents(&[write.clone(), write])
         .await
         .unwrap();
-    router(ApiState {
-        store: Arc::new(store),
-    })
+    router(ApiState { store })
 }
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
@@ -110,9 +106,8 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (Statu
     )
 }
 
-#[tokio::test]
-async fn anomalies_filter_by_label_score_and_time() {
-    let app = seeded().await;
+async fn anomalies_filter_by_label_score_and_time(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
     let (code, v) = call(
         &app,
         "GET",
@@ -136,9 +131,8 @@ async fn anomalies_filter_by_label_score_and_time() {
     assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
 }
 
-#[tokio::test]
-async fn pagination_walks_every_anomaly_once_newest_first() {
-    let app = seeded().await;
+async fn pagination_walks_every_anomaly_once_newest_first(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
     let mut seen = Vec::new();
     let mut uri = "/api/v1/anomalies?limit=7".to_string();
     loop {
@@ -162,9 +156,8 @@ async fn pagination_walks_every_anomaly_once_newest_first() {
     assert_eq!(seen, sorted);
 }
 
-#[tokio::test]
-async fn bad_parameters_are_refused_with_the_reason() {
-    let app = seeded().await;
+async fn bad_parameters_are_refused_with_the_reason(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
     for (uri, needle) in [
         ("/api/v1/anomalies?limit=0", "limit"),
         ("/api/v1/anomalies?min_score=2", "min_score"),
@@ -179,9 +172,8 @@ async fn bad_parameters_are_refused_with_the_reason() {
     }
 }
 
-#[tokio::test]
-async fn incident_detail_transitions_and_errors() {
-    let app = seeded().await;
+async fn incident_detail_transitions_and_errors(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
     let (code, v) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["incident"]["status"], "DETECTED");
@@ -271,9 +263,8 @@ async fn incident_detail_transitions_and_errors() {
     assert_eq!(v["items"].as_array().unwrap().len(), 0);
 }
 
-#[tokio::test]
-async fn tenants_do_not_see_each_other() {
-    let app = seeded().await;
+async fn tenants_do_not_see_each_other(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
     let req = Request::builder()
         .uri("/api/v1/incidents/inc1")
         .header("x-seismo-tenant", "other")
@@ -301,9 +292,8 @@ async fn tenants_do_not_see_each_other() {
     assert_eq!(v["items"].as_array().unwrap().len(), 0);
 }
 
-#[tokio::test]
-async fn health_and_metrics_answer() {
-    let app = seeded().await;
+async fn health_and_metrics_answer(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
     let (code, v) = call(&app, "GET", "/healthz", "").await;
     assert_eq!((code, v["status"].as_str()), (StatusCode::OK, Some("ok")));
     let resp = app
@@ -317,3 +307,34 @@ async fn health_and_metrics_answer() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+async fn sqlite() -> Arc<dyn Store> {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
+async fn postgres() -> Arc<dyn Store> {
+    Arc::new(seismo_store::testing::fresh_postgres().await)
+}
+
+/// Every API test runs on both stores: the API must not care which one it reads.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(super::sqlite().await).await } )*
+        }
+        mod on_postgres {
+            $( #[tokio::test] async fn $name() { super::$name(super::postgres().await).await } )*
+        }
+    };
+}
+
+on_every_store!(
+    anomalies_filter_by_label_score_and_time,
+    pagination_walks_every_anomaly_once_newest_first,
+    bad_parameters_are_refused_with_the_reason,
+    incident_detail_transitions_and_errors,
+    tenants_do_not_see_each_other,
+    health_and_metrics_answer
+);

@@ -34,24 +34,29 @@ pub struct CorrelateStats {
     pub anomalies: u64,
     pub alerts: u64,
     pub incidents_created: u64,
+    /// Input records that were not alerts or anomalies (sent to the DLQ).
+    pub refused: u64,
 }
 
 /// Alerts arrive either canonical (from Seismo's HTTP ingest) or as raw Alertmanager
-/// webhook payloads written straight to the topic.
-fn parse_alerts(m: &Message) -> Vec<Alert> {
+/// webhook payloads written straight to the topic; anything else is refused with a reason.
+fn parse_alerts(m: &Message) -> Result<Vec<Alert>, String> {
     if let Ok(a) = serde_json::from_slice::<Alert>(&m.payload) {
-        return vec![a];
+        return Ok(vec![a]);
     }
-    match serde_json::from_slice::<AlertmanagerWebhook>(&m.payload)
-        .map_err(|e| e.to_string())
-        .and_then(|h| h.into_alerts(None))
-    {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(offset = m.offset, error = %e, "skipping an unreadable alert record");
-            Vec::new()
-        }
-    }
+    let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
+    serde_json::from_slice::<AlertmanagerWebhook>(&m.payload)
+        .map_err(|e| format!("neither an alert nor an Alertmanager v4 payload: {e}"))
+        .and_then(|h| h.into_alerts(tenant))
+}
+
+/// The DLQ record of a refused input record: its raw bytes, and where it came from.
+fn dead_letter(m: &Message, reason: String) -> OutRecord {
+    OutRecord::new(m.key.clone(), m.payload.clone())
+        .header("source_topic", m.topic.clone())
+        .header("source_partition", m.partition.to_string())
+        .header("source_offset", m.offset.to_string())
+        .header("reason", reason)
 }
 
 /// How often open incidents are checked for closure through the API.
@@ -97,7 +102,21 @@ pub async fn run(
         }
         let mut writes: Vec<IncidentWrite> = Vec::new();
         if from_alerts {
-            let parsed: Vec<Alert> = batch.iter().flat_map(parse_alerts).collect();
+            let mut parsed: Vec<Alert> = Vec::new();
+            let mut dlq = Vec::new();
+            for m in &batch {
+                match parse_alerts(m) {
+                    Ok(a) => parsed.extend(a),
+                    Err(reason) => {
+                        tracing::warn!(offset = m.offset, %reason, "alert record refused; sent to the DLQ");
+                        dlq.push(dead_letter(m, reason));
+                    }
+                }
+            }
+            stats.refused += dlq.len() as u64;
+            if !dlq.is_empty() {
+                output.send(topics::DLQ, dlq).await?;
+            }
             stats.alerts += parsed.len() as u64;
             store.insert_alerts(&parsed).await?;
             for a in parsed {
@@ -111,7 +130,14 @@ pub async fn run(
                         writes.extend(core.process(Signal::Anomaly(a)));
                     }
                     Err(e) => {
-                        tracing::warn!(offset = m.offset, error = %e, "skipping a record that is not an anomaly")
+                        tracing::warn!(offset = m.offset, error = %e, "record is not an anomaly; sent to the DLQ");
+                        stats.refused += 1;
+                        output
+                            .send(
+                                topics::DLQ,
+                                vec![dead_letter(m, format!("not an anomaly: {e}"))],
+                            )
+                            .await?;
                     }
                 }
             }

@@ -74,6 +74,7 @@ pub struct SeriesModel {
     level: f64,
     flat_mad: f64,
     /// EWMA of each slot's mean over previous cycles; NaN until a cycle has filled it.
+    #[serde(with = "nan_as_null")]
     profile: Vec<f32>,
     /// The slot being accumulated; it is learned only once it is complete, so the
     /// profile never contains the current cycle's values.
@@ -384,5 +385,19 @@ mod tests {
         };
         let full = run(3000);
         assert_eq!(run(1234), full[..1234]);
+    }
+}
+
+/// JSON has no NaN: checkpoints write unfilled profile slots as null.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| (!x.is_nan()).then_some(*x)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        let v: Vec<Option<f32>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(f32::NAN)).collect())
     }
 }

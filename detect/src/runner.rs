@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
@@ -10,8 +11,8 @@ use seismo_schemas::{
     Anomaly, AnomalyKind, DetectorPart, Explanation, MetricPoint, SeriesId, Severity,
     correlation_key, topics,
 };
-use seismo_store::Store;
-use seismo_transport::{Consumer, OutRecord, Producer, TransportError};
+use seismo_store::{Checkpoint, Store};
+use seismo_transport::{Consumer, Message, OutRecord, Producer, TransportError};
 
 use crate::{DetectConfig, Scored, SeriesModel};
 
@@ -33,10 +34,25 @@ static BAD: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric")
 });
 
+static RESTORED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_detect_partitions_restored_total",
+        "Partitions whose learned state was restored from a checkpoint"
+    )
+    .expect("metric")
+});
+static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_detect_replayed_records_total",
+        "Redelivered records skipped because the restored state already contains them"
+    )
+    .expect("metric")
+});
+
 /// Name recorded on every anomaly this detector raises.
 pub const DETECTOR_NAME: &str = "seasonal_residual";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeriesState {
     bucket: i64,
     sum: f64,
@@ -60,6 +76,32 @@ impl Detector {
             bucket_ms,
             partitions: HashMap::new(),
         }
+    }
+
+    /// The learned state of one partition's series, for a checkpoint.
+    pub fn export_partition(&self, partition: u32) -> Vec<u8> {
+        let mut series: Vec<(&SeriesId, &SeriesState)> = self
+            .partitions
+            .get(&partition)
+            .map(|m| m.iter().collect())
+            .unwrap_or_default();
+        // Sorted, so equal states give equal bytes.
+        series.sort_by_key(|(id, _)| **id);
+        serde_json::to_vec(&series).expect("detector state serialises")
+    }
+
+    /// Replaces one partition's state with a checkpoint's.
+    pub fn import_partition(&mut self, partition: u32, state: &[u8]) -> Result<(), String> {
+        let series: Vec<(SeriesId, SeriesState)> =
+            serde_json::from_slice(state).map_err(|e| e.to_string())?;
+        self.partitions
+            .insert(partition, series.into_iter().collect());
+        Ok(())
+    }
+
+    /// Forgets one partition (it moved to another process).
+    pub fn drop_partition(&mut self, partition: u32) {
+        self.partitions.remove(&partition);
     }
 
     /// Number of series with state.
@@ -183,10 +225,46 @@ pub enum DetectError {
 pub struct DetectStats {
     pub points: u64,
     pub anomalies: u64,
+    /// Partitions whose state came from a checkpoint.
+    pub restored_partitions: u64,
+    /// Redelivered records that the restored state already contained.
+    pub replayed_skipped: u64,
 }
+
+/// Where and how often detect checkpoints its per-partition state (distributed mode).
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// The consumer group whose partitions the checkpoints belong to.
+    pub group: String,
+    pub interval: Duration,
+}
+
+/// Position of one input partition.
+#[derive(Debug, Default)]
+struct PartitionPos {
+    /// First offset the state has not seen; records below it are replays.
+    next_offset: i64,
+    records: u64,
+    /// The last record folded in since the previous checkpoint, to commit its offset.
+    last: Option<Message>,
+    /// Set after seeking back to `next_offset`: records beyond it, fetched before the
+    /// seek took effect, are dropped until the partition restarts at `next_offset`.
+    rewinding: bool,
+    /// Seeks made for this partition; bounded, in case the records are gone (retention).
+    seeks: u32,
+}
+
+/// Seeks per partition before a gap is accepted (records deleted by retention).
+const MAX_SEEKS: u32 = 3;
 
 /// Runs detect until its input ends: score every point of `seismo.points`, store the
 /// anomalies, publish them keyed by correlation scope, then commit.
+///
+/// With `checkpointing`, the learned state of each input partition is saved with the
+/// offset it has reached, and input offsets are committed only up to saved checkpoints.
+/// A process that takes over a partition (restart, rebalance) restores the state and
+/// skips redelivered records the state already contains, so baselines survive and no
+/// point is learned twice. Anomalies are deterministic, so a replay rewrites the same ids.
 pub async fn run(
     cfg: DetectConfig,
     scope_label: Option<String>,
@@ -194,13 +272,63 @@ pub async fn run(
     output: Arc<dyn Producer>,
     store: Arc<dyn Store>,
     batch_records: usize,
+    checkpointing: Option<Checkpointing>,
 ) -> Result<DetectStats, DetectError> {
     let mut det = Detector::new(cfg);
     let mut stats = DetectStats::default();
+    let mut pos: HashMap<u32, PartitionPos> = HashMap::new();
+    let mut last_checkpoint = Instant::now();
     while let Some(batch) = input.next_batch(batch_records).await {
         let batch = batch?;
         let mut anomalies = Vec::new();
         for m in &batch {
+            if let Some(ck) = &checkpointing {
+                let p = match pos.entry(m.partition) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let restored = restore(&mut det, &*store, ck, m).await?;
+                        stats.restored_partitions += u64::from(restored.records > 0);
+                        e.insert(restored)
+                    }
+                };
+                if p.rewinding {
+                    if m.offset > p.next_offset {
+                        continue;
+                    }
+                    p.rewinding = false;
+                }
+                if m.offset < p.next_offset {
+                    stats.replayed_skipped += 1;
+                    REPLAYED.inc();
+                    continue;
+                }
+                if m.offset > p.next_offset {
+                    // The state stops before this record (a checkpoint restored while the
+                    // fetch position was ahead of it): fetch the missing records again
+                    // rather than learn with a hole.
+                    if p.seeks < MAX_SEEKS {
+                        p.seeks += 1;
+                        p.rewinding = true;
+                        tracing::info!(
+                            partition = m.partition,
+                            from = p.next_offset,
+                            at = m.offset,
+                            "rewinding to the checkpoint"
+                        );
+                        input.seek(&m.topic, m.partition, p.next_offset)?;
+                        continue;
+                    }
+                    tracing::warn!(
+                        partition = m.partition,
+                        from = p.next_offset,
+                        at = m.offset,
+                        "records missing from the partition (retention?); continuing after the gap"
+                    );
+                }
+                p.next_offset = m.offset + 1;
+                p.records += 1;
+                p.last = Some(m.clone());
+            }
             match serde_json::from_slice::<MetricPoint>(&m.payload) {
                 Ok(p) => {
                     stats.points += 1;
@@ -231,8 +359,100 @@ pub async fn run(
                 .collect();
             output.send(topics::ANOMALIES, records).await?;
         }
-        input.commit(&batch).await?;
+        // Revocations apply after the batch: its records were fetched while the
+        // partitions were ours and continue our state; state kept past a revocation
+        // could be stale when the partition comes back.
+        for p in input.take_revoked() {
+            det.drop_partition(p);
+            pos.remove(&p);
+        }
+        match &checkpointing {
+            None => input.commit(&batch).await?,
+            Some(ck) if last_checkpoint.elapsed() >= ck.interval => {
+                checkpoint(&det, &mut pos, &*store, ck, &mut *input, &*output).await?;
+                last_checkpoint = Instant::now();
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(ck) = &checkpointing {
+        checkpoint(&det, &mut pos, &*store, ck, &mut *input, &*output).await?;
     }
     output.flush().await?;
     Ok(stats)
+}
+
+/// Loads the checkpoint of `m`'s partition into the detector, if there is one.
+async fn restore(
+    det: &mut Detector,
+    store: &dyn Store,
+    ck: &Checkpointing,
+    m: &Message,
+) -> Result<PartitionPos, DetectError> {
+    let Some(cp) = store
+        .load_checkpoint(&ck.group, &m.topic, m.partition)
+        .await?
+    else {
+        return Ok(PartitionPos::default());
+    };
+    if let Err(e) = det.import_partition(m.partition, &cp.state) {
+        // Unreadable state (say, from an incompatible version): learn afresh rather than
+        // stop the partition; skipping stays right because it depends only on offsets.
+        tracing::error!(partition = m.partition, error = %e, "checkpoint unreadable; starting this partition afresh");
+    } else {
+        RESTORED.inc();
+        tracing::info!(
+            partition = m.partition,
+            next_offset = cp.next_offset,
+            series = det.partitions.get(&m.partition).map_or(0, HashMap::len),
+            "restored detector state"
+        );
+    }
+    Ok(PartitionPos {
+        next_offset: cp.next_offset,
+        records: cp.records,
+        ..PartitionPos::default()
+    })
+}
+
+/// Saves the state of every partition that moved since the last checkpoint, then commits
+/// the input up to it. Anomalies are already durable (stored and acknowledged).
+async fn checkpoint(
+    det: &Detector,
+    pos: &mut HashMap<u32, PartitionPos>,
+    store: &dyn Store,
+    ck: &Checkpointing,
+    input: &mut dyn Consumer,
+    output: &dyn Producer,
+) -> Result<(), DetectError> {
+    let moved: Vec<u32> = pos
+        .iter()
+        .filter(|(_, p)| p.last.is_some())
+        .map(|(k, _)| *k)
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    output.flush().await?;
+    let mut by_topic: HashMap<String, Vec<Checkpoint>> = HashMap::new();
+    let mut lasts = Vec::new();
+    for partition in moved {
+        let p = pos.get_mut(&partition).expect("listed above");
+        let last = p.last.take().expect("filtered on");
+        by_topic
+            .entry(last.topic.clone())
+            .or_default()
+            .push(Checkpoint {
+                partition,
+                next_offset: p.next_offset,
+                records: p.records,
+                state: det.export_partition(partition),
+            });
+        lasts.push(last);
+    }
+    for (topic, cps) in &by_topic {
+        store.save_checkpoints(&ck.group, topic, cps).await?;
+    }
+    input.commit(&lasts).await?;
+    Ok(())
 }

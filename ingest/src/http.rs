@@ -27,12 +27,14 @@ pub struct IngestHttp {
     pub scope_label: Option<String>,
 }
 
-/// The ingest routes: `POST /api/v1/ingest/points` and `POST /api/v1/ingest/alertmanager`.
+/// The ingest routes: `POST /api/v1/ingest/points`, `POST /api/v1/ingest/alertmanager` and
+/// `POST /api/v1/write` (Prometheus remote_write).
 pub fn router(state: IngestHttp) -> axum::Router {
     let limit = state.max_body_bytes;
     axum::Router::new()
         .route("/api/v1/ingest/points", post(ingest_points))
         .route("/api/v1/ingest/alertmanager", post(ingest_alertmanager))
+        .route("/api/v1/write", post(ingest_remote_write))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -124,6 +126,58 @@ async fn ingest_points_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -
     (
         status,
         Json(json!({ "accepted": accepted, "rejected": rejected })),
+    )
+        .into_response()
+}
+
+/// Accepts a Prometheus remote_write request. It is validated here, so Prometheus learns
+/// of bad series in the response (400 is not retried by Prometheus, 5xx is), and the
+/// accepted points are forwarded as JSON lines like every other point.
+async fn ingest_remote_write(
+    State(s): State<IngestHttp>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    count("remote_write", remote_write_inner(&s, &headers, body).await)
+}
+
+async fn remote_write_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -> Response {
+    let tenant = match tenant_of(headers) {
+        Ok(t) => t,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let (parsed, _stale) = match crate::remote_write::decode(&body, tenant.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let accepted = parsed.points.len();
+    if accepted > 0 {
+        let mut payload = BytesMut::new();
+        for p in &parsed.points {
+            payload.extend_from_slice(&serde_json::to_vec(p).expect("points serialise"));
+            payload.extend_from_slice(b"\n");
+        }
+        let record = OutRecord::new(Bytes::new(), payload.freeze());
+        if let Err(e) = s
+            .producer
+            .try_send_all(topics::METRICS, vec![record], s.publish_timeout)
+            .await
+        {
+            return publish_error(e);
+        }
+    }
+    metrics::REJECTED.inc_by(parsed.rejected.len() as u64);
+    let status = if parsed.rejected.is_empty() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    if status == StatusCode::NO_CONTENT {
+        return status.into_response();
+    }
+    (
+        status,
+        Json(json!({ "accepted": accepted, "rejected": parsed.rejected })),
     )
         .into_response()
 }

@@ -6,13 +6,14 @@
 
 pub mod http;
 mod metrics;
+pub mod remote_write;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use seismo_schemas::{MetricPoint, topics};
 use seismo_store::Store;
-use seismo_transport::{Consumer, OutRecord, Producer, TransportError};
+use seismo_transport::{Consumer, Message, OutRecord, Producer, TransportError};
 
 /// A line that was refused, and why.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -66,6 +67,49 @@ pub fn point_record(p: &MetricPoint) -> OutRecord {
     )
 }
 
+/// What a `seismo.metrics` record's headers say its format is, if anything: producers
+/// that forward Prometheus' requests keep its `Content-Type` / `Content-Encoding`.
+fn declared_remote_write(m: &Message) -> Option<bool> {
+    let header = |n: &str| {
+        m.header(n)
+            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+    };
+    if let Some(ct) = header("content-type") {
+        return Some(ct.contains("protobuf"));
+    }
+    if header("content-encoding").as_deref() == Some("snappy") {
+        return Some(true);
+    }
+    None
+}
+
+/// A decoded `seismo.metrics` record.
+enum Decoded {
+    Lines(Parsed),
+    /// Points, and the number of staleness markers skipped.
+    RemoteWrite(Parsed, u64),
+}
+
+/// Decodes one record: remote_write when declared, or when it is not JSON and decodes
+/// as remote_write; JSON lines otherwise (so a text record of bad lines is refused line
+/// by line, with reasons, rather than as bad protobuf).
+fn decode_record(m: &Message, tenant: Option<&str>) -> Result<Decoded, String> {
+    let remote = match declared_remote_write(m) {
+        Some(r) => r,
+        None if !remote_write::looks_like_remote_write(&m.payload) => false,
+        None => match remote_write::decode(&m.payload, tenant) {
+            Ok((p, stale)) => return Ok(Decoded::RemoteWrite(p, stale)),
+            Err(e) if std::str::from_utf8(&m.payload).is_err() => return Err(e),
+            Err(_) => false,
+        },
+    };
+    if remote {
+        remote_write::decode(&m.payload, tenant).map(|(p, stale)| Decoded::RemoteWrite(p, stale))
+    } else {
+        Ok(Decoded::Lines(parse_lines(&m.payload, tenant)))
+    }
+}
+
 /// Errors that stop the ingest runner.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -99,23 +143,49 @@ pub async fn run(
         let mut dlq = Vec::new();
         for m in &batch {
             let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
-            let parsed = parse_lines(&m.payload, tenant);
-            for r in &parsed.rejected {
-                let line = m
-                    .payload
-                    .split(|b| *b == b'\n')
-                    .nth(r.line - 1)
-                    .unwrap_or_default();
-                dlq.push(
-                    OutRecord::new(m.key.clone(), Bytes::copy_from_slice(line))
-                        .header("source_topic", m.topic.clone())
-                        .header("source_partition", m.partition.to_string())
-                        .header("source_offset", m.offset.to_string())
-                        .header("line", r.line.to_string())
-                        .header("reason", r.reason.clone()),
-                );
+            let dead = |payload: Bytes, reason: String, line: Option<usize>| {
+                let mut r = OutRecord::new(m.key.clone(), payload)
+                    .header("source_topic", m.topic.clone())
+                    .header("source_partition", m.partition.to_string())
+                    .header("source_offset", m.offset.to_string())
+                    .header("reason", reason);
+                if let Some(l) = line {
+                    r = r.header("line", l.to_string());
+                }
+                r
+            };
+            match decode_record(m, tenant) {
+                Ok(Decoded::Lines(parsed)) => {
+                    for r in &parsed.rejected {
+                        let line = m
+                            .payload
+                            .split(|b| *b == b'\n')
+                            .nth(r.line - 1)
+                            .unwrap_or_default();
+                        dlq.push(dead(
+                            Bytes::copy_from_slice(line),
+                            r.reason.clone(),
+                            Some(r.line),
+                        ));
+                    }
+                    points.extend(parsed.points);
+                }
+                Ok(Decoded::RemoteWrite(parsed, stale)) => {
+                    metrics::STALE.inc_by(stale);
+                    if !parsed.rejected.is_empty() {
+                        // The protobuf has no lines to cut out, so the whole record goes
+                        // to the DLQ once, with every reason.
+                        let reasons: Vec<String> = parsed
+                            .rejected
+                            .iter()
+                            .map(|r| format!("series {}: {}", r.line, r.reason))
+                            .collect();
+                        dlq.push(dead(m.payload.clone(), reasons.join("; "), None));
+                    }
+                    points.extend(parsed.points);
+                }
+                Err(reason) => dlq.push(dead(m.payload.clone(), reason, None)),
             }
-            points.extend(parsed.points);
         }
         stats.records += batch.len() as u64;
         stats.points += points.len() as u64;

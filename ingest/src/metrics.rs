@@ -20,3 +20,10 @@ pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric")
 });
+pub static STALE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_ingest_stale_markers_total",
+        "Prometheus staleness markers skipped in remote_write input"
+    )
+    .expect("metric")
+});

@@ -3,7 +3,9 @@
 //! Every write is idempotent, keyed by the deterministic ids of the canonical types, so a
 //! record delivered twice by the bus takes effect once.
 
+mod postgres;
 mod sqlite;
+pub mod testing;
 
 use std::collections::HashMap;
 
@@ -14,6 +16,7 @@ use seismo_schemas::{
     TransitionError,
 };
 
+pub use postgres::{Layout, PgStore, TimescaleMode};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store, split by whose fault they are.
@@ -121,6 +124,17 @@ pub struct TableCounts {
     pub incidents: u64,
 }
 
+/// A stage's state for one input partition, and where in that partition it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub partition: u32,
+    /// The first input offset the state has not seen: a new owner resumes here.
+    pub next_offset: i64,
+    /// Input records folded into the state so far (over the partition's whole life).
+    pub records: u64,
+    pub state: Vec<u8>,
+}
+
 /// The result tables.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -155,6 +169,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Incident>;
 
     async fn counts(&self) -> Result<TableCounts>;
+
+    /// The checkpoint of one input partition of a consumer group, if any.
+    async fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Checkpoint>>;
+    /// Saves checkpoints; a checkpoint never replaces one that is further ahead (a stale
+    /// owner of a partition after a rebalance cannot roll its successor back).
+    async fn save_checkpoints(&self, group: &str, topic: &str, cps: &[Checkpoint]) -> Result<()>;
+    /// Every checkpoint of a consumer group on a topic, by partition.
+    async fn checkpoints(&self, group: &str, topic: &str) -> Result<Vec<Checkpoint>>;
     /// Stored points of one series in [from, to), oldest first.
     async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>>;
 }

@@ -96,7 +96,8 @@ pub trait Producer: Send + Sync {
 #[async_trait]
 pub trait Consumer: Send {
     /// Waits for the next records (at most `max`). `None` means the stream has ended: every
-    /// producer closed (embedded) or shutdown was requested (distributed).
+    /// producer closed (embedded) or shutdown was requested (distributed). A batch may be
+    /// empty when the stream is quiet (Kafka), so stages can do periodic work.
     async fn next_batch(&mut self, max: usize) -> Option<Result<Vec<Message>, TransportError>>;
 
     /// Marks every record up to and including `batch` as processed. Call only once the
@@ -105,6 +106,23 @@ pub trait Consumer: Send {
 
     /// Partitions this member currently owns.
     fn assignment(&self) -> Vec<u32>;
+
+    /// Makes the next records of `partition` of `topic` start at `offset`. Used by stages
+    /// whose restored state is behind the fetch position. The in-process bus never needs
+    /// it (it has no rebalances), so by default it is refused.
+    fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<(), TransportError> {
+        let _ = (partition, offset);
+        Err(TransportError::Other(format!(
+            "seek is not supported on {topic}"
+        )))
+    }
+
+    /// Partitions taken away from this member (by a group rebalance) since the last call.
+    /// A stage that keeps state per partition must drop it: the next owner may advance
+    /// the partition, so the state could be stale if the partition comes back.
+    fn take_revoked(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// The partition a key maps to; equal keys always map to the same partition.

@@ -1,0 +1,128 @@
+//! The `seismo` command line's declaration (clap), in the library so tests can check it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Streaming anomaly detection and incident correlation for telemetry.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); `SEISMO_SECTION__KEY` environment variables override it.
+    #[arg(long, short, global = true, env = "SEISMO_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate a fleet with injected faults through the whole pipeline, embedded.
+    Demo {
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+        /// Keep the HTTP API up after the run (until Ctrl-C).
+        #[arg(long)]
+        serve: bool,
+        /// Simulated days (faults fall on the last one).
+        #[arg(long, default_value_t = 3)]
+        days: u64,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Database of the demo; it is recreated on every run.
+        #[arg(long, default_value = "sqlite://seismo-demo.db")]
+        db: String,
+    },
+    /// Run the pipeline: every stage embedded in this process (default), or one stage of
+    /// the distributed mode on Kafka and PostgreSQL (`--stage`).
+    Run {
+        /// Run only this stage, reading and writing Kafka (kafka.brokers) and the store
+        /// (storage.url). Scale a stage by starting more processes of it.
+        #[arg(long, value_enum)]
+        stage: Option<Stage>,
+    },
+    /// Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Create or upgrade the database tables.
+    Migrate,
+    /// Score a CSV file: `timestamp,value` with the streaming detector, or several numeric
+    /// columns (a `label` column is ignored) with an isolation forest fitted on the file.
+    Detect {
+        file: PathBuf,
+        /// Where to write the scored CSV (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Seed of the isolation forest (multi-column files).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Quality harnesses on a data folder.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Isolation-forest ROC AUC per dataset of an ODDS folder (CSV files with a `label` column).
+    Odds {
+        dir: PathBuf,
+        /// Seeds to average over.
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run the streaming detector over a NAB-layout folder (data/, labels/, config/) and
+    /// score it as NAB does.
+    Nab {
+        dir: PathBuf,
+        /// Write NAB result files under RESULTS/<name>/ (for NAB's own scorer).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Detector name used in result file names (no '_').
+        #[arg(long, default_value = "seismo")]
+        name: String,
+        /// Also write the scores as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every Seismo topic with kafka.partitions and kafka.replication; topics that
+    /// already exist are left as they are.
+    Create,
+}
+
+/// A stage of the distributed mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// seismo.metrics (JSON lines, remote_write) → metric_points + seismo.points; invalid
+    /// records → seismo.dlq. Also serves HTTP ingest on http.listen.
+    Ingest,
+    /// seismo.points → anomalies + seismo.anomalies, with per-partition checkpoints.
+    Detect,
+    /// seismo.points → forecasts.
+    Forecast,
+    /// seismo.anomalies + seismo.alerts → incidents + seismo.incidents.
+    Correlate,
+    /// The query API on http.listen.
+    Api,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Detect => "detect",
+            Stage::Forecast => "forecast",
+            Stage::Correlate => "correlate",
+            Stage::Api => "api",
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! The PostgreSQL store of distributed mode: TimescaleDB when present, native partitions otherwise.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use seismo_schemas::{
+    Alert, AlertStatus, Anomaly, AnomalyKind, Forecast, Incident, IncidentEvent, IncidentEventKind,
+    IncidentStatus, MetricPoint, SeriesId, Severity,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+
+use crate::{
+    AnomalyQuery, Checkpoint, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store,
+    StoreError, TableCounts,
+};
+
+/// PostgreSQL accepts at most 65535 bound parameters per statement.
+const MAX_PARAMS: usize = 60_000;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Whether to use TimescaleDB (`storage.timescaledb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimescaleMode {
+    /// Use the extension when the server has it; native partitioning otherwise.
+    #[default]
+    Auto,
+    /// Fail the migration when the extension is missing.
+    Require,
+    /// Native partitioning even where the extension exists.
+    Off,
+}
+
+impl TimescaleMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "require" => Some(Self::Require),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Require => "require",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// How the time-series tables of a migrated database are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// TimescaleDB hypertables.
+    Hypertables,
+    /// Native range partitions by day, created on demand before writes.
+    NativePartitions,
+}
+
+/// Distributed store on PostgreSQL.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    timescale: TimescaleMode,
+    /// Series already written; a cache only (losing it costs a redundant upsert).
+    known_series: Mutex<HashSet<SeriesId>>,
+    /// Days whose native partitions exist, per table; a cache only.
+    known_days: Mutex<HashSet<(&'static str, NaiveDate)>>,
+    layout: Mutex<Option<Layout>>,
+}
+
+fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {v}"))
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn day_of(t: DateTime<Utc>) -> NaiveDate {
+    t.date_naive()
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:pass@host:port/db`).
+    pub async fn connect(url: &str, timescale: TimescaleMode) -> Result<Self> {
+        // Notices ("already exists, skipping") are expected on every idempotent DDL and
+        // would flood the logs.
+        let opts: PgConnectOptions = url
+            .parse::<PgConnectOptions>()?
+            .options([("client_min_messages", "warning")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await?;
+        Ok(PgStore {
+            pool,
+            timescale,
+            known_series: Mutex::default(),
+            known_days: Mutex::default(),
+            layout: Mutex::default(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether the server offers the timescaledb extension at all.
+    pub async fn timescale_available(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// How the migrated tables are laid out.
+    pub async fn layout(&self) -> Result<Layout> {
+        if let Some(l) = *self.layout.lock().expect("layout lock") {
+            return Ok(l);
+        }
+        let partitioned: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'metric_points'::regclass)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let l = if partitioned {
+            Layout::NativePartitions
+        } else {
+            Layout::Hypertables
+        };
+        *self.layout.lock().expect("layout lock") = Some(l);
+        Ok(l)
+    }
+
+    /// Creates the native partitions that rows at `times` of `table` need.
+    async fn ensure_partitions(
+        &self,
+        table: &'static str,
+        times: impl Iterator<Item = DateTime<Utc>>,
+    ) -> Result<()> {
+        if self.layout().await? != Layout::NativePartitions {
+            return Ok(());
+        }
+        let days: BTreeSet<NaiveDate> = {
+            let known = self.known_days.lock().expect("days lock");
+            times
+                .map(day_of)
+                .filter(|d| !known.contains(&(table, *d)))
+                .collect()
+        };
+        let (Some(first), Some(last)) = (days.first(), days.last()) else {
+            return Ok(());
+        };
+        let at = |d: &NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"));
+        sqlx::query("SELECT seismo_ensure_partitions($1, $2, $3)")
+            .bind(table)
+            .bind(at(first))
+            .bind(at(last))
+            .execute(&self.pool)
+            .await?;
+        let mut known = self.known_days.lock().expect("days lock");
+        let mut d = *first;
+        while d <= *last {
+            known.insert((table, d));
+            d = d.succ_opt().expect("date in range");
+        }
+        Ok(())
+    }
+}
+
+fn anomaly_from_row(r: &PgRow) -> Result<Anomaly> {
+    let severity: String = r.try_get("severity")?;
+    let kind: String = r.try_get("kind")?;
+    Ok(Anomaly {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        series_id: r.try_get::<i64, _>("series_id")? as u64,
+        name: r.try_get("name")?,
+        labels: r.try_get::<Json<_>, _>("labels")?.0,
+        ts: r.try_get("time")?,
+        observed: r.try_get("observed")?,
+        expected: r.try_get("expected")?,
+        lower: r.try_get("lower")?,
+        upper: r.try_get("upper")?,
+        score: r.try_get("score")?,
+        severity: Severity::parse(&severity).ok_or_else(|| corrupt("severity", &severity))?,
+        kind: AnomalyKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+        detector: r.try_get("detector")?,
+        explanation: r.try_get::<Json<_>, _>("explanation")?.0,
+    })
+}
+
+fn incident_from_row(r: &PgRow) -> Result<Incident> {
+    let status: String = r.try_get("status")?;
+    let severity: String = r.try_get("severity")?;
+    let mut anomaly_ids: Vec<String> = r.try_get("anomaly_ids")?;
+    let mut alert_fingerprints: Vec<String> = r.try_get("alert_fingerprints")?;
+    anomaly_ids.sort();
+    alert_fingerprints.sort();
+    Ok(Incident {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        title: r.try_get("title")?,
+        status: IncidentStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        severity: Severity::parse(&severity).ok_or_else(|| corrupt("severity", &severity))?,
+        started_at: r.try_get("started_at")?,
+        updated_at: r.try_get("updated_at")?,
+        resolved_at: r.try_get("resolved_at")?,
+        scope: r.try_get::<Json<_>, _>("scope")?.0,
+        root_cause_candidates: r.try_get::<Json<_>, _>("root_cause_candidates")?.0,
+        anomaly_ids,
+        alert_fingerprints,
+    })
+}
+
+fn event_from_row(r: &PgRow) -> Result<IncidentEvent> {
+    let kind: String = r.try_get("kind")?;
+    let status = |col: &str| -> Result<Option<IncidentStatus>> {
+        match r.try_get::<Option<String>, _>(col)? {
+            None => Ok(None),
+            Some(s) => IncidentStatus::parse(&s)
+                .map(Some)
+                .ok_or_else(|| corrupt(col, s)),
+        }
+    };
+    Ok(IncidentEvent {
+        id: r.try_get("id")?,
+        incident_id: r.try_get("incident_id")?,
+        ts: r.try_get("time")?,
+        kind: IncidentEventKind::parse(&kind).ok_or_else(|| corrupt("event kind", &kind))?,
+        actor: r.try_get("actor")?,
+        message: r.try_get("message")?,
+        from_status: status("from_status")?,
+        to_status: status("to_status")?,
+    })
+}
+
+fn checkpoint_from_row(r: &PgRow) -> Result<Checkpoint> {
+    Ok(Checkpoint {
+        partition: r.try_get::<i32, _>("partition")? as u32,
+        next_offset: r.try_get("next_offset")?,
+        records: r.try_get::<i64, _>("records")? as u64,
+        state: r.try_get("state")?,
+    })
+}
+
+const INCIDENT_SELECT: &str = "SELECT i.*, \
+    ARRAY(SELECT anomaly_id FROM incident_anomalies a WHERE a.incident_id = i.id) AS anomaly_ids, \
+    ARRAY(SELECT fingerprint FROM incident_alerts f WHERE f.incident_id = i.id) AS alert_fingerprints \
+    FROM incidents i";
+
+fn push_events<'a>(qb: &mut QueryBuilder<'a, Postgres>, events: &'a [IncidentEvent]) {
+    qb.push(
+        "INSERT INTO incident_events (id, incident_id, time, kind, actor, message, from_status, to_status) ",
+    );
+    qb.push_values(events, |mut b, e| {
+        b.push_bind(&e.id)
+            .push_bind(&e.incident_id)
+            .push_bind(e.ts)
+            .push_bind(e.kind.as_str())
+            .push_bind(&e.actor)
+            .push_bind(&e.message)
+            .push_bind(e.from_status.map(|s| s.as_str()))
+            .push_bind(e.to_status.map(|s| s.as_str()));
+    });
+    qb.push(" ON CONFLICT (id) DO NOTHING");
+}
+
+fn check_label(name: &str) -> Result<()> {
+    seismo_schemas::validate_label_name(name).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Cursor) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| key(t).encode())
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+/// Appends one COPY text-format row of a point: `series_id \t ms \t value \n`.
+fn copy_row(buf: &mut Vec<u8>, id: i64, ms: i64, value: f64) {
+    use std::io::Write;
+    // f64's Display is the shortest round-tripping form, which PostgreSQL reads exactly;
+    // non-finite values never get here (ingest refuses them).
+    let _ = writeln!(buf, "{id}\t{ms}\t{value}");
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        // Read by the migration's DO block; session-local, so nothing else sees it.
+        sqlx::query("SELECT set_config('seismo.timescaledb', $1, false)")
+            .bind(self.timescale.as_str())
+            .execute(&mut *conn)
+            .await?;
+        MIGRATOR.run_direct(&mut *conn).await?;
+        *self.layout.lock().expect("layout lock") = None;
+        if self.layout().await? == Layout::Hypertables {
+            // A continuous aggregate cannot be created inside a transaction, so it lives
+            // here rather than in the migration files; IF NOT EXISTS keeps it idempotent.
+            sqlx::query(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS metric_points_1m \
+                 WITH (timescaledb.continuous) AS \
+                 SELECT series_id, time_bucket(INTERVAL '1 minute', time) AS bucket, \
+                 avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count \
+                 FROM metric_points GROUP BY 1, 2 WITH NO DATA",
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "SELECT add_continuous_aggregate_policy('metric_points_1m', \
+                 start_offset => INTERVAL '1 hour', end_offset => INTERVAL '1 minute', \
+                 schedule_interval => INTERVAL '1 minute', if_not_exists => true)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            tracing::info!("storage: TimescaleDB hypertables");
+        } else {
+            tracing::info!("storage: native PostgreSQL partitions (timescaledb not in use)");
+        }
+        Ok(())
+    }
+
+    async fn insert_points(&self, points: &[MetricPoint]) -> Result<u64> {
+        if points.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions("metric_points", points.iter().map(|p| from_ms(p.ts)))
+            .await?;
+        let ids: Vec<SeriesId> = points.iter().map(MetricPoint::series_id).collect();
+        let mut new_series: Vec<(SeriesId, &MetricPoint)> = {
+            let known = self.known_series.lock().expect("series cache lock");
+            ids.iter()
+                .zip(points)
+                .filter(|(id, _)| !known.contains(id))
+                .map(|(id, p)| (*id, p))
+                .collect()
+        };
+        new_series.sort_by_key(|(id, _)| *id);
+        new_series.dedup_by_key(|(id, _)| *id);
+        let mut tx = self.pool.begin().await?;
+        for chunk in new_series.chunks(MAX_PARAMS / 5) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO series (series_id, tenant, name, labels, first_seen) ",
+            );
+            qb.push_values(chunk, |mut b, (id, p)| {
+                b.push_bind(*id as i64)
+                    .push_bind(&p.tenant)
+                    .push_bind(&p.name)
+                    .push_bind(Json(&p.labels))
+                    .push_bind(from_ms(p.ts));
+            });
+            qb.push(" ON CONFLICT (series_id) DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        // COPY is PostgreSQL's fast path, but it cannot skip duplicates; so points go to a
+        // transaction-local staging table by COPY and from there into the (partitioned or
+        // hypertable) metric_points with ON CONFLICT DO NOTHING, keeping replays harmless.
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS points_in (series_id BIGINT, ms BIGINT, value DOUBLE PRECISION) \
+             ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let mut buf = Vec::with_capacity(points.len() * 40);
+        for (id, p) in ids.iter().zip(points) {
+            copy_row(&mut buf, *id as i64, p.ts, p.value);
+        }
+        let mut copy = tx
+            .copy_in_raw("COPY points_in (series_id, ms, value) FROM STDIN")
+            .await?;
+        copy.send(buf).await?;
+        copy.finish().await?;
+        let written = sqlx::query(
+            "INSERT INTO metric_points (series_id, time, value) \
+             SELECT series_id, timestamptz 'epoch' + ms * INTERVAL '1 millisecond', value FROM points_in \
+             ON CONFLICT (series_id, time) DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        self.known_series
+            .lock()
+            .expect("series cache lock")
+            .extend(new_series.iter().map(|(id, _)| *id));
+        Ok(written)
+    }
+
+    async fn insert_anomalies(&self, anomalies: &[Anomaly]) -> Result<u64> {
+        if anomalies.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions("anomalies", anomalies.iter().map(|a| a.ts))
+            .await?;
+        let mut written = 0;
+        let mut tx = self.pool.begin().await?;
+        for chunk in anomalies.chunks(MAX_PARAMS / 15) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO anomalies (id, tenant, series_id, name, labels, time, observed, expected, \
+                 lower, upper, score, severity, kind, detector, explanation) ",
+            );
+            qb.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.id)
+                    .push_bind(&a.tenant)
+                    .push_bind(a.series_id as i64)
+                    .push_bind(&a.name)
+                    .push_bind(Json(&a.labels))
+                    .push_bind(a.ts)
+                    .push_bind(a.observed)
+                    .push_bind(a.expected)
+                    .push_bind(a.lower)
+                    .push_bind(a.upper)
+                    .push_bind(a.score)
+                    .push_bind(a.severity.as_str())
+                    .push_bind(a.kind.as_str())
+                    .push_bind(&a.detector)
+                    .push_bind(Json(&a.explanation));
+            });
+            qb.push(" ON CONFLICT (id, time) DO NOTHING");
+            written += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn insert_forecasts(&self, forecasts: &[Forecast]) -> Result<u64> {
+        if forecasts.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions("forecasts", forecasts.iter().map(|f| f.ts))
+            .await?;
+        let mut written = 0;
+        let mut tx = self.pool.begin().await?;
+        for chunk in forecasts.chunks(MAX_PARAMS / 7) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO forecasts (series_id, generated_at, time, yhat, lower, upper, model) ",
+            );
+            qb.push_values(chunk, |mut b, f| {
+                b.push_bind(f.series_id as i64)
+                    .push_bind(f.generated_at)
+                    .push_bind(f.ts)
+                    .push_bind(f.yhat)
+                    .push_bind(f.lower)
+                    .push_bind(f.upper)
+                    .push_bind(&f.model);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            written += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn insert_alerts(&self, alerts: &[Alert]) -> Result<u64> {
+        let mut written = 0;
+        for chunk in alerts.chunks(MAX_PARAMS / 8) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO alerts (tenant, fingerprint, starts_at, status, ends_at, labels, annotations, source) ",
+            );
+            qb.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.tenant)
+                    .push_bind(&a.fingerprint)
+                    .push_bind(a.starts_at)
+                    .push_bind(if a.status == AlertStatus::Firing {
+                        "firing"
+                    } else {
+                        "resolved"
+                    })
+                    .push_bind(a.ends_at)
+                    .push_bind(Json(&a.labels))
+                    .push_bind(Json(&a.annotations))
+                    .push_bind(&a.source);
+            });
+            qb.push(
+                " ON CONFLICT (tenant, fingerprint, starts_at) DO UPDATE SET status = excluded.status, \
+                 ends_at = excluded.ends_at, annotations = excluded.annotations",
+            );
+            written += qb.build().execute(&self.pool).await?.rows_affected();
+        }
+        Ok(written)
+    }
+
+    async fn write_incidents(&self, writes: &[IncidentWrite]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for w in writes {
+            let i = &w.incident;
+            sqlx::query(
+                "INSERT INTO incidents (id, tenant, title, status, severity, started_at, updated_at, \
+                 resolved_at, scope, root_cause_candidates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, severity = excluded.severity, \
+                 updated_at = greatest(incidents.updated_at, excluded.updated_at), scope = excluded.scope, \
+                 root_cause_candidates = excluded.root_cause_candidates",
+            )
+            .bind(&i.id)
+            .bind(&i.tenant)
+            .bind(&i.title)
+            .bind(i.status.as_str())
+            .bind(i.severity.as_str())
+            .bind(i.started_at)
+            .bind(i.updated_at)
+            .bind(i.resolved_at)
+            .bind(Json(&i.scope))
+            .bind(Json(&i.root_cause_candidates))
+            .execute(&mut *tx)
+            .await?;
+            for chunk in w.new_anomaly_ids.chunks(MAX_PARAMS / 2) {
+                let mut qb = QueryBuilder::<Postgres>::new(
+                    "INSERT INTO incident_anomalies (incident_id, anomaly_id) ",
+                );
+                qb.push_values(chunk, |mut b, a| {
+                    b.push_bind(&i.id).push_bind(a);
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            for chunk in w.new_alert_fingerprints.chunks(MAX_PARAMS / 2) {
+                let mut qb = QueryBuilder::<Postgres>::new(
+                    "INSERT INTO incident_alerts (incident_id, fingerprint) ",
+                );
+                qb.push_values(chunk, |mut b, f| {
+                    b.push_bind(&i.id).push_bind(f);
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            for chunk in w.events.chunks(MAX_PARAMS / 8) {
+                let mut qb = QueryBuilder::new("");
+                push_events(&mut qb, chunk);
+                qb.build().execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_anomalies(&self, q: &AnomalyQuery) -> Result<Page<Anomaly>> {
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT * FROM anomalies WHERE tenant = ");
+        qb.push_bind(&q.tenant);
+        if let Some(from) = q.from {
+            qb.push(" AND time >= ").push_bind(from);
+        }
+        if let Some(to) = q.to {
+            qb.push(" AND time < ").push_bind(to);
+        }
+        if let Some(min) = q.min_score {
+            qb.push(" AND score >= ").push_bind(min);
+        }
+        if let Some(s) = q.series_id {
+            qb.push(" AND series_id = ").push_bind(s as i64);
+        }
+        for (k, v) in &q.labels {
+            check_label(k)?;
+            qb.push(" AND labels ->> ")
+                .push_bind(k)
+                .push(" = ")
+                .push_bind(v);
+        }
+        if let Some(c) = &q.cursor {
+            let t = from_ms(c.ts_ms);
+            qb.push(" AND (time < ")
+                .push_bind(t)
+                .push(" OR (time = ")
+                .push_bind(t)
+                .push(" AND id < ")
+                .push_bind(&c.id)
+                .push("))");
+        }
+        qb.push(" ORDER BY time DESC, id DESC LIMIT ")
+            .push_bind(q.limit as i64 + 1);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(anomaly_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, q.limit, |a| Cursor {
+            ts_ms: a.ts.timestamp_millis(),
+            id: a.id.clone(),
+        }))
+    }
+
+    async fn anomalies_by_id(&self, tenant: &str, ids: &[String]) -> Result<Vec<Anomaly>> {
+        let rows = sqlx::query(
+            "SELECT * FROM anomalies WHERE tenant = $1 AND id = ANY($2) ORDER BY time, id",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(anomaly_from_row).collect()
+    }
+
+    async fn list_incidents(&self, q: &IncidentQuery) -> Result<Page<Incident>> {
+        let mut qb = QueryBuilder::<Postgres>::new(INCIDENT_SELECT);
+        qb.push(" WHERE tenant = ").push_bind(&q.tenant);
+        if let Some(from) = q.from {
+            qb.push(" AND started_at >= ").push_bind(from);
+        }
+        if let Some(to) = q.to {
+            qb.push(" AND started_at < ").push_bind(to);
+        }
+        if let Some(s) = q.status {
+            qb.push(" AND status = ").push_bind(s.as_str());
+        }
+        for (k, v) in &q.labels {
+            check_label(k)?;
+            qb.push(" AND scope ->> ")
+                .push_bind(k)
+                .push(" = ")
+                .push_bind(v);
+        }
+        if let Some(c) = &q.cursor {
+            let t = from_ms(c.ts_ms);
+            qb.push(" AND (started_at < ")
+                .push_bind(t)
+                .push(" OR (started_at = ")
+                .push_bind(t)
+                .push(" AND id < ")
+                .push_bind(&c.id)
+                .push("))");
+        }
+        qb.push(" ORDER BY started_at DESC, id DESC LIMIT ")
+            .push_bind(q.limit as i64 + 1);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(incident_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, q.limit, |i| Cursor {
+            ts_ms: i.started_at.timestamp_millis(),
+            id: i.id.clone(),
+        }))
+    }
+
+    async fn get_incident(&self, tenant: &str, id: &str) -> Result<Incident> {
+        let row = sqlx::query(&format!("{INCIDENT_SELECT} WHERE tenant = $1 AND id = $2"))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        incident_from_row(&row)
+    }
+
+    async fn incident_events(&self, tenant: &str, id: &str) -> Result<Vec<IncidentEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.* FROM incident_events e JOIN incidents i ON i.id = e.incident_id \
+             WHERE i.tenant = $1 AND e.incident_id = $2 ORDER BY e.time, e.id",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn incident_statuses(&self, ids: &[String]) -> Result<HashMap<String, IncidentStatus>> {
+        let rows = sqlx::query("SELECT id, status FROM incidents WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let status: String = r.try_get("status")?;
+            let st = IncidentStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+            out.insert(r.try_get("id")?, st);
+        }
+        Ok(out)
+    }
+
+    async fn transition_incident(
+        &self,
+        tenant: &str,
+        id: &str,
+        to: IncidentStatus,
+        actor: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Incident> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE serialises concurrent transitions of one incident.
+        let status: String = sqlx::query_scalar(
+            "SELECT status FROM incidents WHERE tenant = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let from = IncidentStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+        from.transition(to)?;
+        sqlx::query(
+            "UPDATE incidents SET status = $1, updated_at = greatest(updated_at, $2), \
+             resolved_at = CASE WHEN $3 THEN $2 ELSE resolved_at END WHERE id = $4",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(to == IncidentStatus::Resolved)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let message = if note.is_empty() {
+            format!("{from} → {to}")
+        } else {
+            format!("{from} → {to}: {note}")
+        };
+        let seq: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM incident_events WHERE incident_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let events = [IncidentEvent {
+            id: format!("{id}-s{seq}"),
+            incident_id: id.to_string(),
+            ts: now,
+            kind: IncidentEventKind::StatusChanged,
+            actor: actor.to_string(),
+            message,
+            from_status: Some(from),
+            to_status: Some(to),
+        }];
+        let mut qb = QueryBuilder::new("");
+        push_events(&mut qb, &events);
+        qb.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        self.get_incident(tenant, id).await
+    }
+
+    async fn counts(&self) -> Result<TableCounts> {
+        let mut c = TableCounts::default();
+        for (table, slot) in [
+            ("series", &mut c.series),
+            ("metric_points", &mut c.metric_points),
+            ("anomalies", &mut c.anomalies),
+            ("forecasts", &mut c.forecasts),
+            ("alerts", &mut c.alerts),
+            ("incidents", &mut c.incidents),
+        ] {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?;
+            *slot = n as u64;
+        }
+        Ok(c)
+    }
+
+    async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>> {
+        let rows = sqlx::query(
+            "SELECT time, value FROM metric_points WHERE series_id = $1 AND time >= $2 AND time < $3 ORDER BY time",
+        )
+        .bind(series as i64)
+        .bind(self::from_ms(from_ms))
+        .bind(self::from_ms(to_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t: DateTime<Utc> = r.try_get("time")?;
+                Ok((t.timestamp_millis(), r.try_get("value")?))
+            })
+            .collect()
+    }
+
+    async fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Checkpoint>> {
+        let row = sqlx::query(
+            "SELECT partition, next_offset, records, state FROM stage_checkpoints \
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(partition as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| checkpoint_from_row(&r)).transpose()
+    }
+
+    async fn save_checkpoints(&self, group: &str, topic: &str, cps: &[Checkpoint]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for c in cps {
+            sqlx::query(
+                "INSERT INTO stage_checkpoints (consumer_group, topic, partition, next_offset, records, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET \
+                 next_offset = excluded.next_offset, records = excluded.records, state = excluded.state, \
+                 updated_at = now() WHERE stage_checkpoints.next_offset <= excluded.next_offset",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(c.partition as i32)
+            .bind(c.next_offset)
+            .bind(c.records as i64)
+            .bind(&c.state)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, group: &str, topic: &str) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query(
+            "SELECT partition, next_offset, records, state FROM stage_checkpoints \
+             WHERE consumer_group = $1 AND topic = $2 ORDER BY partition",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+}

@@ -1,0 +1,149 @@
+//! PostgreSQL store tests on a real server: migrations, native partitions, COPY idempotence,
+//! checkpoints, and the TimescaleDB branch up to its extension check.
+
+use chrono::{TimeZone, Utc};
+use seismo_schemas::{Labels, MetricPoint};
+use seismo_store::testing::{fresh_database, fresh_postgres};
+use seismo_store::{Checkpoint, Layout, PgStore, Store, TimescaleMode};
+
+fn point(host: &str, ts: i64, value: f64) -> MetricPoint {
+    let labels: Labels = [("host".to_string(), host.to_string())].into();
+    MetricPoint {
+        tenant: "default".into(),
+        name: "cpu".into(),
+        labels,
+        ts,
+        value,
+    }
+}
+
+#[tokio::test]
+async fn plain_postgres_gets_native_partitions_with_the_same_tables() {
+    let store = fresh_postgres().await;
+    assert!(
+        !store.timescale_available().await.unwrap(),
+        "this test expects a server without TimescaleDB"
+    );
+    assert_eq!(store.layout().await.unwrap(), Layout::NativePartitions);
+    // Migrating again is a no-op.
+    store.migrate().await.unwrap();
+    let partitioned: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(partitioned, ["anomalies", "forecasts", "metric_points"]);
+    let brin: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE indexdef ILIKE '%USING brin%'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(brin, 3);
+    // The 1-minute rollup Grafana reads exists in both layouts.
+    let cols: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_name = 'metric_points_1m' ORDER BY ordinal_position",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(cols, ["series_id", "bucket", "avg", "min", "max", "count"]);
+}
+
+#[tokio::test]
+async fn requiring_timescaledb_fails_clearly_without_it() {
+    let url = fresh_database().await;
+    let store = PgStore::connect(&url, TimescaleMode::Require)
+        .await
+        .unwrap();
+    let err = store.migrate().await.unwrap_err().to_string();
+    assert!(
+        err.contains("timescaledb extension is not available"),
+        "{err}"
+    );
+    // Nothing half-made: the failed migration left no tables behind.
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'metric_points'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(tables, 0);
+}
+
+#[tokio::test]
+async fn points_are_copied_once_into_daily_partitions() {
+    let store = fresh_postgres().await;
+    let day = 86_400_000;
+    let t0 = Utc
+        .with_ymd_and_hms(2026, 11, 20, 23, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    let host = |i: i64| if i % 2 == 0 { "a" } else { "b" };
+    let points: Vec<MetricPoint> = (0..3000)
+        .map(|i| point(host(i), t0 + i * 60_000, i as f64 * 0.5))
+        .collect();
+    assert_eq!(store.insert_points(&points).await.unwrap(), 3000);
+    // A replay of the same batch, and an overlapping one, add nothing twice.
+    assert_eq!(store.insert_points(&points).await.unwrap(), 0);
+    let more: Vec<MetricPoint> = (2990..3010)
+        .map(|i| point(host(i), t0 + i * 60_000, i as f64 * 0.5))
+        .collect();
+    assert_eq!(store.insert_points(&more).await.unwrap(), 10);
+    let c = store.counts().await.unwrap();
+    assert_eq!((c.metric_points, c.series), (3010, 2));
+    // 3010 minutes from 23:00 span four calendar days (UTC).
+    let parts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'metric_points'::regclass",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(parts, 4);
+    let a = points[0].series_id();
+    let got = store.points(a, t0, t0 + day).await.unwrap();
+    assert_eq!(got.len(), 720);
+    assert_eq!(got[1], (t0 + 2 * 60_000, 1.0));
+    // Exact values survive the text COPY.
+    let odd = [
+        point("c", t0, 0.1 + 0.2),
+        point("c", t0 + 1, 1e-300),
+        point("c", t0 + 2, -123_456.789e10),
+    ];
+    store.insert_points(&odd).await.unwrap();
+    let got = store.points(odd[0].series_id(), t0, t0 + 3).await.unwrap();
+    let values: Vec<f64> = got.iter().map(|g| g.1).collect();
+    assert_eq!(values, [0.1 + 0.2, 1e-300, -123_456.789e10]);
+}
+
+#[tokio::test]
+async fn checkpoints_never_move_backwards() {
+    let store = fresh_postgres().await;
+    let cp = |offset: i64, state: &[u8]| Checkpoint {
+        partition: 3,
+        next_offset: offset,
+        records: offset as u64,
+        state: state.to_vec(),
+    };
+    assert_eq!(store.load_checkpoint("g", "t", 3).await.unwrap(), None);
+    store
+        .save_checkpoints("g", "t", &[cp(100, b"a")])
+        .await
+        .unwrap();
+    store
+        .save_checkpoints("g", "t", &[cp(200, b"b")])
+        .await
+        .unwrap();
+    // A stale owner's late save must not roll the partition back.
+    store
+        .save_checkpoints("g", "t", &[cp(150, b"stale")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_checkpoint("g", "t", 3).await.unwrap(),
+        Some(cp(200, b"b"))
+    );
+    assert_eq!(store.load_checkpoint("other", "t", 3).await.unwrap(), None);
+    assert_eq!(store.checkpoints("g", "t").await.unwrap().len(), 1);
+}
