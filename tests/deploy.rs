@@ -62,7 +62,7 @@ fn check_env(origin: &str, env: &BTreeMap<String, String>) -> Config {
 
 fn strings(v: &Value) -> Vec<String> {
     match v {
-        Value::Sequence(s) => s.iter().map(|x| scalar(x)).collect(),
+        Value::Sequence(s) => s.iter().map(scalar).collect(),
         Value::Null => Vec::new(),
         other => panic!("expected a list, got {other:?}"),
     }
