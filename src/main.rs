@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Migrate => {
                 pipeline::open_store(&cfg).await?;
-                println!("migrations applied to {}", cfg.storage.url);
+                println!("migrations applied to {}", pipeline::redact(&cfg.storage.url));
                 Ok(())
             }
         }

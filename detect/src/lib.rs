@@ -11,5 +11,5 @@ mod stream;
 
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};
-pub use runner::{Checkpointing, DetectError, DetectStats, Detector, run};
+pub use runner::{Checkpointing, DETECTOR_NAME, DetectError, DetectStats, Detector, run};
 pub use stream::{StreamConfig, StreamScore, StreamScorer, normal_tail};

@@ -244,6 +244,7 @@ pub struct Checkpointing {
 struct PartitionPos {
     /// First offset the state has not seen; records below it are replays.
     next_offset: i64,
+    /// Points folded into the state over the partition's life.
     records: u64,
     /// The last record folded in since the previous checkpoint, to commit its offset.
     last: Option<Message>,
@@ -326,18 +327,24 @@ pub async fn run(
                     );
                 }
                 p.next_offset = m.offset + 1;
-                p.records += 1;
                 p.last = Some(m.clone());
             }
-            match serde_json::from_slice::<MetricPoint>(&m.payload) {
-                Ok(p) => {
-                    stats.points += 1;
-                    anomalies.extend(det.process(m.partition, &p));
+            let mut folded = 0;
+            for point in seismo_schemas::points_of_record(&m.payload) {
+                match point {
+                    Ok(p) => {
+                        folded += 1;
+                        anomalies.extend(det.process(m.partition, &p));
+                    }
+                    Err(e) => {
+                        BAD.inc();
+                        tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping a line that is not a point");
+                    }
                 }
-                Err(e) => {
-                    BAD.inc();
-                    tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping a record that is not a point");
-                }
+            }
+            stats.points += folded;
+            if let Some(p) = pos.get_mut(&m.partition) {
+                p.records += folded;
             }
         }
         if !anomalies.is_empty() {

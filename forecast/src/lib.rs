@@ -271,7 +271,7 @@ pub async fn run(
         let batch = batch?;
         let mut out = Vec::new();
         for m in &batch {
-            if let Ok(p) = serde_json::from_slice::<MetricPoint>(&m.payload) {
+            for p in seismo_schemas::points_of_record(&m.payload).flatten() {
                 out.extend(f.process(&p));
             }
         }

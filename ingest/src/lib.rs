@@ -110,6 +110,43 @@ fn decode_record(m: &Message, tenant: Option<&str>) -> Result<Decoded, String> {
     }
 }
 
+/// The `seismo.points` records of a batch of points, keyed by series id: each run of
+/// consecutive points of one series becomes one record of JSON lines. Producers that send
+/// series in runs (remote_write does) cost the broker one record per run instead of one per
+/// point, while interleaved input keeps its order across series, which correlate's
+/// event-time grouping relies on.
+pub fn point_records(points: &[MetricPoint]) -> Vec<OutRecord> {
+    let mut out: Vec<OutRecord> = Vec::new();
+    let mut run: Option<(u64, Vec<u8>)> = None;
+    for p in points {
+        let id = p.series_id();
+        match &mut run {
+            Some((rid, body)) if *rid == id => {
+                serde_json::to_writer(&mut *body, p).expect("points serialise");
+                body.push(b'\n');
+            }
+            _ => {
+                if let Some((rid, body)) = run.take() {
+                    out.push(OutRecord::new(
+                        Bytes::from(format!("{rid:016x}")),
+                        Bytes::from(body),
+                    ));
+                }
+                let mut body = serde_json::to_vec(p).expect("points serialise");
+                body.push(b'\n');
+                run = Some((id, body));
+            }
+        }
+    }
+    if let Some((rid, body)) = run {
+        out.push(OutRecord::new(
+            Bytes::from(format!("{rid:016x}")),
+            Bytes::from(body),
+        ));
+    }
+    out
+}
+
 /// Errors that stop the ingest runner.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -137,8 +174,10 @@ pub async fn run(
     batch_records: usize,
 ) -> Result<IngestStats, IngestError> {
     let mut stats = IngestStats::default();
+    let mut waited = std::time::Instant::now();
     while let Some(batch) = input.next_batch(batch_records).await {
         let batch = batch?;
+        let started = std::time::Instant::now();
         let mut points = Vec::new();
         let mut dlq = Vec::new();
         for m in &batch {
@@ -194,14 +233,40 @@ pub async fn run(
         metrics::REJECTED.inc_by(dlq.len() as u64);
         // Durable first, then downstream, then commit: a crash anywhere replays the batch,
         // and the idempotent writes absorb the replay.
-        store.insert_points(&points).await?;
-        output
-            .send(topics::POINTS, points.iter().map(point_record).collect())
-            .await?;
+        // The table write and the broker's acknowledgement proceed together; both are
+        // needed before the commit.
+        let parsed_at = std::time::Instant::now();
+        let ((stored, store_ms), (sent, send_ms)) = tokio::join!(
+            async {
+                let t = std::time::Instant::now();
+                (
+                    store.insert_points(&points).await,
+                    t.elapsed().as_millis() as u64,
+                )
+            },
+            async {
+                let t = std::time::Instant::now();
+                let r = output.send(topics::POINTS, point_records(&points)).await;
+                (r, t.elapsed().as_millis() as u64)
+            }
+        );
+        stored?;
+        sent?;
         if !dlq.is_empty() {
             output.send(topics::DLQ, dlq).await?;
         }
         input.commit(&batch).await?;
+        tracing::debug!(
+            records = batch.len(),
+            points = points.len(),
+            wait_ms = started.duration_since(waited).as_millis() as u64,
+            work_ms = started.elapsed().as_millis() as u64,
+            parse_ms = parsed_at.duration_since(started).as_millis() as u64,
+            store_ms,
+            send_ms,
+            "ingest batch"
+        );
+        waited = std::time::Instant::now();
     }
     output.flush().await?;
     Ok(stats)
@@ -236,6 +301,35 @@ not json\r\n\
             &body[parsed.accepted_lines[0].clone()][..9],
             b"{\"name\":\""
         );
+    }
+
+    #[test]
+    fn runs_of_one_series_share_a_record_and_order_is_kept() {
+        let p = |host: &str, ts: i64| MetricPoint {
+            tenant: "default".into(),
+            name: "cpu".into(),
+            labels: [("host".to_string(), host.to_string())].into(),
+            ts,
+            value: 1.0,
+        };
+        let points = [p("a", 1), p("a", 2), p("b", 1), p("a", 3)];
+        let recs = point_records(&points);
+        let lines: Vec<usize> = recs
+            .iter()
+            .map(|r| seismo_schemas::points_of_record(&r.payload).count())
+            .collect();
+        assert_eq!(lines, [2, 1, 1]);
+        assert_eq!(recs[0].key, recs[2].key);
+        assert_ne!(recs[0].key, recs[1].key);
+        let back: Vec<MetricPoint> = recs
+            .iter()
+            .flat_map(|r| {
+                seismo_schemas::points_of_record(&r.payload)
+                    .map(Result::unwrap)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(back, points);
     }
 
     #[test]

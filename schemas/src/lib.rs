@@ -19,8 +19,8 @@ pub use incident::{
     Incident, IncidentEvent, IncidentEventKind, IncidentStatus, RootCauseCandidate, TransitionError,
 };
 pub use point::{
-    Labels, MetricPoint, PointError, SeriesId, hex_id, parse_point_line, series_id,
-    validate_label_name, validate_metric_name, validate_tenant,
+    Labels, MetricPoint, PointError, SeriesId, hex_id, parse_point_line, points_of_record,
+    series_id, validate_label_name, validate_metric_name, validate_tenant,
 };
 
 /// The version of the canonical types' JSON encoding published in `schemas/json/`.

@@ -222,6 +222,18 @@ impl MetricPoint {
     }
 }
 
+/// The points of one `seismo.points` record: canonical `MetricPoint` JSON, one per line.
+/// Ingest groups the points of a series that arrive together into one record, so the
+/// broker carries fewer, larger records; a record of one point is one line.
+pub fn points_of_record(
+    payload: &[u8],
+) -> impl Iterator<Item = Result<MetricPoint, serde_json::Error>> + '_ {
+    payload
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(serde_json::from_slice::<MetricPoint>)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,7 +130,7 @@ pub struct Checkpoint {
     pub partition: u32,
     /// The first input offset the state has not seen: a new owner resumes here.
     pub next_offset: i64,
-    /// Input records folded into the state so far (over the partition's whole life).
+    /// Items (detect: points) folded into the state over the partition's whole life.
     pub records: u64,
     pub state: Vec<u8>,
 }

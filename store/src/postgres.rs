@@ -298,56 +298,23 @@ fn copy_row(buf: &mut Vec<u8>, id: i64, ms: i64, value: f64) {
     let _ = writeln!(buf, "{id}\t{ms}\t{value}");
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn migrate(&self) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        // Read by the migration's DO block; session-local, so nothing else sees it.
-        sqlx::query("SELECT set_config('seismo.timescaledb', $1, false)")
-            .bind(self.timescale.as_str())
-            .execute(&mut *conn)
-            .await?;
-        MIGRATOR.run_direct(&mut *conn).await?;
-        *self.layout.lock().expect("layout lock") = None;
-        if self.layout().await? == Layout::Hypertables {
-            // A continuous aggregate cannot be created inside a transaction, so it lives
-            // here rather than in the migration files; IF NOT EXISTS keeps it idempotent.
-            sqlx::query(
-                "CREATE MATERIALIZED VIEW IF NOT EXISTS metric_points_1m \
-                 WITH (timescaledb.continuous) AS \
-                 SELECT series_id, time_bucket(INTERVAL '1 minute', time) AS bucket, \
-                 avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count \
-                 FROM metric_points GROUP BY 1, 2 WITH NO DATA",
-            )
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "SELECT add_continuous_aggregate_policy('metric_points_1m', \
-                 start_offset => INTERVAL '1 hour', end_offset => INTERVAL '1 minute', \
-                 schedule_interval => INTERVAL '1 minute', if_not_exists => true)",
-            )
-            .execute(&mut *conn)
-            .await?;
-            tracing::info!("storage: TimescaleDB hypertables");
-        } else {
-            tracing::info!("storage: native PostgreSQL partitions (timescaledb not in use)");
-        }
-        Ok(())
-    }
+/// Batches at least this big are written by several concurrent transactions.
+const PARALLEL_POINTS: usize = 4096;
+/// Concurrent transactions per big batch.
+const WRITERS: usize = 2;
 
-    async fn insert_points(&self, points: &[MetricPoint]) -> Result<u64> {
+impl PgStore {
+    async fn copy_points(&self, points: &[&MetricPoint]) -> Result<u64> {
         if points.is_empty() {
             return Ok(0);
         }
-        self.ensure_partitions("metric_points", points.iter().map(|p| from_ms(p.ts)))
-            .await?;
-        let ids: Vec<SeriesId> = points.iter().map(MetricPoint::series_id).collect();
+        let ids: Vec<SeriesId> = points.iter().map(|p| p.series_id()).collect();
         let mut new_series: Vec<(SeriesId, &MetricPoint)> = {
             let known = self.known_series.lock().expect("series cache lock");
             ids.iter()
                 .zip(points)
                 .filter(|(id, _)| !known.contains(id))
-                .map(|(id, p)| (*id, p))
+                .map(|(id, p)| (*id, *p))
                 .collect()
         };
         new_series.sort_by_key(|(id, _)| *id);
@@ -398,6 +365,69 @@ impl Store for PgStore {
             .lock()
             .expect("series cache lock")
             .extend(new_series.iter().map(|(id, _)| *id));
+        Ok(written)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        // Read by the migration's DO block; session-local, so nothing else sees it.
+        sqlx::query("SELECT set_config('seismo.timescaledb', $1, false)")
+            .bind(self.timescale.as_str())
+            .execute(&mut *conn)
+            .await?;
+        MIGRATOR.run_direct(&mut *conn).await?;
+        *self.layout.lock().expect("layout lock") = None;
+        if self.layout().await? == Layout::Hypertables {
+            // A continuous aggregate cannot be created inside a transaction, so it lives
+            // here rather than in the migration files; IF NOT EXISTS keeps it idempotent.
+            sqlx::query(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS metric_points_1m \
+                 WITH (timescaledb.continuous) AS \
+                 SELECT series_id, time_bucket(INTERVAL '1 minute', time) AS bucket, \
+                 avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count \
+                 FROM metric_points GROUP BY 1, 2 WITH NO DATA",
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "SELECT add_continuous_aggregate_policy('metric_points_1m', \
+                 start_offset => INTERVAL '1 hour', end_offset => INTERVAL '1 minute', \
+                 schedule_interval => INTERVAL '1 minute', if_not_exists => true)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            tracing::info!("storage: TimescaleDB hypertables");
+        } else {
+            tracing::info!("storage: native PostgreSQL partitions (timescaledb not in use)");
+        }
+        Ok(())
+    }
+
+    async fn insert_points(&self, points: &[MetricPoint]) -> Result<u64> {
+        if points.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions("metric_points", points.iter().map(|p| from_ms(p.ts)))
+            .await?;
+        if points.len() < PARALLEL_POINTS {
+            return self.copy_points(&points.iter().collect::<Vec<_>>()).await;
+        }
+        // One backend inserts about 200k points/s; big batches are split by series into
+        // concurrent transactions so the server can use more cores. Each part is
+        // idempotent, so a failure of one part is repaired by the caller's retry.
+        let mut parts: Vec<Vec<&MetricPoint>> = vec![Vec::new(); WRITERS];
+        for p in points {
+            parts[(p.series_id() % WRITERS as u64) as usize].push(p);
+        }
+        let results =
+            futures_util::future::join_all(parts.iter().map(|part| self.copy_points(part))).await;
+        let mut written = 0;
+        for r in results {
+            written += r?;
+        }
         Ok(written)
     }
 
