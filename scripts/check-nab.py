@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs `seismo eval nab` on a NAB folder and checks that its Rust port of NAB's scoring
-agrees with NAB's scorer (tools/nab_score.py) to within 0.01 points on every profile.
+agrees with NAB's scorer (tools/nab_score.py) to within 0.01 points on every profile, and
+that the detector keeps its quality floor (NAB's scorer: standard >= 65, low-FP >= 55).
 
     scripts/check-nab.py NAB_DIR NAB_SCORE_PY [SEISMO_BINARY]
 """
@@ -23,4 +24,10 @@ for profile, t in theirs.items():
     diff = abs(ours[profile]["normalized"] - t["normalized_score"])
     print(f"{profile:<20} seismo {ours[profile]['normalized']:.4f}  nab_score.py {t['normalized_score']:.4f}  diff {diff:.2e}")
     ok &= diff <= 0.01
+FLOOR = {"standard": 65.0, "reward_low_FP_rate": 55.0}
+for profile, floor in FLOOR.items():
+    got = theirs[profile]["normalized_score"]
+    if got < floor:
+        print(f"{profile}: {got:.2f} is below the floor of {floor}")
+        ok = False
 sys.exit(0 if ok else 1)

@@ -447,6 +447,38 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
     }
     assert!(dead.iter().any(|m| &m.payload[..] == b"not json"));
 
+    // HTTP ingest of the distributed mode answers 202 once the broker has the records,
+    // and they flow on into the table.
+    let log = ingest.log_text();
+    let addr = log
+        .split("http=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the ingest stage logs its HTTP address")
+        .to_string();
+    let body: String = (0..5)
+        .map(|i| {
+            format!(
+                "{{\"name\":\"http_probe\",\"ts\":{},\"value\":{i}}}\n",
+                T0 + i * STEP_MS
+            )
+        })
+        .collect();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/ingest/points"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    wait_for(
+        "points sent over HTTP to be stored",
+        &[&ingest],
+        Duration::from_secs(60),
+        async || scalar(&pool, "SELECT count(*) FROM metric_points").await == total + 5,
+    )
+    .await;
+
     // A graceful stop drains and exits cleanly.
     assert!(sigterm(&mut detect_b).success(), "{}", detect_b.log_text());
     assert!(

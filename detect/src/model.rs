@@ -26,6 +26,12 @@ pub struct DetectConfig {
     /// Smallest robust scale, relative to the expected value's magnitude; keeps perfectly
     /// flat series from alarming on rounding noise.
     pub min_relative_scale: f64,
+    /// Buckets whose streaming-ensemble score (the scorer of `seismo detect`, 0..1) reaches
+    /// this are anomalies too, even when the seasonal model stays within its band. 1.0
+    /// turns the ensemble's alarms off (it still scores and explains). The default, a tail
+    /// probability of 1e-30, is stricter than NAB's optimum for one file (about 1e-11):
+    /// a fleet has thousands of series, and each must stay quiet.
+    pub ensemble_threshold: f64,
 }
 
 impl Default for DetectConfig {
@@ -39,6 +45,7 @@ impl Default for DetectConfig {
             repeat_every: 15,
             level_shift_after: 60,
             min_relative_scale: 0.002,
+            ensemble_threshold: 0.1,
         }
     }
 }

@@ -14,7 +14,7 @@ use seismo_schemas::{
 use seismo_store::{Checkpoint, Store};
 use seismo_transport::{Consumer, Message, OutRecord, Producer, TransportError};
 
-use crate::{DetectConfig, Scored, SeriesModel};
+use crate::{DetectConfig, Scored, SeriesModel, StreamConfig, StreamScore, StreamScorer};
 
 static ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("seismo_detect_anomalies_total", "Anomalies raised").expect("metric")
@@ -49,6 +49,15 @@ static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric")
 });
 
+/// Names of the streaming ensemble's detectors in explanations, in `StreamScore::parts`
+/// order; the one that set the bucket's surprisal has weight 1.
+pub const ENSEMBLE_PARTS: [&str; 4] = [
+    "ensemble_global",
+    "ensemble_novelty",
+    "ensemble_time_of_day",
+    "ensemble_burst",
+];
+
 /// Name recorded on every anomaly this detector raises.
 pub const DETECTOR_NAME: &str = "seasonal_residual";
 
@@ -58,12 +67,15 @@ struct SeriesState {
     sum: f64,
     count: u32,
     model: SeriesModel,
+    /// The same streaming ensemble that scores files, on this series' buckets.
+    ensemble: StreamScorer,
 }
 
 /// The detect core: per partition, per series, bucket and score. Pure and deterministic.
 #[derive(Debug)]
 pub struct Detector {
     cfg: DetectConfig,
+    stream_cfg: StreamConfig,
     bucket_ms: i64,
     partitions: HashMap<u32, HashMap<SeriesId, SeriesState>>,
 }
@@ -73,6 +85,7 @@ impl Detector {
         let bucket_ms = (cfg.bucket_secs.max(1) * 1000) as i64;
         Detector {
             cfg,
+            stream_cfg: StreamConfig::default(),
             bucket_ms,
             partitions: HashMap::new(),
         }
@@ -123,6 +136,7 @@ impl Detector {
                     sum: p.value,
                     count: 1,
                     model: SeriesModel::new(&self.cfg),
+                    ensemble: StreamScorer::new(&self.stream_cfg),
                 },
             );
             return None;
@@ -139,11 +153,24 @@ impl Detector {
         let closed_ts = st.bucket * self.bucket_ms;
         let mean = st.sum / f64::from(st.count);
         let scored = st.model.update(&self.cfg, closed_ts, mean);
+        let ens = st.ensemble.update(&self.stream_cfg, closed_ts, mean);
         st.bucket = bucket;
         st.sum = p.value;
         st.count = 1;
-        let kind = scored.emit?;
-        Some(self.anomaly(p, id, closed_ts, &scored, kind))
+        let kind = match scored.emit {
+            Some(k) => k,
+            // The ensemble sees what the band does not: a broken daily pattern, a new
+            // pattern of values, a burst of moderate surprises.
+            None if ens.score >= self.cfg.ensemble_threshold => {
+                if ens.parts[0] >= ens.parts[1].max(ens.parts[2]).max(ens.parts[3]) {
+                    AnomalyKind::Point
+                } else {
+                    AnomalyKind::Trend
+                }
+            }
+            None => return None,
+        };
+        Some(self.anomaly(p, id, closed_ts, &scored, &ens, kind))
     }
 
     fn anomaly(
@@ -152,6 +179,7 @@ impl Detector {
         id: SeriesId,
         ts_ms: i64,
         s: &Scored,
+        ens: &StreamScore,
         kind: AnomalyKind,
     ) -> Anomaly {
         let severity = if s.z.abs() >= 2.0 * self.cfg.z_threshold {
@@ -180,16 +208,34 @@ impl Detector {
             expected: s.expected,
             lower: s.lower,
             upper: s.upper,
-            score: s.score,
+            score: s.score.max(ens.score),
             severity,
             kind,
             detector: DETECTOR_NAME.into(),
             explanation: Explanation {
-                detectors: vec![DetectorPart {
+                detectors: std::iter::once(DetectorPart {
                     detector: DETECTOR_NAME.into(),
                     score: s.score,
                     weight: 1.0,
-                }],
+                })
+                .chain(
+                    ENSEMBLE_PARTS
+                        .iter()
+                        .zip(ens.parts)
+                        .map(|(name, surprisal)| {
+                            DetectorPart {
+                                detector: (*name).into(),
+                                // Surprisal on the file scorer's 0..1 scale (−log10 p / 300).
+                                score: surprisal / 300.0,
+                                weight: if surprisal >= ens.surprisal && surprisal > 0.0 {
+                                    1.0
+                                } else {
+                                    0.0
+                                },
+                            }
+                        }),
+                )
+                .collect(),
                 features: Vec::new(),
                 seasonal_periods_s: if s.seasonal {
                     vec![self.cfg.season_secs]

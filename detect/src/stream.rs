@@ -1,10 +1,20 @@
 //! Row-by-row streaming scorer for one series (`seismo detect`, `seismo eval nab`).
 //!
-//! Each value's surprisal is measured against the long-run distribution of the series
-//! (exponentially weighted mean and variance), on a log scale so that extreme tails stay
-//! ordered, and an alert is kept to its onset: a score that does not exceed the scores of
-//! the recent past is damped, so an ongoing episode reads as one event. Strictly causal,
-//! constant memory (a few hundred bytes per series).
+//! An ensemble of four causal detectors, each turned into a surprisal (−log10 of a tail
+//! probability) so they share one scale:
+//! - **global**: the value against the long-run, exponentially weighted mean and variance;
+//! - **novelty**: how many of the recent value patterns (contexts of quantised levels, at a
+//!   fine and a coarse resolution) were never seen before, against how novel the series
+//!   usually is; a bounded, forgetting bit set remembers the contexts seen;
+//! - **time of day**: the value against its hour-of-day profile, so a daily pattern that
+//!   breaks is noticed even when the value itself is ordinary;
+//! - **burst**: how many moderately surprising points the last few held, against the
+//!   series' long-run rate of such points (a Poisson tail), which catches changes that no
+//!   single point reveals.
+//!
+//! The largest surprisal is the point's; a score that does not exceed the recent ones is
+//! damped, so an episode reads as one event at its onset. Strictly causal: each point is
+//! scored before any part of the state learns from it. About 4.7 KiB per series.
 
 use std::collections::VecDeque;
 
@@ -14,28 +24,71 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamConfig {
-    /// Memory of the mean and variance, in observations (the EWMA weight is 1/memory).
-    pub memory: usize,
-    /// Observations during which a score must exceed every earlier one to count as an
-    /// onset; later scores of the same episode are damped.
-    pub onset_window: usize,
-    /// Factor applied to scores that are not an onset.
-    pub damping: f64,
+    /// Memory of the global mean and variance, in observations.
+    pub global_memory: usize,
     /// Smallest standard deviation, relative to the range seen so far; keeps flat series
     /// from alarming on rounding noise.
     pub min_relative_sd: f64,
-    /// Observations before any score above 0 is given.
-    pub warmup: usize,
+    /// Levels of the fine and the coarse quantiser over the range of the first
+    /// `quantiser_warmup` values (values outside continue the grid).
+    pub levels_fine: u32,
+    pub levels_coarse: u32,
+    /// Longest context of quantised levels.
+    pub context_len: usize,
+    /// Values that fix the quantiser grids; no novelty is scored before.
+    pub quantiser_warmup: usize,
+    /// Memory of the novelty statistics, in observations.
+    pub novelty_memory: usize,
+    /// Points after the warm-up before novelty may score.
+    pub novelty_mute: usize,
+    /// log2 of the bits of each of the two seen-context sets.
+    pub seen_bits: u32,
+    /// Every this many points the older seen-set is forgotten.
+    pub seen_rotation: u64,
+    /// Bins of the time-of-day profile.
+    pub day_bins: usize,
+    /// Memory of each bin's mean, in visits; and visits before a bin is trusted.
+    pub bin_memory: usize,
+    pub bin_min_visits: u32,
+    /// Memory of the pooled time-of-day residual variance.
+    pub residual_memory: usize,
+    /// Points in the burst window; the surprisal that counts a point as an event; the
+    /// memory of the long-run event rate; the weight of the burst surprisal.
+    pub burst_window: usize,
+    pub burst_event_surprisal: f64,
+    pub burst_rate_memory: usize,
+    pub burst_weight: f64,
+    /// Scores that do not exceed the previous `onset_window` are multiplied by `damping`.
+    pub onset_window: usize,
+    pub damping: f64,
+    /// Salt of the context hash.
+    pub seed: u64,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
-            memory: 6400,
-            onset_window: 100,
-            damping: 0.1,
+            global_memory: 6400,
             min_relative_sd: 1e-3,
-            warmup: 10,
+            levels_fine: 12,
+            levels_coarse: 4,
+            context_len: 7,
+            quantiser_warmup: 200,
+            novelty_memory: 3000,
+            novelty_mute: 20,
+            seen_bits: 14,
+            seen_rotation: 8000,
+            day_bins: 24,
+            bin_memory: 5,
+            bin_min_visits: 3,
+            residual_memory: 2000,
+            burst_window: 20,
+            burst_event_surprisal: 3.0,
+            burst_rate_memory: 2000,
+            burst_weight: 0.7,
+            onset_window: 25,
+            damping: 0.1,
+            seed: 0,
         }
     }
 }
@@ -58,18 +111,215 @@ pub fn normal_tail(z: f64) -> f64 {
     erfc / 2.0
 }
 
-/// Decimal digits of surprise the score scale spans: a two-sided tail of 1e-300 is 1.0.
+/// Decimal digits of surprise the score scale spans: a tail of 1e-300 is 1.0.
 const MAX_SURPRISAL: f64 = 300.0;
 
-/// Streaming state of one series.
+fn surprisal(p: f64) -> f64 {
+    (-p.max(1e-300).log10()).min(MAX_SURPRISAL)
+}
+
+/// −log10 of the two-sided normal tail of z.
+fn two_sided(z: f64) -> f64 {
+    surprisal(2.0 * normal_tail(z.abs()))
+}
+
+/// −log10 of the upper normal tail of z; 0 for z ≤ 0.
+fn upper(z: f64) -> f64 {
+    if z > 0.0 {
+        surprisal(normal_tail(z))
+    } else {
+        0.0
+    }
+}
+
+/// −log10 P(X ≥ c) for X ~ Poisson(λ); 0 when c ≤ λ.
+fn poisson_upper(c: u32, lambda: f64) -> f64 {
+    if f64::from(c) <= lambda {
+        return 0.0;
+    }
+    let mut term = (-lambda).exp();
+    let mut cdf = 0.0;
+    for k in 0..c {
+        cdf += term;
+        term *= lambda / f64::from(k + 1);
+    }
+    // P(X = c) bounds the tail from below where 1 − cdf cancels to nothing.
+    surprisal((1.0 - cdf).max(term))
+}
+
+/// Exponentially weighted mean and variance (West), a plain mean while young.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StreamScorer {
+struct Ew {
     n: u64,
     mean: f64,
     var: f64,
+}
+
+impl Ew {
+    fn weight(&self, memory: usize) -> f64 {
+        (1.0 / memory.max(1) as f64).max(1.0 / (self.n + 1) as f64)
+    }
+
+    fn add(&mut self, memory: usize, x: f64) {
+        let a = self.weight(memory);
+        let d = x - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        self.n += 1;
+    }
+
+    /// Variance around a fixed mean of zero (residuals).
+    fn add_zero_mean(&mut self, memory: usize, r: f64) {
+        let a = self.weight(memory);
+        self.var = (1.0 - a) * (self.var + a * r * r);
+        self.n += 1;
+    }
+}
+
+/// Two bit sets of seen contexts: a context is seen if it is in either; it is recorded in
+/// the current one; every `rotation` points the current becomes the old one and a fresh
+/// one starts, so memory is bounded and old patterns are eventually forgotten.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeenSet {
+    cur: Vec<u64>,
+    old: Vec<u64>,
+    ticks: u64,
+}
+
+impl SeenSet {
+    fn new(bits: u32) -> Self {
+        let words = (1usize << bits).div_ceil(64);
+        SeenSet {
+            cur: vec![0; words],
+            old: vec![0; words],
+            ticks: 0,
+        }
+    }
+
+    fn tick(&mut self, rotation: u64) {
+        self.ticks += 1;
+        if rotation > 0 && self.ticks.is_multiple_of(rotation) {
+            std::mem::swap(&mut self.cur, &mut self.old);
+            self.cur.iter_mut().for_each(|w| *w = 0);
+        }
+    }
+
+    /// Whether `h` was seen; records it either way.
+    fn test_set(&mut self, h: u64) -> bool {
+        let bits = (self.cur.len() * 64) as u64;
+        let i = (h & (bits - 1)) as usize;
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        let seen = (self.cur[w] | self.old[w]) & b != 0;
+        self.cur[w] |= b;
+        seen
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a over the context's levels, its length and a salt, finished with murmur3's
+/// fmix64 so that the low bits used as the index are well mixed.
+fn context_hash(ctx: impl Iterator<Item = i64>, len: usize, salt: u64) -> u64 {
+    let mut h = FNV_OFFSET;
+    for q in ctx {
+        h ^= (q as u64) & 0xffff_ffff;
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h ^= len as u64;
+    h = h.wrapping_mul(FNV_PRIME);
+    h ^= salt;
+    h = h.wrapping_mul(FNV_PRIME);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Context novelty at one resolution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Quantiser {
+    levels: u32,
+    /// Grid origin and step, fixed once `quantiser_warmup` values have been seen.
+    grid: Option<(f64, f64)>,
+    warm: Vec<f64>,
+    /// The last `context_len` levels, oldest first.
+    history: VecDeque<i64>,
+}
+
+impl Quantiser {
+    fn new(levels: u32) -> Self {
+        Quantiser {
+            levels,
+            grid: None,
+            warm: Vec::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    fn salt(&self, seed: u64) -> u64 {
+        u64::from(self.levels) + (seed << 8)
+    }
+
+    /// Fraction of the contexts ending at `x` that are new.
+    fn learn(&mut self, cfg: &StreamConfig, seen: &mut SeenSet, x: f64) -> f64 {
+        let (lo, step) = self.grid.expect("grid fixed");
+        let q = ((x - lo) / step).floor() as i64;
+        self.history.push_back(q);
+        if self.history.len() > cfg.context_len {
+            self.history.pop_front();
+        }
+        let n = self.history.len();
+        let salt = self.salt(cfg.seed);
+        let mut new = 0;
+        for k in 1..=n {
+            let h = context_hash(self.history.iter().skip(n - k).copied(), k, salt);
+            if !seen.test_set(h) {
+                new += 1;
+            }
+        }
+        f64::from(new) / n as f64
+    }
+
+    /// The novelty of `x`, or `None` while the grid is being fixed.
+    fn update(&mut self, cfg: &StreamConfig, seen: &mut SeenSet, x: f64) -> Option<f64> {
+        if self.grid.is_some() {
+            return Some(self.learn(cfg, seen, x));
+        }
+        self.warm.push(x);
+        if self.warm.len() < cfg.quantiser_warmup.max(1) {
+            return None;
+        }
+        let wlo = self.warm.iter().copied().fold(f64::INFINITY, f64::min);
+        let whi = self.warm.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let step = ((whi - wlo) / f64::from(self.levels.max(1)))
+            .max(1e-9 * whi.abs().max(wlo.abs()).max(1.0));
+        self.grid = Some((wlo, step));
+        for y in std::mem::take(&mut self.warm) {
+            self.learn(cfg, seen, y);
+        }
+        None
+    }
+}
+
+/// Streaming state of one series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamScorer {
+    n: u64,
     min: f64,
     max: f64,
-    recent: VecDeque<f32>,
+    global: Ew,
+    seen: SeenSet,
+    fine: Quantiser,
+    coarse: Quantiser,
+    novelty: Ew,
+    bin_mean: Vec<f64>,
+    bin_visits: Vec<u32>,
+    residual: Ew,
+    /// Event flags of the burst window, newest last, and how many are set.
+    events: VecDeque<bool>,
+    event_count: u32,
+    event_rate: Ew,
+    recent: VecDeque<f64>,
 }
 
 /// One observation's scores.
@@ -77,49 +327,140 @@ pub struct StreamScorer {
 pub struct StreamScore {
     /// z-score against the long-run mean and deviation.
     pub z: f64,
-    /// -log10 of the two-sided tail probability of `z`.
+    /// Surprisals (−log10 tail probability) of the four detectors: global, novelty,
+    /// time of day, burst (the burst one already weighted).
+    pub parts: [f64; 4],
+    /// The largest of `parts`: the point's surprisal.
     pub surprisal: f64,
     /// The anomaly score in 0..1: surprisal / 300, damped unless it is an onset.
     pub score: f64,
 }
 
 impl StreamScorer {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(cfg: &StreamConfig) -> Self {
+        StreamScorer {
+            n: 0,
+            min: 0.0,
+            max: 0.0,
+            global: Ew::default(),
+            seen: SeenSet::new(cfg.seen_bits),
+            fine: Quantiser::new(cfg.levels_fine),
+            coarse: Quantiser::new(cfg.levels_coarse),
+            novelty: Ew::default(),
+            bin_mean: vec![0.0; cfg.day_bins.max(1)],
+            bin_visits: vec![0; cfg.day_bins.max(1)],
+            residual: Ew::default(),
+            events: VecDeque::new(),
+            event_count: 0,
+            event_rate: Ew::default(),
+            recent: VecDeque::new(),
+        }
     }
 
-    /// Scores `x` against everything before it, then learns from it.
-    pub fn update(&mut self, cfg: &StreamConfig, x: f64) -> StreamScore {
+    /// Bytes this series' state occupies (struct and heap), for capacity planning.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + (self.seen.cur.capacity() + self.seen.old.capacity()) * 8
+            + self.bin_mean.capacity() * 8
+            + self.bin_visits.capacity() * 4
+            + (self.fine.history.capacity() + self.coarse.history.capacity()) * 8
+            + (self.fine.warm.capacity() + self.coarse.warm.capacity()) * 8
+            + self.events.capacity()
+            + self.recent.capacity() * 8
+    }
+
+    /// Scores `x` at `ts_ms` against everything before it, then learns from it.
+    pub fn update(&mut self, cfg: &StreamConfig, ts_ms: i64, x: f64) -> StreamScore {
         if self.n == 0 {
             (self.min, self.max) = (x, x);
         } else {
             self.min = self.min.min(x);
             self.max = self.max.max(x);
         }
+        self.n += 1;
         let floor = cfg.min_relative_sd * (self.max - self.min) + 1e-12;
-        let (z, surprisal) = if self.n >= cfg.warmup as u64 {
-            let z = (x - self.mean) / self.var.sqrt().max(floor);
-            let tail = (2.0 * normal_tail(z.abs())).max(1e-300);
-            (z, -tail.log10())
+
+        // Global.
+        let z = if self.global.n >= 10 {
+            (x - self.global.mean) / self.global.var.sqrt().max(floor)
         } else {
-            (0.0, 0.0)
+            0.0
         };
-        let raw = (surprisal / MAX_SURPRISAL).clamp(0.0, 1.0);
-        let onset = self.recent.iter().all(|r| f64::from(*r) < raw);
-        let score = if onset { raw } else { raw * cfg.damping };
-        self.recent.push_back(raw as f32);
-        if self.recent.len() > cfg.onset_window {
+        let s_global = two_sided(z);
+        self.global.add(cfg.global_memory, x);
+
+        // Novelty: the mean of both resolutions, against its own usual level.
+        self.seen.tick(cfg.seen_rotation);
+        let fine = self.fine.update(cfg, &mut self.seen, x);
+        let coarse = self.coarse.update(cfg, &mut self.seen, x);
+        let nov = match (fine, coarse) {
+            (Some(f), Some(c)) => 0.5 * (f + c),
+            _ => 0.0,
+        };
+        let s_novelty = if self.novelty.n >= (cfg.quantiser_warmup + cfg.novelty_mute) as u64 {
+            upper((nov - self.novelty.mean) / self.novelty.var.sqrt().max(1e-3))
+        } else {
+            0.0
+        };
+        // Warm-up zeros are learned too: they make early novelty stand out, which is when
+        // a series' first change after its warm-up is most likely to be missed otherwise.
+        self.novelty.add(cfg.novelty_memory, nov);
+
+        // Time of day.
+        let bins = self.bin_mean.len();
+        let sec = ts_ms.div_euclid(1000).rem_euclid(86_400) as usize;
+        let b = (sec * bins / 86_400).min(bins - 1);
+        let s_day = if self.bin_visits[b] >= cfg.bin_min_visits {
+            let r = x - self.bin_mean[b];
+            let z = if self.residual.n >= 20 {
+                r / self.residual.var.sqrt().max(floor)
+            } else {
+                0.0
+            };
+            self.residual.add_zero_mean(cfg.residual_memory, r);
+            two_sided(z)
+        } else {
+            0.0
+        };
+        let a = (1.0 / cfg.bin_memory.max(1) as f64).max(1.0 / f64::from(self.bin_visits[b] + 1));
+        self.bin_mean[b] += a * (x - self.bin_mean[b]);
+        self.bin_visits[b] += 1;
+
+        let mut s = s_global.max(s_novelty).max(s_day);
+
+        // Burst of events against the long-run event rate.
+        let event = s >= cfg.burst_event_surprisal;
+        self.events.push_back(event);
+        self.event_count += u32::from(event);
+        if self.events.len() > cfg.burst_window.max(1) {
+            let gone = self.events.pop_front().unwrap_or(false);
+            self.event_count -= u32::from(gone);
+        }
+        let mut s_burst = 0.0;
+        if self.event_rate.n >= 200 && self.events.len() == cfg.burst_window.max(1) {
+            let lambda = self
+                .event_rate
+                .mean
+                .max(1.0 / cfg.burst_rate_memory.max(1) as f64)
+                * cfg.burst_window as f64;
+            s_burst = cfg.burst_weight * poisson_upper(self.event_count, lambda);
+            s = s.max(s_burst);
+        }
+        self.event_rate
+            .add(cfg.burst_rate_memory, if event { 1.0 } else { 0.0 });
+
+        // Onset damping.
+        let onset = self.recent.iter().all(|r| *r < s);
+        self.recent.push_back(s);
+        if self.recent.len() > cfg.onset_window.max(1) {
             self.recent.pop_front();
         }
-        // West's exponentially weighted mean and variance; a plain mean while young.
-        let a = (1.0 / cfg.memory.max(1) as f64).max(1.0 / (self.n + 1) as f64);
-        let d = x - self.mean;
-        self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
-        self.n += 1;
+        let raw = s / MAX_SURPRISAL;
+        let score = if onset { raw } else { raw * cfg.damping }.clamp(0.0, 1.0);
         StreamScore {
             z,
-            surprisal,
+            parts: [s_global, s_novelty, s_day, s_burst],
+            surprisal: s,
             score,
         }
     }
@@ -147,13 +488,22 @@ mod tests {
     }
 
     #[test]
+    fn poisson_tail_matches_direct_sums() {
+        // P(X >= 3), λ = 1: 1 − e^-1 (1 + 1 + 1/2) = 0.080301.
+        assert!((poisson_upper(3, 1.0) - -(0.080_301_4_f64).log10()).abs() < 1e-5);
+        assert_eq!(poisson_upper(1, 2.0), 0.0);
+        // Deep tails stay finite and ordered.
+        assert!(poisson_upper(20, 0.01) > poisson_upper(10, 0.01));
+    }
+
+    #[test]
     fn a_spike_is_scored_once_at_its_onset() {
         let cfg = StreamConfig::default();
-        let mut s = StreamScorer::new();
+        let mut s = StreamScorer::new(&cfg);
         let mut scores = Vec::new();
         for i in 0..2000 {
             let x = (i as f64 * 0.7).sin() + if (1500..1510).contains(&i) { 20.0 } else { 0.0 };
-            scores.push(s.update(&cfg, x).score);
+            scores.push(s.update(&cfg, i * 300_000, x).score);
         }
         let top = scores
             .iter()
@@ -164,6 +514,44 @@ mod tests {
         assert_eq!(top, 1500);
         // The rest of the episode is damped below the onset.
         assert!(scores[1501..1510].iter().all(|v| *v < scores[1500] * 0.5));
-        assert!(scores[..1500].iter().all(|v| *v < scores[1500] * 0.1));
+        assert!(scores[..1500].iter().all(|v| *v < scores[1500] * 0.2));
+    }
+
+    #[test]
+    fn a_broken_daily_pattern_is_noticed_without_an_extreme_value() {
+        // Ten days of a daily wave, then one day where the wave stops at its mean: no value
+        // leaves the usual range, but every hour of that day is off its profile.
+        let cfg = StreamConfig::default();
+        let mut s = StreamScorer::new(&cfg);
+        let step = 300_000;
+        let per_day = 86_400_000 / step;
+        let mut best_before = 0.0_f64;
+        let mut best_flat = 0.0_f64;
+        for i in 0..(11 * per_day) {
+            let phase = (i % per_day) as f64 / per_day as f64 * std::f64::consts::TAU;
+            let flat = i >= 10 * per_day;
+            let x = if flat { 0.0 } else { phase.sin() } + ((i * 7919) % 17) as f64 * 0.002;
+            let sc = s.update(&cfg, i * step, x).surprisal;
+            if flat {
+                best_flat = best_flat.max(sc);
+            } else if i > 3 * per_day {
+                best_before = best_before.max(sc);
+            }
+        }
+        assert!(
+            best_flat > 2.0 * best_before,
+            "flat day {best_flat} vs before {best_before}"
+        );
+    }
+
+    #[test]
+    fn state_stays_small() {
+        let cfg = StreamConfig::default();
+        let mut s = StreamScorer::new(&cfg);
+        for i in 0..5000 {
+            s.update(&cfg, i * 60_000, (i as f64).sin());
+        }
+        let total = s.state_bytes();
+        assert!(total <= 8 * 1024, "{total} bytes per series");
     }
 }

@@ -77,15 +77,12 @@ pub fn read_series(text: &str, name: &str) -> anyhow::Result<Series> {
 
 /// Scores every observation in order with one streaming model: causal by construction,
 /// since each score is computed before the model learns from its observation.
-pub fn score_series(_cfg: &DetectConfig, _ts_ms: &[i64], values: &[f64]) -> Vec<f64> {
-    let scfg = stream_config();
-    let mut s = StreamScorer::new();
-    values
+pub fn score_series(_cfg: &DetectConfig, ts_ms: &[i64], values: &[f64]) -> Vec<f64> {
+    let scfg = StreamConfig::default();
+    let mut s = StreamScorer::new(&scfg);
+    ts_ms
         .iter()
-        .map(|v| s.update(&scfg, *v).score.clamp(0.0, 1.0))
+        .zip(values)
+        .map(|(t, v)| s.update(&scfg, *t, *v).score)
         .collect()
-}
-
-fn stream_config() -> StreamConfig {
-    StreamConfig::default()
 }
