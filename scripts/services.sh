@@ -7,7 +7,9 @@
 #   scripts/services.sh env     # prints the environment of running services
 #
 # PostgreSQL runs from this machine's server binaries as the `postgres` user (the server
-# refuses to run as root) with its data under $STATE; tansu keeps topics in memory. Both
+# refuses to run as root) with its data under $STATE, sized like a small production
+# server (shared_buffers 1GB, max_wal_size 4GB) rather than with the tiny defaults;
+# tansu keeps topics in memory. Both
 # listen on 127.0.0.1 only. Ports and the state folder can be overridden:
 #   SEISMO_PG_PORT (55432), SEISMO_KAFKA_PORT (19092), SEISMO_SERVICES_DIR (/tmp/seismo-services)
 set -euo pipefail
@@ -59,7 +61,7 @@ start_pg() {
       || die "initdb failed; see $STATE/initdb.log"
   fi
   [ "$(id -u)" = 0 ] && touch "$STATE/pg.log" && chown postgres "$STATE/pg.log"
-  as_postgres "$PG_BIN/pg_ctl -D $data -l $STATE/pg.log -w -t 60 start -o '-p $PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=200'" >/dev/null \
+  as_postgres "$PG_BIN/pg_ctl -D $data -l $STATE/pg.log -w -t 60 start -o '-p $PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=4GB'" >/dev/null \
     || die "PostgreSQL did not start; see $STATE/pg.log"
   "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
     -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'seismo') THEN CREATE ROLE seismo LOGIN SUPERUSER; END IF; END \$\$;" \

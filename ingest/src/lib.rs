@@ -174,102 +174,144 @@ pub async fn run(
     batch_records: usize,
 ) -> Result<IngestStats, IngestError> {
     let mut stats = IngestStats::default();
-    let mut waited = std::time::Instant::now();
-    while let Some(batch) = input.next_batch(batch_records).await {
-        let batch = batch?;
-        let started = std::time::Instant::now();
-        let mut points = Vec::new();
-        let mut dlq = Vec::new();
-        for m in &batch {
-            let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
-            let dead = |payload: Bytes, reason: String, line: Option<usize>| {
-                let mut r = OutRecord::new(m.key.clone(), payload)
-                    .header("source_topic", m.topic.clone())
-                    .header("source_partition", m.partition.to_string())
-                    .header("source_offset", m.offset.to_string())
-                    .header("reason", reason);
-                if let Some(l) = line {
-                    r = r.header("line", l.to_string());
-                }
-                r
-            };
-            match decode_record(m, tenant) {
-                Ok(Decoded::Lines(parsed)) => {
-                    for r in &parsed.rejected {
-                        let line = m
-                            .payload
-                            .split(|b| *b == b'\n')
-                            .nth(r.line - 1)
-                            .unwrap_or_default();
-                        dlq.push(dead(
-                            Bytes::copy_from_slice(line),
-                            r.reason.clone(),
-                            Some(r.line),
-                        ));
-                    }
-                    points.extend(parsed.points);
-                }
-                Ok(Decoded::RemoteWrite(parsed, stale)) => {
-                    metrics::STALE.inc_by(stale);
-                    if !parsed.rejected.is_empty() {
-                        // The protobuf has no lines to cut out, so the whole record goes
-                        // to the DLQ once, with every reason.
-                        let reasons: Vec<String> = parsed
-                            .rejected
-                            .iter()
-                            .map(|r| format!("series {}: {}", r.line, r.reason))
-                            .collect();
-                        dlq.push(dead(m.payload.clone(), reasons.join("; "), None));
-                    }
-                    points.extend(parsed.points);
-                }
-                Err(reason) => dlq.push(dead(m.payload.clone(), reason, None)),
+    // Two batches in flight: while one is written to the table and the broker, the next
+    // is fetched and parsed. Writes and commits stay in input order.
+    let mut pending: Option<Prepared> = None;
+    loop {
+        let write = async {
+            match &pending {
+                Some(b) => write_batch(b, &*output, &*store).await.map(Some),
+                None => Ok(None),
             }
-        }
-        stats.records += batch.len() as u64;
-        stats.points += points.len() as u64;
-        stats.rejected += dlq.len() as u64;
-        metrics::POINTS.inc_by(points.len() as u64);
-        metrics::REJECTED.inc_by(dlq.len() as u64);
-        // Durable first, then downstream, then commit: a crash anywhere replays the batch,
-        // and the idempotent writes absorb the replay.
-        // The table write and the broker's acknowledgement proceed together; both are
-        // needed before the commit.
-        let parsed_at = std::time::Instant::now();
-        let ((stored, store_ms), (sent, send_ms)) = tokio::join!(
-            async {
-                let t = std::time::Instant::now();
-                (
-                    store.insert_points(&points).await,
-                    t.elapsed().as_millis() as u64,
-                )
-            },
-            async {
-                let t = std::time::Instant::now();
-                let r = output.send(topics::POINTS, point_records(&points)).await;
-                (r, t.elapsed().as_millis() as u64)
+        };
+        let fetch = async {
+            match input.next_batch(batch_records).await {
+                None => Ok(None),
+                Some(b) => b.map(|b| Some(prepare(b))),
             }
-        );
-        stored?;
-        sent?;
-        if !dlq.is_empty() {
-            output.send(topics::DLQ, dlq).await?;
+        };
+        let (written, next) = tokio::join!(write, fetch);
+        if let (Some(done), Some(timing)) = (pending.take(), written?) {
+            input.commit(&done.batch).await?;
+            tracing::debug!(
+                records = done.batch.len(),
+                points = done.points.len(),
+                parse_ms = done.parse_ms,
+                store_ms = timing.0,
+                send_ms = timing.1,
+                "ingest batch"
+            );
         }
-        input.commit(&batch).await?;
-        tracing::debug!(
-            records = batch.len(),
-            points = points.len(),
-            wait_ms = started.duration_since(waited).as_millis() as u64,
-            work_ms = started.elapsed().as_millis() as u64,
-            parse_ms = parsed_at.duration_since(started).as_millis() as u64,
-            store_ms,
-            send_ms,
-            "ingest batch"
-        );
-        waited = std::time::Instant::now();
+        match next? {
+            Some(b) => {
+                stats.records += b.batch.len() as u64;
+                stats.points += b.points.len() as u64;
+                stats.rejected += b.dlq.len() as u64;
+                metrics::POINTS.inc_by(b.points.len() as u64);
+                metrics::REJECTED.inc_by(b.dlq.len() as u64);
+                pending = Some(b);
+            }
+            None => break,
+        }
     }
     output.flush().await?;
     Ok(stats)
+}
+
+/// A parsed input batch, ready to be written.
+struct Prepared {
+    batch: Vec<Message>,
+    points: Vec<MetricPoint>,
+    dlq: Vec<OutRecord>,
+    parse_ms: u64,
+}
+
+/// Parses every record of a batch; refused lines and records become DLQ records that name
+/// their origin and reason.
+fn prepare(batch: Vec<Message>) -> Prepared {
+    let started = std::time::Instant::now();
+    let mut points = Vec::new();
+    let mut dlq = Vec::new();
+    for m in &batch {
+        let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
+        let dead = |payload: Bytes, reason: String, line: Option<usize>| {
+            let mut r = OutRecord::new(m.key.clone(), payload)
+                .header("source_topic", m.topic.clone())
+                .header("source_partition", m.partition.to_string())
+                .header("source_offset", m.offset.to_string())
+                .header("reason", reason);
+            if let Some(l) = line {
+                r = r.header("line", l.to_string());
+            }
+            r
+        };
+        match decode_record(m, tenant) {
+            Ok(Decoded::Lines(parsed)) => {
+                for r in &parsed.rejected {
+                    let line = m
+                        .payload
+                        .split(|b| *b == b'\n')
+                        .nth(r.line - 1)
+                        .unwrap_or_default();
+                    dlq.push(dead(
+                        Bytes::copy_from_slice(line),
+                        r.reason.clone(),
+                        Some(r.line),
+                    ));
+                }
+                points.extend(parsed.points);
+            }
+            Ok(Decoded::RemoteWrite(parsed, stale)) => {
+                metrics::STALE.inc_by(stale);
+                if !parsed.rejected.is_empty() {
+                    // The protobuf has no lines to cut out, so the whole record goes to
+                    // the DLQ once, with every reason.
+                    let reasons: Vec<String> = parsed
+                        .rejected
+                        .iter()
+                        .map(|r| format!("series {}: {}", r.line, r.reason))
+                        .collect();
+                    dlq.push(dead(m.payload.clone(), reasons.join("; "), None));
+                }
+                points.extend(parsed.points);
+            }
+            Err(reason) => dlq.push(dead(m.payload.clone(), reason, None)),
+        }
+    }
+    Prepared {
+        batch,
+        points,
+        dlq,
+        parse_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Makes a batch durable: points in the table and on `seismo.points`, refusals on the
+/// DLQ. Only then may its input be committed; a crash before replays the batch, and the
+/// idempotent writes absorb the replay. Returns the store and send times in ms.
+async fn write_batch(
+    b: &Prepared,
+    output: &dyn Producer,
+    store: &dyn Store,
+) -> Result<(u64, u64), IngestError> {
+    let ((stored, store_ms), (sent, send_ms)) = tokio::join!(
+        async {
+            let t = std::time::Instant::now();
+            let r = store.insert_points(&b.points).await;
+            (r, t.elapsed().as_millis() as u64)
+        },
+        async {
+            let t = std::time::Instant::now();
+            let r = output.send(topics::POINTS, point_records(&b.points)).await;
+            (r, t.elapsed().as_millis() as u64)
+        }
+    );
+    stored?;
+    sent?;
+    if !b.dlq.is_empty() {
+        output.send(topics::DLQ, b.dlq.clone()).await?;
+    }
+    Ok((store_ms, send_ms))
 }
 
 #[cfg(test)]
