@@ -303,6 +303,21 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
     let mut detect_a = env.seismo(&["run", "--stage", "detect"], "detect-a");
     let mut detect_b = env.seismo(&["run", "--stage", "detect"], "detect-b");
 
+    // Both processes share the work: wait until the group has given each of them some of
+    // the partitions before any input arrives.
+    let owns_partitions = |p: &Proc| {
+        p.log_text().lines().any(|l| {
+            l.contains("partitions assigned") && l.contains("parts=[") && !l.contains("parts=[]")
+        })
+    };
+    wait_for(
+        "both detect processes to own partitions",
+        &[&detect_a, &detect_b],
+        Duration::from_secs(60),
+        async || owns_partitions(&detect_a) && owns_partitions(&detect_b),
+    )
+    .await;
+
     // Malformed input, interleaved with the good: two bad JSON lines and one record that
     // is neither JSON nor remote_write.
     producer
@@ -336,19 +351,6 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
         },
     )
     .await;
-    // Both processes share the work: each owns some of the partitions.
-    let owners = [&detect_a, &detect_b]
-        .iter()
-        .filter(|p| {
-            p.log_text().lines().any(|l| {
-                l.contains("partitions assigned")
-                    && l.contains("parts=[")
-                    && !l.contains("parts=[]")
-            })
-        })
-        .count();
-    assert_eq!(owners, 2, "both detect processes joined the group");
-
     // Phase 2 while detect A is killed mid-stream.
     producer
         .send(topics::METRICS, records(&all, 400, 700))
