@@ -107,13 +107,8 @@ async fn ingest_points_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -
             }
             payload.extend_from_slice(b"\n");
         }
-        let record = OutRecord::new(Bytes::new(), payload.freeze());
-        if let Err(e) = s
-            .producer
-            .try_send_all(topics::METRICS, vec![record], s.publish_timeout)
-            .await
-        {
-            return publish_error(e);
+        if let Err(r) = forward(s, payload).await {
+            return r;
         }
     }
     let status = if parsed.rejected.is_empty() {
@@ -128,6 +123,16 @@ async fn ingest_points_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -
         Json(json!({ "accepted": accepted, "rejected": rejected })),
     )
         .into_response()
+}
+
+/// Publishes accepted points (JSON lines) to `seismo.metrics` as one record, all or
+/// nothing within the publish timeout; the error is the response to give.
+async fn forward(s: &IngestHttp, payload: BytesMut) -> Result<(), Response> {
+    let record = OutRecord::new(Bytes::new(), payload.freeze());
+    s.producer
+        .try_send_all(topics::METRICS, vec![record], s.publish_timeout)
+        .await
+        .map_err(publish_error)
 }
 
 /// Accepts a Prometheus remote_write request. It is validated here, so Prometheus learns
@@ -157,13 +162,8 @@ async fn remote_write_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) ->
             payload.extend_from_slice(&serde_json::to_vec(p).expect("points serialise"));
             payload.extend_from_slice(b"\n");
         }
-        let record = OutRecord::new(Bytes::new(), payload.freeze());
-        if let Err(e) = s
-            .producer
-            .try_send_all(topics::METRICS, vec![record], s.publish_timeout)
-            .await
-        {
-            return publish_error(e);
+        if let Err(r) = forward(s, payload).await {
+            return r;
         }
     }
     metrics::REJECTED.inc_by(parsed.rejected.len() as u64);

@@ -171,3 +171,72 @@ async fn alertmanager_webhooks_become_alerts() {
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("Alertmanager"), "{v}");
 }
+
+#[tokio::test]
+async fn prometheus_remote_write_is_accepted_as_points() {
+    use seismo_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
+    let bus = InProcBus::new(2, 16);
+    let mut consumer = bus.subscribe(topics::METRICS, "ingest", 1).remove(0);
+    let app = app(&bus, 1 << 20);
+    bus.seal();
+    let series = |name: Option<&str>| TimeSeries {
+        labels: name
+            .map(|n| Label {
+                name: "__name__".into(),
+                value: n.into(),
+            })
+            .into_iter()
+            .chain([Label {
+                name: "job".into(),
+                value: "api".into(),
+            }])
+            .collect(),
+        samples: vec![Sample {
+            value: 2.5,
+            timestamp: 1_700_000_000_000,
+        }],
+    };
+    let send = |body: Vec<u8>| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/api/v1/write")
+                .header("content-encoding", "snappy")
+                .header("content-type", "application/x-protobuf")
+                .header("x-seismo-tenant", "acme")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).to_string())
+        }
+    };
+    // What Prometheus sends: 204 once the points are on the bus.
+    let good = encode(&WriteRequest {
+        timeseries: vec![series(Some("up"))],
+    });
+    assert_eq!(send(good).await.0, StatusCode::NO_CONTENT);
+    let batch = consumer.next_batch(10).await.unwrap().unwrap();
+    let parsed = parse_lines(&batch[0].payload, None);
+    assert_eq!(parsed.points.len(), 1);
+    assert_eq!(
+        (
+            parsed.points[0].name.as_str(),
+            parsed.points[0].tenant.as_str()
+        ),
+        ("up", "acme")
+    );
+    // A series without a name is refused with its reason (400: Prometheus drops it
+    // rather than retrying); a body that is not remote_write is refused whole.
+    let (code, body) = send(encode(&WriteRequest {
+        timeseries: vec![series(None)],
+    }))
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body.contains("__name__"), "{body}");
+    let (code, body) = send(b"not snappy".to_vec()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body.contains("snappy"), "{body}");
+}

@@ -113,6 +113,63 @@ pub struct IncidentWrite {
     pub events: Vec<IncidentEvent>,
 }
 
+/// A row whose stored value cannot be read back.
+pub(crate) fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {v}"))
+}
+
+/// A page of `limit` items from a listing that fetched `limit + 1` rows to learn whether
+/// another page exists.
+pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Cursor) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| key(t).encode())
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+/// The timeline entry of a lifecycle step; `seq` (the incident's event count) keeps its id
+/// deterministic.
+pub(crate) fn status_changed_event(
+    id: &str,
+    seq: i64,
+    from: IncidentStatus,
+    to: IncidentStatus,
+    actor: &str,
+    note: &str,
+    now: DateTime<Utc>,
+) -> IncidentEvent {
+    let message = if note.is_empty() {
+        format!("{from} → {to}")
+    } else {
+        format!("{from} → {to}: {note}")
+    };
+    IncidentEvent {
+        id: format!("{id}-s{seq}"),
+        incident_id: id.to_string(),
+        ts: now,
+        kind: seismo_schemas::IncidentEventKind::StatusChanged,
+        actor: actor.to_string(),
+        message,
+        from_status: Some(from),
+        to_status: Some(to),
+    }
+}
+
+/// The tables `Store::counts` reports, with where each count goes.
+pub(crate) fn count_slots(c: &mut TableCounts) -> [(&'static str, &mut u64); 6] {
+    [
+        ("series", &mut c.series),
+        ("metric_points", &mut c.metric_points),
+        ("anomalies", &mut c.anomalies),
+        ("forecasts", &mut c.forecasts),
+        ("alerts", &mut c.alerts),
+        ("incidents", &mut c.incidents),
+    ]
+}
+
 /// Counts of rows, for summaries and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableCounts {

@@ -16,7 +16,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use crate::{
     AnomalyQuery, Checkpoint, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store,
-    StoreError, TableCounts,
+    StoreError, TableCounts, corrupt, count_slots, page, status_changed_event,
 };
 
 /// PostgreSQL accepts at most 65535 bound parameters per statement.
@@ -74,10 +74,6 @@ pub struct PgStore {
     /// Days whose native partitions exist, per table; a cache only.
     known_days: Mutex<HashSet<(&'static str, NaiveDate)>>,
     layout: Mutex<Option<Layout>>,
-}
-
-fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {v}"))
 }
 
 fn from_ms(v: i64) -> DateTime<Utc> {
@@ -278,16 +274,6 @@ fn push_events<'a>(qb: &mut QueryBuilder<'a, Postgres>, events: &'a [IncidentEve
 
 fn check_label(name: &str) -> Result<()> {
     seismo_schemas::validate_label_name(name).map_err(|e| StoreError::Invalid(e.to_string()))
-}
-
-fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Cursor) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|t| key(t).encode())
-    } else {
-        None
-    };
-    Page { items, next_cursor }
 }
 
 /// PostgreSQL's binary COPY signature, flags and header-extension length.
@@ -755,26 +741,12 @@ impl Store for PgStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let message = if note.is_empty() {
-            format!("{from} → {to}")
-        } else {
-            format!("{from} → {to}: {note}")
-        };
         let seq: i64 =
             sqlx::query_scalar("SELECT count(*) FROM incident_events WHERE incident_id = $1")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let events = [IncidentEvent {
-            id: format!("{id}-s{seq}"),
-            incident_id: id.to_string(),
-            ts: now,
-            kind: IncidentEventKind::StatusChanged,
-            actor: actor.to_string(),
-            message,
-            from_status: Some(from),
-            to_status: Some(to),
-        }];
+        let events = [status_changed_event(id, seq, from, to, actor, note, now)];
         let mut qb = QueryBuilder::new("");
         push_events(&mut qb, &events);
         qb.build().execute(&mut *tx).await?;
@@ -784,14 +756,7 @@ impl Store for PgStore {
 
     async fn counts(&self) -> Result<TableCounts> {
         let mut c = TableCounts::default();
-        for (table, slot) in [
-            ("series", &mut c.series),
-            ("metric_points", &mut c.metric_points),
-            ("anomalies", &mut c.anomalies),
-            ("forecasts", &mut c.forecasts),
-            ("alerts", &mut c.alerts),
-            ("incidents", &mut c.incidents),
-        ] {
+        for (table, slot) in count_slots(&mut c) {
             let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
                 .fetch_one(&self.pool)
                 .await?;

@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
     AnomalyQuery, Checkpoint, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store,
-    StoreError, TableCounts,
+    StoreError, TableCounts, corrupt, count_slots, page, status_changed_event,
 };
 
 /// SQLite accepts at most 32766 bound parameters per statement; stay well below.
@@ -41,10 +41,6 @@ fn ms(t: DateTime<Utc>) -> i64 {
 
 fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {v}"))
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -190,17 +186,6 @@ fn push_event<'a>(qb: &mut QueryBuilder<'a, Sqlite>, events: &'a [IncidentEvent]
 fn label_path(name: &str) -> Result<String> {
     seismo_schemas::validate_label_name(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
     Ok(format!("$.\"{name}\""))
-}
-
-fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Cursor) -> Page<T> {
-    // One extra row was fetched to learn whether another page exists.
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|t| key(t).encode())
-    } else {
-        None
-    };
-    Page { items, next_cursor }
 }
 
 #[async_trait]
@@ -582,26 +567,12 @@ impl Store for SqliteStore {
         if updated == 0 {
             return Err(StoreError::NotFound);
         }
-        let message = if note.is_empty() {
-            format!("{from} → {to}")
-        } else {
-            format!("{from} → {to}: {note}")
-        };
         let seq: i64 =
             sqlx::query_scalar("SELECT count(*) FROM incident_events WHERE incident_id = ?")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let events = [IncidentEvent {
-            id: format!("{id}-s{seq}"),
-            incident_id: id.to_string(),
-            ts: now,
-            kind: IncidentEventKind::StatusChanged,
-            actor: actor.to_string(),
-            message,
-            from_status: Some(from),
-            to_status: Some(to),
-        }];
+        let events = [status_changed_event(id, seq, from, to, actor, note, now)];
         let mut qb = QueryBuilder::new("");
         push_event(&mut qb, &events);
         qb.build().execute(&mut *tx).await?;
@@ -611,14 +582,7 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<TableCounts> {
         let mut c = TableCounts::default();
-        for (table, slot) in [
-            ("series", &mut c.series),
-            ("metric_points", &mut c.metric_points),
-            ("anomalies", &mut c.anomalies),
-            ("forecasts", &mut c.forecasts),
-            ("alerts", &mut c.alerts),
-            ("incidents", &mut c.incidents),
-        ] {
+        for (table, slot) in count_slots(&mut c) {
             let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
                 .fetch_one(&self.pool)
                 .await?;
