@@ -150,17 +150,7 @@ fn detect_cmd(
         let table = seismo::eval::read_numeric_csv(file)?;
         let w = table.width();
         let label = table.column("label");
-        let features: Vec<f64> = table
-            .data
-            .chunks(w)
-            .flat_map(|r| {
-                r.iter()
-                    .enumerate()
-                    .filter(|(i, _)| Some(*i) != label)
-                    .map(|(_, v)| *v)
-            })
-            .collect();
-        let nf = w - usize::from(label.is_some());
+        let (features, nf) = table.features_without(label);
         anyhow::ensure!(
             nf > 0 && table.rows() > 0,
             "{name}: no numeric feature rows"

@@ -54,6 +54,23 @@ impl Table {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.header.iter().position(|h| h == name)
     }
+
+    /// The values of every column but `skip` (a label column), row-major, and how many
+    /// columns that leaves.
+    pub fn features_without(&self, skip: Option<usize>) -> (Vec<f64>, usize) {
+        let w = self.width();
+        let values = self
+            .data
+            .chunks(w)
+            .flat_map(|r| {
+                r.iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != skip)
+                    .map(|(_, v)| *v)
+            })
+            .collect();
+        (values, w - usize::from(skip.is_some_and(|c| c < w)))
+    }
 }
 
 /// Reads a CSV whose every cell below the header is a number.

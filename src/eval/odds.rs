@@ -56,18 +56,9 @@ pub fn run(dir: &Path, seeds: &[u64], params: ForestParams) -> anyhow::Result<Ve
             .column("label")
             .with_context(|| format!("{} has no label column", path.display()))?;
         let w = table.width();
-        let features: Vec<f64> = table
-            .data
-            .chunks(w)
-            .flat_map(|r| {
-                r.iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != label_col)
-                    .map(|(_, v)| *v)
-            })
-            .collect();
+        let (features, nf) = table.features_without(Some(label_col));
         let labels: Vec<bool> = table.data.chunks(w).map(|r| r[label_col] != 0.0).collect();
-        let rows = Rows::new(&features, w - 1);
+        let rows = Rows::new(&features, nf);
         let (mut auc, mut fit_s, mut score_s) = (Vec::new(), 0.0, 0.0);
         for &seed in seeds {
             let t = Instant::now();
