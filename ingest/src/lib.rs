@@ -164,6 +164,11 @@ pub struct IngestStats {
     pub rejected: u64,
 }
 
+/// Batches being written at once. Each write is mostly waiting on PostgreSQL's commit and
+/// the broker's acknowledgement, so a second one in flight keeps both cores busy while the
+/// next batch is parsed; more than two measured no better on 2 cores.
+const WRITES_IN_FLIGHT: usize = 2;
+
 /// Runs ingest until its input ends: parse each `seismo.metrics` record, store the points,
 /// publish them keyed by series id to `seismo.points`, send refused lines to `seismo.dlq`,
 /// and only then commit the input.
@@ -174,48 +179,72 @@ pub async fn run(
     batch_records: usize,
 ) -> Result<IngestStats, IngestError> {
     let mut stats = IngestStats::default();
-    // Two batches in flight: while one is written to the table and the broker, the next
-    // is fetched and parsed. Writes and commits stay in input order.
-    let mut pending: Option<Prepared> = None;
+    // Writes run as their own tasks while the next batch is fetched and parsed here.
+    // Commits stay in input order (the front write is awaited first), and each write
+    // publishes only after the one before it has published, so records of one series keep
+    // their order on `seismo.points`; the table writes overlap freely.
+    let mut in_flight: std::collections::VecDeque<InFlight> = Default::default();
+    let mut published: Option<tokio::sync::oneshot::Receiver<()>> = None;
     loop {
-        let write = async {
-            match &pending {
-                Some(b) => write_batch(b, &*output, &*store).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let fetch = async {
-            match input.next_batch(batch_records).await {
-                None => Ok(None),
-                Some(b) => b.map(|b| Some(prepare(b))),
-            }
-        };
-        let (written, next) = tokio::join!(write, fetch);
-        if let (Some(done), Some(timing)) = (pending.take(), written?) {
-            input.commit(&done.batch).await?;
-            tracing::debug!(
-                records = done.batch.len(),
-                points = done.points.len(),
-                parse_ms = done.parse_ms,
-                store_ms = timing.0,
-                send_ms = timing.1,
-                "ingest batch"
-            );
+        while in_flight.len() >= WRITES_IN_FLIGHT
+            || in_flight.front().is_some_and(|w| w.task.is_finished())
+        {
+            let w = in_flight.pop_front().expect("a write in flight");
+            finish(w, &mut *input).await?;
         }
-        match next? {
-            Some(b) => {
-                stats.records += b.batch.len() as u64;
-                stats.points += b.points.len() as u64;
-                stats.rejected += b.dlq.len() as u64;
-                metrics::POINTS.inc_by(b.points.len() as u64);
-                metrics::REJECTED.inc_by(b.dlq.len() as u64);
-                pending = Some(b);
-            }
-            None => break,
+        let Some(batch) = input.next_batch(batch_records).await else {
+            break;
+        };
+        let b = prepare(batch?);
+        stats.records += b.batch.len() as u64;
+        stats.points += b.points.len() as u64;
+        stats.rejected += b.dlq.len() as u64;
+        metrics::POINTS.inc_by(b.points.len() as u64);
+        metrics::REJECTED.inc_by(b.dlq.len() as u64);
+        if b.batch.is_empty() {
+            continue;
         }
+        let (done, next) = tokio::sync::oneshot::channel();
+        let previous = published.replace(next);
+        let (output, store) = (output.clone(), store.clone());
+        let meta = (b.batch.len(), b.points.len(), b.parse_ms);
+        let (batch, task) = (
+            b.batch.clone(),
+            tokio::spawn(async move { write_batch(b, previous, done, &*output, &*store).await }),
+        );
+        in_flight.push_back(InFlight { batch, meta, task });
+    }
+    while let Some(w) = in_flight.pop_front() {
+        finish(w, &mut *input).await?;
     }
     output.flush().await?;
     Ok(stats)
+}
+
+/// A batch whose write is under way.
+struct InFlight {
+    batch: Vec<Message>,
+    /// Records, points and parse time, for the log.
+    meta: (usize, usize, u64),
+    task: tokio::task::JoinHandle<Result<(u64, u64), IngestError>>,
+}
+
+/// Waits for a write and commits its input.
+async fn finish(w: InFlight, input: &mut dyn Consumer) -> Result<(), IngestError> {
+    let (store_ms, send_ms) = w
+        .task
+        .await
+        .map_err(|e| TransportError::Other(format!("ingest write task failed: {e}")))??;
+    input.commit(&w.batch).await?;
+    tracing::debug!(
+        records = w.meta.0,
+        points = w.meta.1,
+        parse_ms = w.meta.2,
+        store_ms,
+        send_ms,
+        "ingest batch"
+    );
+    Ok(())
 }
 
 /// A parsed input batch, ready to be written.
@@ -288,9 +317,12 @@ fn prepare(batch: Vec<Message>) -> Prepared {
 
 /// Makes a batch durable: points in the table and on `seismo.points`, refusals on the
 /// DLQ. Only then may its input be committed; a crash before replays the batch, and the
-/// idempotent writes absorb the replay. Returns the store and send times in ms.
+/// idempotent writes absorb the replay. Publishing waits for `previous` (the batch before
+/// has published) and then signals `published`. Returns the store and send times in ms.
 async fn write_batch(
-    b: &Prepared,
+    b: Prepared,
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
+    published: tokio::sync::oneshot::Sender<()>,
     output: &dyn Producer,
     store: &dyn Store,
 ) -> Result<(u64, u64), IngestError> {
@@ -302,15 +334,26 @@ async fn write_batch(
         },
         async {
             let t = std::time::Instant::now();
-            let r = output.send(topics::POINTS, point_records(&b.points)).await;
+            if let Some(p) = previous
+                && p.await.is_err()
+            {
+                // The batch before failed to publish: publishing this one now would put
+                // it ahead of that batch's replay.
+                let e = TransportError::Other("an earlier ingest batch failed".into());
+                return (Err(e), 0);
+            }
+            let mut r = output.send(topics::POINTS, point_records(&b.points)).await;
+            if r.is_ok() && !b.dlq.is_empty() {
+                r = output.send(topics::DLQ, b.dlq.clone()).await;
+            }
+            if r.is_ok() {
+                let _ = published.send(());
+            }
             (r, t.elapsed().as_millis() as u64)
         }
     );
     stored?;
     sent?;
-    if !b.dlq.is_empty() {
-        output.send(topics::DLQ, b.dlq.clone()).await?;
-    }
     Ok((store_ms, send_ms))
 }
 

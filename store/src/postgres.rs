@@ -294,6 +294,22 @@ fn copy_row(buf: &mut Vec<u8>, id: i64, ms: i64, value: f64) {
     buf.extend_from_slice(&value.to_bits().to_be_bytes());
 }
 
+/// Sends a whole binary COPY body; returns the rows copied.
+async fn copy_in(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    body: &[u8],
+) -> std::result::Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(body).await?;
+    copy.finish().await
+}
+
+/// Whether an error is PostgreSQL's unique_violation (SQLSTATE 23505).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
 /// Batches at least this big are written by several concurrent transactions.
 const PARALLEL_POINTS: usize = 4096;
 /// Concurrent transactions per big batch.
@@ -330,34 +346,65 @@ impl PgStore {
             qb.push(" ON CONFLICT (series_id) DO NOTHING");
             qb.build().execute(&mut *tx).await?;
         }
-        // COPY is PostgreSQL's fast path, but it cannot skip duplicates; so points go to a
-        // transaction-local staging table by COPY and from there into the (partitioned or
-        // hypertable) metric_points with ON CONFLICT DO NOTHING, keeping replays harmless.
-        sqlx::query(
-            "CREATE TEMP TABLE IF NOT EXISTS points_stage (series_id BIGINT, time TIMESTAMPTZ, value DOUBLE PRECISION) \
-             ON COMMIT DELETE ROWS",
-        )
-        .execute(&mut *tx)
-        .await?;
+        // Rows go in key order: concurrent writers that share keys (a replay overlapping
+        // a live batch) then wait on each other in one order and cannot deadlock, and
+        // the primary key index is filled page by page.
+        let mut rows: Vec<(i64, i64, f64)> = ids
+            .iter()
+            .zip(points)
+            .map(|(id, p)| (*id as i64, p.ts, p.value))
+            .collect();
+        rows.sort_unstable_by_key(|r| (r.0, r.1));
         let mut buf = Vec::with_capacity(COPY_HEADER.len() + points.len() * 38 + 2);
         buf.extend_from_slice(COPY_HEADER);
-        for (id, p) in ids.iter().zip(points) {
-            copy_row(&mut buf, *id as i64, p.ts, p.value);
+        for (id, ts, value) in rows {
+            copy_row(&mut buf, id, ts, value);
         }
         buf.extend_from_slice(&(-1i16).to_be_bytes());
-        let mut copy = tx
-            .copy_in_raw("COPY points_stage (series_id, time, value) FROM STDIN (FORMAT binary)")
-            .await?;
-        copy.send(buf).await?;
-        copy.finish().await?;
-        let written = sqlx::query(
-            "INSERT INTO metric_points (series_id, time, value) \
-             SELECT series_id, time, value FROM points_stage \
-             ON CONFLICT (series_id, time) DO NOTHING",
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        // COPY straight into metric_points is PostgreSQL's fastest path, but it cannot skip
+        // duplicates. Replays are rare (a crash between store and commit), so COPY is tried
+        // first inside a savepoint; only when a point is already stored does the batch take
+        // the slower idempotent path: COPY into a transaction-local staging table, then
+        // INSERT … ON CONFLICT DO NOTHING.
+        let written = {
+            let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+            match copy_in(
+                &mut sp,
+                "COPY metric_points (series_id, time, value) FROM STDIN (FORMAT binary)",
+                &buf,
+            )
+            .await
+            {
+                Ok(n) => {
+                    sp.commit().await?;
+                    n
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    sp.rollback().await?;
+                    sqlx::query(
+                        "CREATE TEMP TABLE IF NOT EXISTS points_stage (series_id BIGINT, time TIMESTAMPTZ, value DOUBLE PRECISION) \
+                         ON COMMIT DELETE ROWS",
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    copy_in(
+                        &mut tx,
+                        "COPY points_stage (series_id, time, value) FROM STDIN (FORMAT binary)",
+                        &buf,
+                    )
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO metric_points (series_id, time, value) \
+                         SELECT series_id, time, value FROM points_stage \
+                         ON CONFLICT (series_id, time) DO NOTHING",
+                    )
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         tx.commit().await?;
         self.known_series
             .lock()

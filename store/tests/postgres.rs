@@ -105,7 +105,7 @@ async fn points_are_copied_once_into_daily_partitions() {
     let got = store.points(a, t0, t0 + day).await.unwrap();
     assert_eq!(got.len(), 720);
     assert_eq!(got[1], (t0 + 2 * 60_000, 1.0));
-    // Exact values survive the text COPY.
+    // Exact values survive the binary COPY.
     let odd = [
         point("c", t0, 0.1 + 0.2),
         point("c", t0 + 1, 1e-300),
