@@ -6,7 +6,7 @@ use seismo_detect::{StreamConfig, StreamScorer};
 const SERIES: usize = 10_000;
 /// Points per series per iteration, after a warm-up past every component's start-up.
 const STEPS: i64 = 50;
-const WARM: i64 = 400;
+const WARM: i64 = 2000;
 
 fn value(s: usize, i: i64) -> f64 {
     let phase = (i as f64 / 288.0 + s as f64 * 0.01) * std::f64::consts::TAU;

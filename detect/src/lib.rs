@@ -7,9 +7,11 @@
 mod iforest;
 mod model;
 mod runner;
+mod seasonal;
 mod stream;
 
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};
 pub use runner::{Checkpointing, DETECTOR_NAME, DetectError, DetectStats, Detector, run};
+pub use seasonal::SeasonalView;
 pub use stream::{StreamConfig, StreamScore, StreamScorer, normal_tail};

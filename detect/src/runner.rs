@@ -51,11 +51,12 @@ static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Names of the streaming ensemble's detectors in explanations, in `StreamScore::parts`
 /// order; the one that set the bucket's surprisal has weight 1.
-pub const ENSEMBLE_PARTS: [&str; 4] = [
+pub const ENSEMBLE_PARTS: [&str; 5] = [
     "ensemble_global",
     "ensemble_novelty",
     "ensemble_time_of_day",
     "ensemble_burst",
+    "ensemble_seasonal",
 ];
 
 /// Name recorded on every anomaly this detector raises.
@@ -162,7 +163,7 @@ impl Detector {
             // The ensemble sees what the band does not: a broken daily pattern, a new
             // pattern of values, a burst of moderate surprises.
             None if ens.score >= self.cfg.ensemble_threshold => {
-                if ens.parts[0] >= ens.parts[1].max(ens.parts[2]).max(ens.parts[3]) {
+                if ens.parts[0] >= ens.parts[1..].iter().copied().fold(0.0, f64::max) {
                     AnomalyKind::Point
                 } else {
                     AnomalyKind::Trend
@@ -237,11 +238,19 @@ impl Detector {
                 )
                 .collect(),
                 features: Vec::new(),
-                seasonal_periods_s: if s.seasonal {
-                    vec![self.cfg.season_secs]
-                } else {
-                    Vec::new()
-                },
+                // The band's daily season, then the periods the ensemble's seasonal
+                // baseline detected (in buckets, so in seconds at the bucket width).
+                seasonal_periods_s: s
+                    .seasonal
+                    .then_some(self.cfg.season_secs)
+                    .into_iter()
+                    .chain(ens.seasonal.iter().flat_map(|v| {
+                        v.periods
+                            .into_iter()
+                            .filter(|p| *p > 0)
+                            .map(|p| u64::from(p) * self.cfg.bucket_secs.max(1))
+                    }))
+                    .collect(),
                 z_score: s.z,
                 summary: format!(
                     "{} {what}: {:.4} is {:.1} robust σ {direction} {baseline} ({:.4}; band {:.4}..{:.4})",

@@ -20,6 +20,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::seasonal::{SeasonalBaseline, SeasonalView};
+
 /// Settings of the streaming scorer; one configuration for every series.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +65,18 @@ pub struct StreamConfig {
     pub damping: f64,
     /// Salt of the context hash.
     pub seed: u64,
+    /// Seasonal baseline (see `seasonal.rs`): slots of history; most values merged into
+    /// one slot while no season is found; slots between refits while searching (a season
+    /// in use is refitted every `seasonal_slots`); smallest seasonal
+    /// strength a period needs; rate at which the level follows residuals; memory of the
+    /// residual variance; weight of its surprisal.
+    pub seasonal_slots: usize,
+    pub seasonal_max_agg: u32,
+    pub seasonal_refit_slots: u32,
+    pub seasonal_min_strength: f64,
+    pub seasonal_level_rate: f64,
+    pub seasonal_residual_memory: usize,
+    pub seasonal_weight: f64,
 }
 
 impl Default for StreamConfig {
@@ -89,6 +103,13 @@ impl Default for StreamConfig {
             onset_window: 25,
             damping: 0.1,
             seed: 0,
+            seasonal_slots: 256,
+            seasonal_max_agg: 64,
+            seasonal_refit_slots: 64,
+            seasonal_min_strength: 0.8,
+            seasonal_level_rate: 0.05,
+            seasonal_residual_memory: 1000,
+            seasonal_weight: 1.0,
         }
     }
 }
@@ -149,18 +170,18 @@ fn poisson_upper(c: u32, lambda: f64) -> f64 {
 
 /// Exponentially weighted mean and variance (West), a plain mean while young.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Ew {
-    n: u64,
-    mean: f64,
-    var: f64,
+pub(crate) struct Ew {
+    pub(crate) n: u64,
+    pub(crate) mean: f64,
+    pub(crate) var: f64,
 }
 
 impl Ew {
-    fn weight(&self, memory: usize) -> f64 {
+    pub(crate) fn weight(&self, memory: usize) -> f64 {
         (1.0 / memory.max(1) as f64).max(1.0 / (self.n + 1) as f64)
     }
 
-    fn add(&mut self, memory: usize, x: f64) {
+    pub(crate) fn add(&mut self, memory: usize, x: f64) {
         let a = self.weight(memory);
         let d = x - self.mean;
         self.mean += a * d;
@@ -169,7 +190,7 @@ impl Ew {
     }
 
     /// Variance around a fixed mean of zero (residuals).
-    fn add_zero_mean(&mut self, memory: usize, r: f64) {
+    pub(crate) fn add_zero_mean(&mut self, memory: usize, r: f64) {
         let a = self.weight(memory);
         self.var = (1.0 - a) * (self.var + a * r * r);
         self.n += 1;
@@ -320,6 +341,9 @@ pub struct StreamScorer {
     event_count: u32,
     event_rate: Ew,
     recent: VecDeque<f64>,
+    /// Absent from checkpoints written before it existed: it then starts afresh.
+    #[serde(default)]
+    seasonal: SeasonalBaseline,
 }
 
 /// One observation's scores.
@@ -327,9 +351,11 @@ pub struct StreamScorer {
 pub struct StreamScore {
     /// z-score against the long-run mean and deviation.
     pub z: f64,
-    /// Surprisals (−log10 tail probability) of the four detectors: global, novelty,
-    /// time of day, burst (the burst one already weighted).
-    pub parts: [f64; 4],
+    /// Surprisals (−log10 tail probability) of the five detectors: global, novelty,
+    /// time of day, burst, seasonal (burst and seasonal already weighted).
+    pub parts: [f64; 5],
+    /// The seasonal baseline's view of this value, once it has found a season.
+    pub seasonal: Option<SeasonalView>,
     /// The largest of `parts`: the point's surprisal.
     pub surprisal: f64,
     /// The anomaly score in 0..1: surprisal / 300, damped unless it is an onset.
@@ -354,6 +380,7 @@ impl StreamScorer {
             event_count: 0,
             event_rate: Ew::default(),
             recent: VecDeque::new(),
+            seasonal: SeasonalBaseline::default(),
         }
     }
 
@@ -367,6 +394,7 @@ impl StreamScorer {
             + (self.fine.warm.capacity() + self.coarse.warm.capacity()) * 8
             + self.events.capacity()
             + self.recent.capacity() * 8
+            + self.seasonal.heap_bytes()
     }
 
     /// Scores `x` at `ts_ms` against everything before it, then learns from it.
@@ -426,7 +454,11 @@ impl StreamScorer {
         self.bin_mean[b] += a * (x - self.bin_mean[b]);
         self.bin_visits[b] += 1;
 
-        let mut s = s_global.max(s_novelty).max(s_day);
+        // Seasonal baseline (detected periods, MSTL).
+        let seasonal = self.seasonal.update(cfg, x, floor);
+        let s_seasonal = seasonal.map_or(0.0, |v| cfg.seasonal_weight * two_sided(v.z));
+
+        let mut s = s_global.max(s_novelty).max(s_day).max(s_seasonal);
 
         // Burst of events against the long-run event rate.
         let event = s >= cfg.burst_event_surprisal;
@@ -459,7 +491,8 @@ impl StreamScorer {
         let score = if onset { raw } else { raw * cfg.damping }.clamp(0.0, 1.0);
         StreamScore {
             z,
-            parts: [s_global, s_novelty, s_day, s_burst],
+            parts: [s_global, s_novelty, s_day, s_burst, s_seasonal],
+            seasonal,
             surprisal: s,
             score,
         }
