@@ -1,6 +1,6 @@
 //! Row-by-row streaming scorer for one series (`seismo detect`, `seismo eval nab`).
 //!
-//! An ensemble of four causal detectors, each turned into a surprisal (−log10 of a tail
+//! An ensemble of five causal detectors, each turned into a surprisal (−log10 of a tail
 //! probability) so they share one scale:
 //! - **global**: the value against the long-run, exponentially weighted mean and variance;
 //! - **novelty**: how many of the recent value patterns (contexts of quantised levels, at a
@@ -10,11 +10,13 @@
 //!   breaks is noticed even when the value itself is ordinary;
 //! - **burst**: how many moderately surprising points the last few held, against the
 //!   series' long-run rate of such points (a Poisson tail), which catches changes that no
-//!   single point reveals.
+//!   single point reveals;
+//! - **seasonal**: the value against a seasonal baseline whose periods are detected and
+//!   decomposed by augurs (see `seasonal.rs`); silent until a clear season is found.
 //!
 //! The largest surprisal is the point's; a score that does not exceed the recent ones is
 //! damped, so an episode reads as one event at its onset. Strictly causal: each point is
-//! scored before any part of the state learns from it. About 4.7 KiB per series.
+//! scored before any part of the state learns from it. About 7.3 KiB per series.
 
 use std::collections::VecDeque;
 

@@ -207,11 +207,16 @@ pub async fn run(
         let (done, next) = tokio::sync::oneshot::channel();
         let previous = published.replace(next);
         let (output, store) = (output.clone(), store.clone());
-        let meta = (b.batch.len(), b.points.len(), b.parse_ms);
-        let (batch, task) = (
-            b.batch.clone(),
-            tokio::spawn(async move { write_batch(b, previous, done, &*output, &*store).await }),
-        );
+        let Prepared {
+            batch,
+            points,
+            dlq,
+            parse_ms,
+        } = b;
+        let meta = (batch.len(), points.len(), parse_ms);
+        let task = tokio::spawn(async move {
+            write_batch(&points, dlq, previous, done, &*output, &*store).await
+        });
         in_flight.push_back(InFlight { batch, meta, task });
     }
     while let Some(w) = in_flight.pop_front() {
@@ -320,7 +325,8 @@ fn prepare(batch: Vec<Message>) -> Prepared {
 /// idempotent writes absorb the replay. Publishing waits for `previous` (the batch before
 /// has published) and then signals `published`. Returns the store and send times in ms.
 async fn write_batch(
-    b: Prepared,
+    points: &[MetricPoint],
+    dlq: Vec<OutRecord>,
     previous: Option<tokio::sync::oneshot::Receiver<()>>,
     published: tokio::sync::oneshot::Sender<()>,
     output: &dyn Producer,
@@ -329,7 +335,7 @@ async fn write_batch(
     let ((stored, store_ms), (sent, send_ms)) = tokio::join!(
         async {
             let t = std::time::Instant::now();
-            let r = store.insert_points(&b.points).await;
+            let r = store.insert_points(points).await;
             (r, t.elapsed().as_millis() as u64)
         },
         async {
@@ -342,9 +348,9 @@ async fn write_batch(
                 let e = TransportError::Other("an earlier ingest batch failed".into());
                 return (Err(e), 0);
             }
-            let mut r = output.send(topics::POINTS, point_records(&b.points)).await;
-            if r.is_ok() && !b.dlq.is_empty() {
-                r = output.send(topics::DLQ, b.dlq.clone()).await;
+            let mut r = output.send(topics::POINTS, point_records(points)).await;
+            if r.is_ok() && !dlq.is_empty() {
+                r = output.send(topics::DLQ, dlq).await;
             }
             if r.is_ok() {
                 let _ = published.send(());
