@@ -15,7 +15,9 @@ fn value(s: usize, i: i64) -> f64 {
 
 fn ensemble(c: &mut Criterion) {
     let cfg = StreamConfig::default();
-    let mut scorers: Vec<StreamScorer> = (0..SERIES).map(|_| StreamScorer::new(&cfg)).collect();
+    let mut scorers: Vec<StreamScorer> = (0..SERIES)
+        .map(|s| StreamScorer::staggered(&cfg, s as u64 * 0x9E37_79B9))
+        .collect();
     // Time-major, as a stream delivers them: every series' point of a minute, then the next.
     for i in 0..WARM {
         for (s, sc) in scorers.iter_mut().enumerate() {

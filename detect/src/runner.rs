@@ -137,7 +137,7 @@ impl Detector {
                     sum: p.value,
                     count: 1,
                     model: SeriesModel::new(&self.cfg),
-                    ensemble: StreamScorer::new(&self.stream_cfg),
+                    ensemble: StreamScorer::staggered(&self.stream_cfg, id),
                 },
             );
             return None;

@@ -366,6 +366,13 @@ pub struct StreamScore {
 
 impl StreamScorer {
     pub fn new(cfg: &StreamConfig) -> Self {
+        Self::staggered(cfg, 0)
+    }
+
+    /// Like [`StreamScorer::new`], with the seasonal baseline's refits offset by `stagger`
+    /// (the pipeline passes the series id, so thousands of series that start together
+    /// spread their refits instead of pausing the stream at once).
+    pub fn staggered(cfg: &StreamConfig, stagger: u64) -> Self {
         StreamScorer {
             n: 0,
             min: 0.0,
@@ -382,7 +389,7 @@ impl StreamScorer {
             event_count: 0,
             event_rate: Ew::default(),
             recent: VecDeque::new(),
-            seasonal: SeasonalBaseline::default(),
+            seasonal: SeasonalBaseline::staggered(stagger),
         }
     }
 
