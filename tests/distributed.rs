@@ -75,9 +75,7 @@ fn reference_anomalies(all: &[Vec<MetricPoint>]) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     for series in all {
         for p in series {
-            if let Some(a) = det.process(0, p) {
-                ids.insert(a.id);
-            }
+            ids.extend(det.process(0, p).into_iter().map(|a| a.id));
         }
     }
     ids

@@ -4,6 +4,7 @@
 //! CSV file); [`Detector`] buckets a partitioned point stream and keeps one model per
 //! series; [`run`] is the bus runner (`seismo.points` → anomalies table + `seismo.anomalies`).
 
+mod entity;
 mod iforest;
 mod model;
 mod runner;
@@ -12,6 +13,8 @@ mod stream;
 
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};
-pub use runner::{Checkpointing, DETECTOR_NAME, DetectError, DetectStats, Detector, run};
+pub use runner::{
+    Checkpointing, DETECTOR_NAME, DetectError, DetectStats, Detector, ENTITY_DETECTOR_NAME, run,
+};
 pub use seasonal::SeasonalView;
 pub use stream::{StreamConfig, StreamScore, StreamScorer, normal_tail};

@@ -14,6 +14,7 @@ use seismo_schemas::{
 use seismo_store::{Checkpoint, Store};
 use seismo_transport::{Consumer, Message, OutRecord, Producer, TransportError};
 
+use crate::entity::{EntityState, Finding};
 use crate::{DetectConfig, Scored, SeriesModel, StreamConfig, StreamScore, StreamScorer};
 
 static ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -61,6 +62,8 @@ pub const ENSEMBLE_PARTS: [&str; 5] = [
 
 /// Name recorded on every anomaly this detector raises.
 pub const DETECTOR_NAME: &str = "seasonal_residual";
+/// Name recorded on anomalies of a host's isolation forest.
+pub const ENTITY_DETECTOR_NAME: &str = "entity_forest";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeriesState {
@@ -79,6 +82,16 @@ pub struct Detector {
     stream_cfg: StreamConfig,
     bucket_ms: i64,
     partitions: HashMap<u32, HashMap<SeriesId, SeriesState>>,
+    /// Per partition, the hosts' isolation forests.
+    entities: HashMap<u32, HashMap<String, EntityState>>,
+}
+
+/// A partition's checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PartitionState {
+    series: Vec<(SeriesId, SeriesState)>,
+    #[serde(default)]
+    entities: Vec<(String, EntityState)>,
 }
 
 impl Detector {
@@ -89,33 +102,51 @@ impl Detector {
             stream_cfg: StreamConfig::default(),
             bucket_ms,
             partitions: HashMap::new(),
+            entities: HashMap::new(),
         }
     }
 
     /// The learned state of one partition's series, for a checkpoint.
     pub fn export_partition(&self, partition: u32) -> Vec<u8> {
-        let mut series: Vec<(&SeriesId, &SeriesState)> = self
-            .partitions
-            .get(&partition)
-            .map(|m| m.iter().collect())
-            .unwrap_or_default();
+        let mut state = PartitionState {
+            series: self
+                .partitions
+                .get(&partition)
+                .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+                .unwrap_or_default(),
+            entities: self
+                .entities
+                .get(&partition)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        };
         // Sorted, so equal states give equal bytes.
-        series.sort_by_key(|(id, _)| **id);
-        serde_json::to_vec(&series).expect("detector state serialises")
+        state.series.sort_by_key(|(id, _)| *id);
+        state.entities.sort_by(|a, b| a.0.cmp(&b.0));
+        serde_json::to_vec(&state).expect("detector state serialises")
     }
 
     /// Replaces one partition's state with a checkpoint's.
     pub fn import_partition(&mut self, partition: u32, state: &[u8]) -> Result<(), String> {
-        let series: Vec<(SeriesId, SeriesState)> =
-            serde_json::from_slice(state).map_err(|e| e.to_string())?;
+        // Checkpoints written before entities existed are a bare list of series.
+        let state: PartitionState = match serde_json::from_slice(state) {
+            Ok(s) => s,
+            Err(e) => PartitionState {
+                series: serde_json::from_slice(state).map_err(|_| e.to_string())?,
+                entities: Vec::new(),
+            },
+        };
         self.partitions
-            .insert(partition, series.into_iter().collect());
+            .insert(partition, state.series.into_iter().collect());
+        self.entities
+            .insert(partition, state.entities.into_iter().collect());
         Ok(())
     }
 
     /// Forgets one partition (it moved to another process).
     pub fn drop_partition(&mut self, partition: u32) {
         self.partitions.remove(&partition);
+        self.entities.remove(&partition);
     }
 
     /// Number of series with state.
@@ -125,7 +156,7 @@ impl Detector {
 
     /// Feeds one point. A point that opens a new bucket closes its series' previous bucket,
     /// which is scored; an anomaly is returned when that bucket is one.
-    pub fn process(&mut self, partition: u32, p: &MetricPoint) -> Option<Anomaly> {
+    pub fn process(&mut self, partition: u32, p: &MetricPoint) -> Vec<Anomaly> {
         let id = p.series_id();
         let bucket = p.ts.div_euclid(self.bucket_ms);
         let series = self.partitions.entry(partition).or_default();
@@ -140,24 +171,38 @@ impl Detector {
                     ensemble: StreamScorer::staggered(&self.stream_cfg, id),
                 },
             );
-            return None;
+            return Vec::new();
         };
         if bucket == st.bucket {
             st.sum += p.value;
             st.count += 1;
-            return None;
+            return Vec::new();
         }
         if bucket < st.bucket {
             LATE.inc();
-            return None;
+            return Vec::new();
         }
-        let closed_ts = st.bucket * self.bucket_ms;
+        let closed = st.bucket;
+        let closed_ts = closed * self.bucket_ms;
         let mean = st.sum / f64::from(st.count);
         let scored = st.model.update(&self.cfg, closed_ts, mean);
         let ens = st.ensemble.update(&self.stream_cfg, closed_ts, mean);
         st.bucket = bucket;
         st.sum = p.value;
         st.count = 1;
+        let mut out = Vec::new();
+        // The host's forest sees this bucket beside its other metrics' buckets.
+        if let Some(key) = p.entity() {
+            let entities = self.entities.entry(partition).or_default();
+            let e = entities
+                .entry(key.clone())
+                .or_insert_with(|| EntityState::new(fnv1a(key.as_bytes())));
+            if let Some(i) = e.member(id, &p.name, &p.labels)
+                && let Some(f) = e.observe(i, closed, mean, self.cfg.entity_threshold)
+            {
+                out.extend(self.entity_anomaly(partition, p, &key, &f));
+            }
+        }
         let kind = match scored.emit {
             Some(k) => k,
             // The ensemble sees what the band does not: a broken daily pattern, a new
@@ -169,9 +214,78 @@ impl Detector {
                     AnomalyKind::Trend
                 }
             }
-            None => return None,
+            None => return out,
         };
-        Some(self.anomaly(p, id, closed_ts, &scored, &ens, kind))
+        out.push(self.anomaly(p, id, closed_ts, &scored, &ens, kind));
+        out
+    }
+
+    /// The anomaly of a host's unusual row, raised on the member that contributed most.
+    fn entity_anomaly(
+        &self,
+        partition: u32,
+        p: &MetricPoint,
+        key: &str,
+        f: &Finding,
+    ) -> Option<Anomaly> {
+        let e = self.entities.get(&partition)?.get(key)?;
+        let share = |i: usize| f.contributions.get(i).copied().unwrap_or(0.0);
+        let top = (0..e.members.len())
+            .filter(|i| f.cells[*i].is_some())
+            .max_by(|a, b| {
+                share(*a).total_cmp(&share(*b)).then_with(|| {
+                    let z = |i: usize| f.cells[i].map_or(0.0, |c| c.z.abs());
+                    z(*a).total_cmp(&z(*b))
+                })
+            })?;
+        let (m, c) = (&e.members[top], f.cells[top]?);
+        let ts_ms = f.bucket * self.bucket_ms;
+        let host = key.split_once('/').map_or(key, |(_, h)| h);
+        let parts: Vec<String> = e
+            .members
+            .iter()
+            .zip(&f.cells)
+            .filter_map(|(m, c)| c.map(|c| format!("{} {:+.1}σ", m.name, c.z)))
+            .collect();
+        Some(Anomaly {
+            id: Anomaly::make_id(m.id, ts_ms, ENTITY_DETECTOR_NAME),
+            tenant: p.tenant.clone(),
+            series_id: m.id,
+            name: m.name.clone(),
+            labels: m.labels.clone(),
+            ts: Utc.timestamp_millis_opt(ts_ms).single().unwrap_or_default(),
+            observed: c.value,
+            expected: c.expected,
+            lower: c.expected - 3.0 * c.sd,
+            upper: c.expected + 3.0 * c.sd,
+            score: (f.surprisal / 300.0).clamp(0.0, 1.0),
+            severity: Severity::Warning,
+            kind: AnomalyKind::Multivariate,
+            detector: ENTITY_DETECTOR_NAME.into(),
+            explanation: Explanation {
+                detectors: vec![DetectorPart {
+                    detector: ENTITY_DETECTOR_NAME.into(),
+                    score: f.score,
+                    weight: 1.0,
+                }],
+                features: e
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| seismo_schemas::FeatureContribution {
+                        feature: m.name.clone(),
+                        weight: share(i),
+                    })
+                    .collect(),
+                seasonal_periods_s: Vec::new(),
+                z_score: c.z,
+                summary: format!(
+                    "host {host}: an unusual combination of its metrics ({}); tail probability 1e-{:.1}",
+                    parts.join(", "),
+                    f.surprisal
+                ),
+            },
+        })
     }
 
     fn anomaly(
@@ -264,6 +378,13 @@ impl Detector {
             },
         }
     }
+}
+
+/// FNV-1a, for a stable seed per entity.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Errors that stop the detect runner.
@@ -517,4 +638,94 @@ async fn checkpoint(
     }
     input.commit(&lasts).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(name: &str, host: &str, ts: i64, value: f64) -> MetricPoint {
+        MetricPoint {
+            tenant: "default".into(),
+            name: name.into(),
+            labels: [("host".to_string(), host.to_string())].into(),
+            ts,
+            value,
+        }
+    }
+
+    #[test]
+    fn a_host_whose_metrics_rise_together_gets_one_multivariate_anomaly() {
+        // Three metrics of host h1 with independent noise; for ten buckets from 900 all
+        // three are 3 sd up at once: no single value is remarkable for its series (a tail
+        // near 1e-3), the three together are. The host raises it once, during the episode.
+        let mut det = Detector::new(DetectConfig::default());
+        let mut rng = crate::Rng::new(3);
+        let mut noise = move || (0..6).map(|_| rng.f64()).sum::<f64>() * 1.414 - 4.243;
+        let names = ["cpu", "load", "latency"];
+        let mut found = Vec::new();
+        let mut checkpoint = None;
+        for b in 0..1000i64 {
+            if b == 500 {
+                checkpoint = Some(det.export_partition(0));
+            }
+            for name in names {
+                let v = 50.0 + 5.0 * (noise() + if (900..910).contains(&b) { 3.0 } else { 0.0 });
+                found.extend(det.process(0, &point(name, "h1", b * 60_000, v)));
+            }
+        }
+        let multi: Vec<&Anomaly> = found
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::Multivariate)
+            .collect();
+        assert_eq!(multi.len(), 1, "{multi:#?}");
+        let a = multi[0];
+        let bucket = a.ts.timestamp_millis() / 60_000;
+        assert!((900..910).contains(&bucket), "raised at bucket {bucket}");
+        assert_eq!(a.detector, ENTITY_DETECTOR_NAME);
+        assert!(
+            a.explanation.summary.contains("host h1"),
+            "{}",
+            a.explanation.summary
+        );
+        let names_seen: Vec<&str> = a
+            .explanation
+            .features
+            .iter()
+            .map(|f| f.feature.as_str())
+            .collect();
+        assert_eq!(names_seen, names);
+
+        // A checkpoint restores the host's forest: a process that resumes from it raises
+        // the same anomaly.
+        let mut other = Detector::new(DetectConfig::default());
+        other.import_partition(0, &checkpoint.unwrap()).unwrap();
+        let mut again = Vec::new();
+        let mut rng = crate::Rng::new(3);
+        let mut noise = move || (0..6).map(|_| rng.f64()).sum::<f64>() * 1.414 - 4.243;
+        for b in 0..1000i64 {
+            for name in names {
+                let v = 50.0 + 5.0 * (noise() + if (900..910).contains(&b) { 3.0 } else { 0.0 });
+                if b >= 500 {
+                    again.extend(other.process(0, &point(name, "h1", b * 60_000, v)));
+                }
+            }
+        }
+        let ids = |v: &[Anomaly]| v.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&again), ids(&found));
+    }
+
+    #[test]
+    fn checkpoints_from_before_entities_still_restore() {
+        let mut det = Detector::new(DetectConfig::default());
+        for b in 0..10 {
+            det.process(0, &point("cpu", "h1", b * 60_000, 1.0));
+        }
+        let new = det.export_partition(0);
+        let state: PartitionState = serde_json::from_slice(&new).unwrap();
+        let old = serde_json::to_vec(&state.series).unwrap();
+        let mut other = Detector::new(DetectConfig::default());
+        other.import_partition(0, &old).unwrap();
+        assert_eq!(other.series(), 1);
+    }
 }

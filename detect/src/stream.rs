@@ -156,7 +156,7 @@ fn upper(z: f64) -> f64 {
 }
 
 /// −log10 P(X ≥ c) for X ~ Poisson(λ); 0 when c ≤ λ.
-fn poisson_upper(c: u32, lambda: f64) -> f64 {
+pub(crate) fn poisson_upper(c: u32, lambda: f64) -> f64 {
     if f64::from(c) <= lambda {
         return 0.0;
     }

@@ -59,10 +59,10 @@ pub fn parse_lines(body: &[u8], tenant: Option<&str>) -> Parsed {
     out
 }
 
-/// The bus key and payload of a point on `seismo.points`.
+/// The bus key (see `MetricPoint::points_key`) and payload of a point on `seismo.points`.
 pub fn point_record(p: &MetricPoint) -> OutRecord {
     OutRecord::new(
-        Bytes::from(format!("{:016x}", p.series_id())),
+        Bytes::from(p.points_key()),
         Bytes::from(serde_json::to_vec(p).expect("points serialise")),
     )
 }
@@ -110,39 +110,34 @@ fn decode_record(m: &Message, tenant: Option<&str>) -> Result<Decoded, String> {
     }
 }
 
-/// The `seismo.points` records of a batch of points, keyed by series id: each run of
+/// The `seismo.points` records of a batch of points, keyed by `points_key`: each run of
 /// consecutive points of one series becomes one record of JSON lines. Producers that send
 /// series in runs (remote_write does) cost the broker one record per run instead of one per
 /// point, while interleaved input keeps its order across series, which correlate's
 /// event-time grouping relies on.
 pub fn point_records(points: &[MetricPoint]) -> Vec<OutRecord> {
     let mut out: Vec<OutRecord> = Vec::new();
-    let mut run: Option<(u64, Vec<u8>)> = None;
+    // (series id, key, body) of the run being built.
+    let mut run: Option<(u64, String, Vec<u8>)> = None;
     for p in points {
         let id = p.series_id();
         match &mut run {
-            Some((rid, body)) if *rid == id => {
+            Some((rid, _, body)) if *rid == id => {
                 serde_json::to_writer(&mut *body, p).expect("points serialise");
                 body.push(b'\n');
             }
             _ => {
-                if let Some((rid, body)) = run.take() {
-                    out.push(OutRecord::new(
-                        Bytes::from(format!("{rid:016x}")),
-                        Bytes::from(body),
-                    ));
+                if let Some((_, key, body)) = run.take() {
+                    out.push(OutRecord::new(Bytes::from(key), Bytes::from(body)));
                 }
                 let mut body = serde_json::to_vec(p).expect("points serialise");
                 body.push(b'\n');
-                run = Some((id, body));
+                run = Some((id, p.points_key(), body));
             }
         }
     }
-    if let Some((rid, body)) = run {
-        out.push(OutRecord::new(
-            Bytes::from(format!("{rid:016x}")),
-            Bytes::from(body),
-        ));
+    if let Some((_, key, body)) = run {
+        out.push(OutRecord::new(Bytes::from(key), Bytes::from(body)));
     }
     out
 }
@@ -170,7 +165,7 @@ pub struct IngestStats {
 const WRITES_IN_FLIGHT: usize = 2;
 
 /// Runs ingest until its input ends: parse each `seismo.metrics` record, store the points,
-/// publish them keyed by series id to `seismo.points`, send refused lines to `seismo.dlq`,
+/// publish them keyed by entity or series id to `seismo.points`, send refused lines to `seismo.dlq`,
 /// and only then commit the input.
 pub async fn run(
     mut input: Box<dyn Consumer>,

@@ -199,6 +199,22 @@ impl MetricPoint {
         series_id(&self.tenant, &self.name, &self.labels)
     }
 
+    /// The entity (host) this point's series belongs to: its tenant and `host` label.
+    /// Detect scores a host's series together, so `seismo.points` is keyed by it.
+    pub fn entity(&self) -> Option<String> {
+        self.labels
+            .get("host")
+            .map(|h| format!("{}/{h}", self.tenant))
+    }
+
+    /// The key of this point on `seismo.points`: its entity when it has one (so a host's
+    /// series meet in one partition), else its series id. Either keeps each series in
+    /// one partition, in order.
+    pub fn points_key(&self) -> String {
+        self.entity()
+            .unwrap_or_else(|| format!("{:016x}", self.series_id()))
+    }
+
     /// Checks every rule a producer must follow; the first broken rule is reported.
     pub fn validate(&self) -> Result<(), PointError> {
         validate_tenant(&self.tenant)?;

@@ -4,7 +4,8 @@
 pub const METRICS: &str = "seismo.metrics";
 /// Alertmanager webhook payloads and canonical alerts.
 pub const ALERTS: &str = "seismo.alerts";
-/// Validated points, keyed by series id.
+/// Validated points, keyed by entity (tenant and `host` label) or else by series id; see
+/// `MetricPoint::points_key`.
 pub const POINTS: &str = "seismo.points";
 /// Scored anomalies, keyed by correlation scope.
 pub const ANOMALIES: &str = "seismo.anomalies";
