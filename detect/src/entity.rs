@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::iforest::{ForestParams, IsolationForest, Rows};
+use crate::iforest::{ForestParams, IsolationForest, Rows, drop_shares};
 use crate::stream::{Ew, poisson_upper};
 
 /// Rows a forest is fitted on, and rows between refits; the history keeps both, so the
@@ -496,21 +496,7 @@ impl Model {
     /// the row): its drop when that member alone is put back at its typical value. Shares
     /// sum to 1 (all zero when no single member explains it).
     fn contributions(&self, x: &[f64], measure: impl Fn(&Self, &[f64]) -> f64) -> Vec<f64> {
-        let base = measure(self, x);
-        let mut probe = x.to_vec();
-        let mut w: Vec<f64> = (0..x.len())
-            .map(|i| {
-                probe[i] = self.mean[i];
-                let drop = (base - measure(self, &probe)).max(0.0);
-                probe[i] = x[i];
-                drop
-            })
-            .collect();
-        let total: f64 = w.iter().sum();
-        if total > 0.0 {
-            w.iter_mut().for_each(|v| *v /= total);
-        }
-        w
+        drop_shares(x, &self.mean, |probe| measure(self, probe))
     }
 }
 

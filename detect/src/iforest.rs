@@ -296,22 +296,29 @@ impl IsolationForest {
     /// training sample. The weights sum to 1; all are zero when no single feature explains
     /// the score (then the combination of features is what is unusual).
     pub fn contributions(&self, x: &[f64]) -> Vec<f64> {
-        let base = self.score(x);
-        let mut probe = x.to_vec();
-        let mut w: Vec<f64> = (0..self.features)
-            .map(|f| {
-                probe[f] = self.medians[f];
-                let drop = (base - self.score(&probe)).max(0.0);
-                probe[f] = x[f];
-                drop
-            })
-            .collect();
-        let total: f64 = w.iter().sum();
-        if total > 0.0 {
-            w.iter_mut().for_each(|v| *v /= total);
-        }
-        w
+        drop_shares(x, &self.medians, |probe| self.score(probe))
     }
+}
+
+/// For each feature of `x`, how much `measure` drops when that feature alone is put back
+/// at its `typical` value, as shares that sum to 1 (all zero when no single feature
+/// explains the measure).
+pub(crate) fn drop_shares(x: &[f64], typical: &[f64], measure: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let base = measure(x);
+    let mut probe = x.to_vec();
+    let mut w: Vec<f64> = (0..x.len())
+        .map(|f| {
+            probe[f] = typical[f];
+            let drop = (base - measure(&probe)).max(0.0);
+            probe[f] = x[f];
+            drop
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    if total > 0.0 {
+        w.iter_mut().for_each(|v| *v /= total);
+    }
+    w
 }
 
 /// Grows one isolation tree over the sample (indices into `rows`), breadth first so that
