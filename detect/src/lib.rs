@@ -10,6 +10,7 @@ mod model;
 mod runner;
 mod seasonal;
 mod stream;
+mod window;
 
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};

@@ -52,12 +52,13 @@ static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Names of the streaming ensemble's detectors in explanations, in `StreamScore::parts`
 /// order; the one that set the bucket's surprisal has weight 1.
-pub const ENSEMBLE_PARTS: [&str; 5] = [
+pub const ENSEMBLE_PARTS: [&str; 6] = [
     "ensemble_global",
     "ensemble_novelty",
     "ensemble_time_of_day",
     "ensemble_burst",
     "ensemble_seasonal",
+    "ensemble_window_forest",
 ];
 
 /// Name recorded on every anomaly this detector raises.
