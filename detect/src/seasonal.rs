@@ -101,6 +101,25 @@ impl SeasonalBaseline {
         self.slots.capacity() * 4 + self.fit.as_ref().map_or(0, |f| f.profiles.capacity() * 4)
     }
 
+    /// Reads the profile values this value will be compared with and the newest slot, so
+    /// their cache misses are under way early (see `StreamScorer::update`).
+    pub(crate) fn touch(&self) -> f32 {
+        let slot = self.slots.back().copied().unwrap_or(0.0);
+        self.fit.as_ref().map_or(slot, |f| {
+            let mut offset = 0;
+            let mut sum = slot;
+            for (p, phase) in f.periods.iter().zip(&f.phase).filter(|(p, _)| **p > 0) {
+                sum += f
+                    .profiles
+                    .get(offset + *phase as usize)
+                    .copied()
+                    .unwrap_or(0.0);
+                offset += *p as usize;
+            }
+            sum
+        })
+    }
+
     /// Scores `x` against the baseline (`None` while no seasonality is known), then learns
     /// from it.
     pub fn update(&mut self, cfg: &StreamConfig, x: f64, floor: f64) -> Option<SeasonalView> {

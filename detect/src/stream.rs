@@ -445,6 +445,10 @@ impl StreamScorer {
 
     /// Scores `x` at `ts_ms` against everything before it, then learns from it.
     pub fn update(&mut self, cfg: &StreamConfig, ts_ms: i64, x: f64) -> StreamScore {
+        // With thousands of series every state is cold: start the loads of the windowed
+        // forest and the seasonal profiles now, so their cache misses overlap the work
+        // below instead of stalling where the values are needed.
+        std::hint::black_box((self.window.touch(), self.seasonal.touch()));
         if self.n == 0 {
             (self.min, self.max) = (x, x);
         } else {

@@ -77,6 +77,16 @@ impl WindowForest {
         self.sample.capacity() * FEATURES + self.trees.capacity()
     }
 
+    /// Reads one byte of every cache line of the trees, so that their misses, which
+    /// otherwise stall scoring, are under way while the other detectors work (see
+    /// `StreamScorer::update`).
+    pub(crate) fn touch(&self) -> u8 {
+        self.trees
+            .iter()
+            .step_by(64)
+            .fold(0u8, |a, b| a.wrapping_add(*b))
+    }
+
     /// The row of `x` (already in the window) against the long-run `mean` and `sd`.
     fn row(&self, mean: f64, sd: f64) -> [i8; FEATURES] {
         // Oldest first.
