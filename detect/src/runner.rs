@@ -87,6 +87,13 @@ pub struct Detector {
     entities: HashMap<u32, HashMap<String, EntityState>>,
 }
 
+/// The same checkpoint, borrowed, for writing.
+#[derive(serde::Serialize)]
+struct PartitionStateRef<'a> {
+    series: Vec<(&'a SeriesId, &'a SeriesState)>,
+    entities: Vec<(&'a String, &'a EntityState)>,
+}
+
 /// A partition's checkpoint.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PartitionState {
@@ -109,21 +116,21 @@ impl Detector {
 
     /// The learned state of one partition's series, for a checkpoint.
     pub fn export_partition(&self, partition: u32) -> Vec<u8> {
-        let mut state = PartitionState {
-            series: self
-                .partitions
-                .get(&partition)
-                .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
-                .unwrap_or_default(),
-            entities: self
-                .entities
-                .get(&partition)
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default(),
-        };
+        // Serialised by reference: a checkpoint must not copy the partition's state first.
+        let mut series: Vec<(&SeriesId, &SeriesState)> = self
+            .partitions
+            .get(&partition)
+            .map(|m| m.iter().collect())
+            .unwrap_or_default();
+        let mut entities: Vec<(&String, &EntityState)> = self
+            .entities
+            .get(&partition)
+            .map(|m| m.iter().collect())
+            .unwrap_or_default();
         // Sorted, so equal states give equal bytes.
-        state.series.sort_by_key(|(id, _)| *id);
-        state.entities.sort_by(|a, b| a.0.cmp(&b.0));
+        series.sort_by_key(|(id, _)| **id);
+        entities.sort_by(|a, b| a.0.cmp(b.0));
+        let state = PartitionStateRef { series, entities };
         serde_json::to_vec(&state).expect("detector state serialises")
     }
 
