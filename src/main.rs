@@ -163,15 +163,12 @@ fn detect_cmd(
                 ..Default::default()
             },
         );
+        let scores = forest.score_rows(rows);
         out.push_str(&header.join(","));
         out.push_str(",anomaly_score\n");
-        for (i, row) in table.data.chunks(w).enumerate() {
+        for (row, score) in table.data.chunks(w).zip(scores) {
             let cells: Vec<String> = row.iter().map(f64::to_string).collect();
-            out.push_str(&format!(
-                "{},{}\n",
-                cells.join(","),
-                forest.score(rows.row(i))
-            ));
+            out.push_str(&format!("{},{}\n", cells.join(","), score));
         }
     }
     match output {

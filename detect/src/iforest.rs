@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+mod packed;
+
 /// Forest settings; the defaults are the paper's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ForestParams {
@@ -75,12 +77,12 @@ impl Rng {
 
 /// One node of a tree in a flat array, 8 bytes so a whole tree fits in the L1 cache.
 /// Internal nodes keep their children at `left` and `left + 1`. A leaf points at itself
-/// with an infinite split, so a traversal can take a fixed number of steps without
-/// testing for leaves: it simply stays put once it arrives.
+/// with a NaN split (no value, not even +∞, is `>=` it), so a traversal can take a fixed
+/// number of steps without testing for leaves: it simply stays put once it arrives.
 ///
 /// Values are compared as f32, as scikit-learn's trees do; that halves the memory a
 /// traversal touches and changes no ranking that matters for isolation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Node {
     #[serde(with = "split_serde")]
     split: f32,
@@ -88,12 +90,21 @@ struct Node {
     left: u16,
 }
 
+impl PartialEq for Node {
+    fn eq(&self, o: &Node) -> bool {
+        // Bitwise, so that leaves (NaN splits) compare equal to themselves.
+        self.split.to_bits() == o.split.to_bits()
+            && self.feature == o.feature
+            && self.left == o.left
+    }
+}
+
 /// Largest subsample: node indices must fit the 16-bit `left` (a tree has < 2ψ nodes).
 pub const MAX_SAMPLE_SIZE: usize = 32_768;
 /// Most features a forest accepts (16-bit feature index).
 pub const MAX_FEATURES: usize = u16::MAX as usize;
 
-/// Leaves split at +∞, which JSON cannot hold: it travels as `null`.
+/// Leaves split at NaN, which JSON cannot hold: it travels as `null`.
 mod split_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -106,7 +117,7 @@ mod split_serde {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
-        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::INFINITY))
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
     }
 }
 
@@ -237,55 +248,23 @@ impl IsolationForest {
         (-self.mean_path_length(x) / self.c_psi).exp2()
     }
 
-    /// Scores every row. Works tree by tree over blocks of rows, so each tree stays in
-    /// the L1 cache, and walks several rows at once so their independent loads overlap.
+    /// Scores every row. The forest is first repacked for batch work (see [`packed`]):
+    /// complete trees over ranked inputs, walked 16 trees at a time with AVX-512 where the
+    /// CPU has it. Scores agree with [`IsolationForest::score`] to within 10⁻⁶ (path lengths
+    /// are summed in fixed point).
     pub fn score_rows(&self, rows: Rows<'_>) -> Vec<f64> {
-        const LANES: usize = 8;
-        const BLOCK: usize = 512;
-        let mut total = vec![0.0f64; rows.len()];
-        let d = rows.features;
-        let data: Vec<f32> = rows.data.iter().map(|v| *v as f32).collect();
-        for (b, acc) in total.chunks_mut(BLOCK).enumerate() {
-            let base = b * BLOCK;
-            for t in &self.trees {
-                let nodes = &t.nodes[..];
-                for (l, lane) in acc.chunks_mut(LANES).enumerate() {
-                    let first = base + l * LANES;
-                    let mut idx = [0usize; LANES];
-                    if lane.len() == LANES {
-                        // The common case, with a constant trip count the compiler unrolls.
-                        let rows_k: [&[f32]; LANES] =
-                            std::array::from_fn(|k| &data[(first + k) * d..(first + k + 1) * d]);
-                        for _ in 0..t.height {
-                            for k in 0..LANES {
-                                let n = nodes[idx[k]];
-                                idx[k] = n.left as usize
-                                    + usize::from(rows_k[k][n.feature as usize] >= n.split);
-                            }
-                        }
-                    } else {
-                        for _ in 0..t.height {
-                            for (k, i) in idx.iter_mut().enumerate().take(lane.len()) {
-                                let n = nodes[*i];
-                                let x = data[(first + k) * d + n.feature as usize];
-                                *i = n.left as usize + usize::from(x >= n.split);
-                            }
-                        }
-                    }
-                    for (k, a) in lane.iter_mut().enumerate() {
-                        *a += t.path[idx[k]];
-                    }
-                }
-            }
-        }
-        let n_trees = self.trees.len() as f64;
-        total
+        assert_eq!(rows.features, self.features, "rows have the wrong width");
+        let Some(packed) = packed::Packed::new(self) else {
+            return (0..rows.len()).map(|i| self.score(rows.row(i))).collect();
+        };
+        packed
+            .path_sums(rows.data, rows.features)
             .into_iter()
-            .map(|h| {
+            .map(|sum| {
                 if self.c_psi == 0.0 {
                     0.5
                 } else {
-                    (-(h / n_trees) / self.c_psi).exp2()
+                    (-packed::mean_path(sum, self.trees.len()) / self.c_psi).exp2()
                 }
             })
             .collect()
@@ -327,7 +306,7 @@ fn grow(rows: Rows<'_>, sample: &mut [u32], height_limit: usize, rng: &mut Rng) 
     let d = rows.features;
     let value = |r: u32, f: usize| rows.data[r as usize * d + f] as f32;
     let leaf = |at: usize| Node {
-        split: f32::INFINITY,
+        split: f32::NAN,
         feature: 0,
         left: at as u16,
     };
@@ -445,7 +424,7 @@ mod tests {
         let scores = forest.score_rows(rows);
         // The blocked scorer agrees with the one-row scorer.
         for i in [0, 17, 999, 1000] {
-            assert!((scores[i] - forest.score(rows.row(i))).abs() < 1e-12);
+            assert!((scores[i] - forest.score(rows.row(i))).abs() < 1e-6);
         }
         let (best, _) = scores
             .iter()

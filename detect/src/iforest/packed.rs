@@ -1,0 +1,709 @@
+//! A fitted forest repacked for batch scoring: complete trees of 32-bit nodes over ranked inputs.
+//!
+//! Each tree becomes a complete binary tree of height H (the forest's deepest leaf), so a
+//! node's children are found by arithmetic (2i+1, 2i+2) instead of stored pointers. A leaf
+//! shallower than H becomes a chain of "always left" nodes ending at its leftmost slot on
+//! level H. A node is one `u32`: the split feature in the high half and, in the low half,
+//! the split's rank among that feature's distinct split values across the whole forest.
+//! Each input row is turned once into the rank of every feature value (a binary search per
+//! feature), after which a test is `rank >= key` on small integers: one 32-bit load per
+//! level, which is what lets the AVX-512 kernel walk 16 trees at once with one gather.
+//!
+//! Path lengths are summed in fixed point (units of 2⁻¹⁶), so the portable and the vector
+//! paths give bit-identical sums; the rounding moves a score by well under 10⁻⁶.
+
+use super::{IsolationForest, Tree};
+
+/// Fixed-point scale of leaf path lengths.
+const SCALE: f64 = 65_536.0;
+/// Tallest tree the packed form takes (2¹⁰ slots a tree); taller forests keep the plain walk.
+const MAX_HEIGHT: u32 = 10;
+/// Key of an "always left" node: no rank reaches it (ranks stay below it by construction).
+const PASS: u32 = 0xFFFF;
+
+#[derive(Debug, Clone)]
+pub(super) struct Packed {
+    height: u32,
+    /// Slots per tree: 2^H (2^H − 1 inner nodes, the last slot unused).
+    stride: usize,
+    trees: usize,
+    nodes: Vec<u32>,
+    /// Leaf path lengths in fixed point, `stride` per tree (2^H leaves).
+    leaves: Vec<u32>,
+    /// Per feature, its distinct split values and a way to rank a value among them.
+    rankers: Vec<Ranker>,
+}
+
+impl Packed {
+    /// Repacks `forest`, or `None` when it falls outside what the packed form can hold
+    /// (very tall trees, more than 65,534 distinct splits on one feature, or sums that
+    /// could overflow 32 bits per lane).
+    pub(super) fn new(forest: &IsolationForest) -> Option<Packed> {
+        let d = forest.features;
+        let height = forest.trees.iter().map(|t| t.height).max()?;
+        if height > MAX_HEIGHT || d > u16::MAX as usize {
+            return None;
+        }
+        // Every split as (order-preserving key, node number), sorted per feature: one pass
+        // then gives both the distinct split values and each node's rank among them.
+        let first: Vec<usize> = forest
+            .trees
+            .iter()
+            .scan(0, |n, t| {
+                let at = *n;
+                *n += t.nodes.len();
+                Some(at)
+            })
+            .collect();
+        let mut by_feature: Vec<Vec<(u32, u32)>> = vec![Vec::new(); d];
+        for (t, tree) in forest.trees.iter().enumerate() {
+            for (i, n) in tree.nodes.iter().enumerate() {
+                if n.left as usize != i {
+                    by_feature[n.feature as usize]
+                        .push((order_key(n.split), (first[t] + i) as u32));
+                }
+            }
+        }
+        let total =
+            first.last().copied().unwrap_or(0) + forest.trees.last().map_or(0, |t| t.nodes.len());
+        let mut node_rank = vec![0u16; total];
+        let mut thresholds: Vec<Vec<f32>> = Vec::with_capacity(d);
+        for mut v in by_feature {
+            v.sort_unstable();
+            let mut splits: Vec<f32> = Vec::new();
+            let mut last = None;
+            for (key, node) in v {
+                if last != Some(key) {
+                    if splits.len() + 1 >= PASS as usize {
+                        return None;
+                    }
+                    splits.push(from_order_key(key));
+                    last = Some(key);
+                }
+                // `x >= split` exactly when at least (index of split + 1) splits are <= x.
+                node_rank[node as usize] = splits.len() as u16;
+            }
+            thresholds.push(splits);
+        }
+        let rankers = thresholds.into_iter().map(Ranker::new).collect();
+        let max_leaf = forest
+            .trees
+            .iter()
+            .flat_map(|t| t.path.iter())
+            .fold(0.0f64, |m, &p| m.max(p));
+        // Each of the 16 lanes sums ⌈trees/16⌉ leaves in a u32, and the 16 lanes are then
+        // added in a u32 as well.
+        if max_leaf * SCALE * forest.trees.len() as f64 >= f64::from(u32::MAX) {
+            return None;
+        }
+        let stride = 1usize << height;
+        let trees = forest.trees.len();
+        let mut packed = Packed {
+            height,
+            stride,
+            trees,
+            // 16 spare slots: the vector kernel loads 16 nodes at a time.
+            nodes: vec![0; trees * stride + 16],
+            leaves: vec![0; trees * stride],
+            rankers,
+        };
+        for (k, t) in forest.trees.iter().enumerate() {
+            packed.nodes[k * stride..(k + 1) * stride].fill(PASS);
+            packed.place(t, &node_rank[first[k]..], k * stride, 0, 0, 0);
+        }
+        Some(packed)
+    }
+
+    /// Copies `tree`'s node `at` (at `depth`) into complete slot `slot` of the tree at `base`.
+    /// `rank[i]` is node i's key: its split's rank among the feature's splits, plus one.
+    fn place(
+        &mut self,
+        tree: &Tree,
+        rank: &[u16],
+        base: usize,
+        at: usize,
+        slot: usize,
+        depth: u32,
+    ) {
+        let n = tree.nodes[at];
+        if n.left as usize == at {
+            // A leaf: the "always left" chain below it (already PASS) ends at its leftmost
+            // slot on the bottom level.
+            let bottom = ((slot + 1) << (self.height - depth)) - 1;
+            self.leaves[base + bottom - (self.stride - 1)] = (tree.path[at] * SCALE).round() as u32;
+            return;
+        }
+        self.nodes[base + slot] = u32::from(n.feature) << 16 | u32::from(rank[at]);
+        self.place(tree, rank, base, n.left as usize, 2 * slot + 1, depth + 1);
+        self.place(
+            tree,
+            rank,
+            base,
+            n.left as usize + 1,
+            2 * slot + 2,
+            depth + 1,
+        );
+    }
+
+    /// Writes the ranks of `row` (f32 comparisons, as in training) into `out`.
+    fn rank_row(&self, row: &[f64], out: &mut [u16]) {
+        for ((o, &x), r) in out.iter_mut().zip(row).zip(&self.rankers) {
+            *o = r.rank(x as f32);
+        }
+    }
+
+    /// Sums, for each row, the fixed-point path lengths over all trees.
+    pub(super) fn path_sums(&self, data: &[f64], features: usize) -> Vec<u64> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(sums) = vector::path_sums(self, data, features) {
+            return sums;
+        }
+        self.path_sums_portable(data, features)
+    }
+
+    /// The reference walk, one row at a time; the vector kernel must agree with it bit for bit.
+    fn path_sums_portable(&self, data: &[f64], features: usize) -> Vec<u64> {
+        let mut ranks = vec![0u16; features];
+        data.chunks(features)
+            .map(|row| {
+                self.rank_row(row, &mut ranks);
+                self.row_sum(&ranks)
+            })
+            .collect()
+    }
+
+    fn row_sum(&self, ranks: &[u16]) -> u64 {
+        let mut sum = 0u64;
+        for (t, tree) in self
+            .nodes
+            .chunks_exact(self.stride)
+            .take(self.trees)
+            .enumerate()
+        {
+            let mut i = 0usize;
+            for _ in 0..self.height {
+                let n = tree[i];
+                let go_right = u32::from(ranks[(n >> 16) as usize]) >= (n & 0xFFFF);
+                i = 2 * i + 1 + usize::from(go_right);
+            }
+            sum += u64::from(self.leaves[t * self.stride + i - (self.stride - 1)]);
+        }
+        sum
+    }
+}
+
+/// Maps an f32 to a u32 whose unsigned order is `f32::total_cmp`'s.
+fn order_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 { !b } else { b | 1 << 31 }
+}
+
+fn from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & !(1 << 31) } else { !k })
+}
+
+/// Ranks values among one feature's distinct split values: how many splits are `<=` the
+/// value. NaN counts no split below it, so it goes left everywhere, as `x >= split` does.
+///
+/// A binary search over thousands of splits, for every feature of every row, cost a fifth
+/// of the batch scoring time: each of its ~12 steps waits on the previous load. Instead the
+/// splits are cut into chunks of 16, and the last split of each chunk forms the level
+/// above, again in chunks of 16, up to a single chunk. A rank is then one count of
+/// "splits <= x" in a 16-wide chunk per level (3 levels for 4,096 splits), and a 16-wide
+/// count is one vector comparison.
+#[derive(Debug, Clone)]
+struct Ranker {
+    /// Top level first. Each level is padded at the front with −∞ (`<=` every value but
+    /// NaN) to whole chunks, `pad` of them, and at the back with one chunk of NaN (never
+    /// `<=`), which a value above every entry lands in. An entry of a level is the last
+    /// entry of a chunk of the level below.
+    levels: Vec<Level>,
+}
+
+#[derive(Debug, Clone)]
+struct Level {
+    entries: Vec<f32>,
+    pad: usize,
+}
+
+const CHUNK: usize = 16;
+
+impl Ranker {
+    fn new(splits: Vec<f32>) -> Ranker {
+        let mut levels = Vec::new();
+        let mut real = splits;
+        loop {
+            let pad = real.len().next_multiple_of(CHUNK).max(CHUNK) - real.len();
+            let mut entries = vec![f32::NEG_INFINITY; pad];
+            entries.extend(&real);
+            let lasts: Vec<f32> = entries.chunks(CHUNK).map(|c| c[CHUNK - 1]).collect();
+            entries.extend([f32::NAN; CHUNK]);
+            let top = lasts.len() == 1;
+            levels.push(Level { entries, pad });
+            if top {
+                break;
+            }
+            real = lasts;
+        }
+        levels.reverse();
+        Ranker { levels }
+    }
+
+    /// Distinct split values, in increasing order.
+    #[cfg(test)]
+    fn splits(&self) -> &[f32] {
+        let bottom = &self.levels[self.levels.len() - 1];
+        &bottom.entries[bottom.pad..bottom.entries.len() - CHUNK]
+    }
+
+    fn rank(&self, x: f32) -> u16 {
+        // Chunks of the current level wholly <= x, known from the level above.
+        let mut chunks = 0usize;
+        let mut rank = 0usize;
+        for level in &self.levels {
+            let chunk = &level.entries[chunks * CHUNK..(chunks + 1) * CHUNK];
+            let at = chunks * CHUNK + chunk.iter().filter(|&&s| s <= x).count();
+            // NaN is `<=` nothing, not even the padding: it ranks 0 all the way down.
+            rank = at.saturating_sub(level.pad);
+            chunks = rank;
+        }
+        rank as u16
+    }
+}
+
+/// Turns a fixed-point path sum over `trees` trees into the mean path length.
+pub(super) fn mean_path(sum: u64, trees: usize) -> f64 {
+    sum as f64 / SCALE / trees as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod vector {
+    //! The AVX-512 walk. The 16 lanes of a register are 16 rows going down the same tree,
+    //! level by level. Nothing is gathered from memory on the way down: the nodes of one
+    //! level of the tree (at most 128) sit in up to eight registers and are picked by
+    //! position with permutes, and the 16 rows' feature ranks (at most 16 features) sit in
+    //! up to eight registers and are picked the same way. Only the leaf values are
+    //! gathered, once a tree. Zen 4 serves a 16-lane gather at about one element a cycle,
+    //! which made an earlier kernel that gathered every node no faster than scalar code.
+
+    use super::Packed;
+    use std::arch::x86_64::*;
+
+    /// Most features at all: a word index (row · d + feature) must fit in 16 bits.
+    const MAX_FEATURES: usize = 4096;
+    /// Tallest tree: level 7's 128 nodes fill eight registers.
+    const MAX_HEIGHT: u32 = 8;
+    /// Rows ranked at a time, so their ranks stay in the L1 cache across all trees: 48
+    /// vectors of 16, a multiple of every group size `walk` is run with.
+    const BLOCK_ROWS: usize = 768;
+    /// Vectors are padded to a multiple of this (every group size divides it).
+    const GROUPS_DIVIDE: usize = 12;
+
+    /// `None` when the CPU lacks AVX-512 or the forest is outside the kernel's shape.
+    pub(super) fn path_sums(p: &Packed, data: &[f64], d: usize) -> Option<Vec<u64>> {
+        if d == 0
+            || d > MAX_FEATURES
+            || p.height > MAX_HEIGHT
+            || !is_x86_feature_detected!("avx512f")
+            || !is_x86_feature_detected!("avx512bw")
+            || !is_x86_feature_detected!("popcnt")
+        {
+            return None;
+        }
+        let rows = data.len() / d;
+        // Ranks of 16 rows fill `tables` 64-word tables, row-major (row · d + feature).
+        let tables = (16 * d).div_ceil(64);
+        let mut sums = vec![0u64; rows];
+        // Two spare words: a gather reads 32 bits for each 16-bit rank.
+        let mut ranks = vec![0u16; BLOCK_ROWS / 16 * tables * 64 + 2];
+        let mut acc = vec![0u32; BLOCK_ROWS];
+        let mut column = vec![0f32; BLOCK_ROWS];
+        let mut column_ranks = vec![0u16; BLOCK_ROWS];
+        for (b, out) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
+            let vectors = out.len().div_ceil(16);
+            let first = b * BLOCK_ROWS;
+            for f in 0..d {
+                for (k, c) in column[..out.len()].iter_mut().enumerate() {
+                    *c = data[(first + k) * d + f] as f32;
+                }
+                // SAFETY: the CPU has AVX-512F and POPCNT (checked above).
+                unsafe { rank_many(&p.rankers[f], &column[..out.len()], &mut column_ranks) };
+                for (k, &r) in column_ranks[..out.len()].iter().enumerate() {
+                    ranks[(k / 16) * tables * 64 + (k % 16) * d + f] = r;
+                }
+            }
+            let acc = &mut acc[..vectors.next_multiple_of(GROUPS_DIVIDE) * 16];
+            acc.fill(0);
+            // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above); `walk` documents
+            // why its gathers stay in bounds.
+            unsafe {
+                // Up to 16 features (4 tables, 8 registers) the ranks are held in
+                // registers; wider rows have them gathered. Several vectors go down a tree
+                // together so their latencies overlap, fewer when each needs more
+                // registers (group sizes measured on the ODDS files: 6 vs 4 was 10-20%
+                // faster with 1-2 tables, 3 vs 2 about 15% with 3 tables).
+                match tables {
+                    1 => walk::<1, 6>(p, d, &ranks, acc),
+                    2 => walk::<2, 6>(p, d, &ranks, acc),
+                    3 => walk::<3, 3>(p, d, &ranks, acc),
+                    4 => walk::<4, 2>(p, d, &ranks, acc),
+                    _ => walk::<0, 4>(p, d, &ranks, acc),
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc.iter()) {
+                *o = u64::from(*a);
+            }
+        }
+        Some(sums)
+    }
+
+    /// Adds every tree's leaf value to `acc`, 16 rows a vector, `G` vectors at a time
+    /// (`acc` holds a multiple of 16·G rows). The 16 rows' ranks are held in T tables of
+    /// 64 words, or, when T is 0, gathered from `ranks`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW. The raw reads are gathers:
+    /// - leaves: lane l of a vector reads `leaves[t · 2^H + pos]`, where `pos` is the leaf's
+    ///   position on level H, built from H bits (< 2^H), and t < trees; `leaves` holds
+    ///   `trees · 2^H` entries;
+    /// - ranks (T = 0): lane l reads the 32 bits at word l · d + f (f < d) of its vector's
+    ///   ⌈16d/64⌉·64 words, so at most word 16d of that block; `ranks` holds a whole
+    ///   number of blocks for every vector of `acc` plus two spare words.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn walk<const T: usize, const G: usize>(
+        p: &Packed,
+        d: usize,
+        ranks: &[u16],
+        acc: &mut [u32],
+    ) {
+        let one = _mm512_set1_epi32(1);
+        let bit5 = _mm512_set1_epi32(32);
+        let bit6 = _mm512_set1_epi32(64);
+        let bit7 = _mm512_set1_epi32(128);
+        // The same bits of a word index kept in the high half.
+        let (word6, word7) = (_mm512_slli_epi32::<16>(bit6), _mm512_slli_epi32::<16>(bit7));
+        // Where each lane's (row's) ranks start in the 16-row table, in the high half of
+        // the lane, where nodes keep their feature.
+        let row_at = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32((d as i32) << 16),
+        );
+        let leaves = p.leaves.as_ptr() as *const i32;
+        let vector_words = (16 * d).div_ceil(64) * 64;
+        debug_assert!(ranks.len() >= acc.len() / 16 * vector_words + 2);
+        let vectors = acc.len() / 16;
+        debug_assert_eq!(vectors % G, 0);
+        for t in 0..p.trees {
+            let tree = &p.nodes[t * p.stride..];
+            let leaf_base = _mm512_set1_epi32((t * p.stride) as i32);
+            for v0 in (0..vectors).step_by(G) {
+                let mut x = [[_mm512_setzero_si512(); 8]; G];
+                for (g, xg) in x.iter_mut().enumerate() {
+                    let r = &ranks[(v0 + g) * vector_words..];
+                    for (k, xk) in xg.iter_mut().enumerate().take(2 * T) {
+                        *xk = load(&r[k * 32..k * 32 + 32]);
+                    }
+                }
+                let mut pos = [_mm512_setzero_si512(); G];
+                // One level: each lane's node is picked from the level's nodes (held in
+                // `$regs` registers), then its feature's rank, and the lane steps down.
+                macro_rules! level {
+                    ($level:expr, $regs:literal, $pick:expr) => {{
+                        let first = (1usize << $level) - 1;
+                        let nodes: [__m512i; $regs] = std::array::from_fn(|k| {
+                            load32(&tree[first + 16 * k..first + 16 * k + 16])
+                        });
+                        for g in 0..G {
+                            let node: __m512i = $pick(&nodes, pos[g]);
+                            // High half: the word holding this row's rank of the node's
+                            // feature; low half: the node's key, kept by the permute.
+                            let word = _mm512_add_epi32(row_at, node);
+                            let rank = if T == 0 {
+                                let block = ranks[(v0 + g) * vector_words..].as_ptr();
+                                let at = _mm512_srli_epi32::<16>(word);
+                                // SAFETY: in bounds, as documented above. The low half
+                                // is the rank; the high half is the next word, dropped.
+                                let both =
+                                    unsafe { _mm512_i32gather_epi32::<2>(at, block as *const i32) };
+                                _mm512_slli_epi32::<16>(both)
+                            } else {
+                                pick_rank::<T>(&x[g], word, word6, word7)
+                            };
+                            // rank·2¹⁶ + key >= key·2¹⁶ exactly when rank >= key.
+                            let right =
+                                _mm512_cmpge_epu32_mask(rank, _mm512_slli_epi32::<16>(node));
+                            let twice = _mm512_add_epi32(pos[g], pos[g]);
+                            pos[g] = _mm512_mask_add_epi32(twice, right, twice, one);
+                        }
+                    }};
+                }
+                for l in 0..p.height.min(5) {
+                    level!(l, 1, |n: &[__m512i; 1], at| _mm512_permutexvar_epi32(
+                        at, n[0]
+                    ));
+                }
+                if p.height > 5 {
+                    level!(5, 2, |n: &[__m512i; 2], at| _mm512_permutex2var_epi32(
+                        n[0], at, n[1]
+                    ));
+                }
+                if p.height > 6 {
+                    level!(6, 4, |n: &[__m512i; 4], at| pick64(n, at, bit5));
+                }
+                if p.height > 7 {
+                    level!(7, 8, |n: &[__m512i; 8], at| _mm512_mask_blend_epi32(
+                        _mm512_test_epi32_mask(at, bit6),
+                        pick64(&n[..4], at, bit5),
+                        pick64(&n[4..], at, bit5)
+                    ));
+                }
+                if p.height == 8 {
+                    // The 256 leaves fill 16 registers; picking by permutes beats Zen 4's
+                    // slow gathers.
+                    let leaf_row = &p.leaves[t * 256..t * 256 + 256];
+                    let table: [__m512i; 16] =
+                        std::array::from_fn(|k| load32(&leaf_row[16 * k..16 * k + 16]));
+                    for (g, out) in acc[v0 * 16..(v0 + G) * 16].chunks_exact_mut(16).enumerate() {
+                        let leaf = pick256(&table, pos[g], bit5, bit6, bit7);
+                        store32(out, _mm512_add_epi32(load32(out), leaf));
+                    }
+                } else {
+                    for (g, out) in acc[v0 * 16..(v0 + G) * 16].chunks_exact_mut(16).enumerate() {
+                        // SAFETY: in bounds, as documented above.
+                        let leaf = unsafe {
+                            _mm512_i32gather_epi32::<4>(_mm512_add_epi32(leaf_base, pos[g]), leaves)
+                        };
+                        store32(out, _mm512_add_epi32(load32(out), leaf));
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Ranker::rank`] for many values, with each chunk's count as one vector comparison.
+    #[target_feature(enable = "avx512f,popcnt")]
+    pub(super) fn rank_many(r: &super::Ranker, xs: &[f32], out: &mut [u16]) {
+        // 16 values go down the levels together, so their chains of loads overlap.
+        for (out, xs) in out.chunks_mut(16).zip(xs.chunks(16)) {
+            let mut chunks = [0usize; 16];
+            for level in &r.levels {
+                for (c, &x) in chunks.iter_mut().zip(xs) {
+                    let chunk: &[f32; 16] = level.entries[*c * 16..*c * 16 + 16]
+                        .try_into()
+                        .expect("chunk");
+                    // SAFETY: `chunk` is 64 readable bytes; the load has no alignment
+                    // requirement.
+                    let s = unsafe { _mm512_loadu_ps(chunk.as_ptr()) };
+                    // Ordered: a NaN on either side counts as not `<=`.
+                    let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(s, _mm512_set1_ps(x));
+                    *c = (*c * 16 + le.count_ones() as usize).saturating_sub(level.pad);
+                }
+            }
+            for (o, c) in out.iter_mut().zip(chunks) {
+                *o = c as u16;
+            }
+        }
+    }
+
+    /// Picks from 256 slots (sixteen registers) by position.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pick256(
+        t: &[__m512i; 16],
+        at: __m512i,
+        bit5: __m512i,
+        bit6: __m512i,
+        bit7: __m512i,
+    ) -> __m512i {
+        let a: [__m512i; 8] =
+            std::array::from_fn(|k| _mm512_permutex2var_epi32(t[2 * k], at, t[2 * k + 1]));
+        let (m5, m6, m7) = (
+            _mm512_test_epi32_mask(at, bit5),
+            _mm512_test_epi32_mask(at, bit6),
+            _mm512_test_epi32_mask(at, bit7),
+        );
+        let b: [__m512i; 4] =
+            std::array::from_fn(|j| _mm512_mask_blend_epi32(m5, a[2 * j], a[2 * j + 1]));
+        let c0 = _mm512_mask_blend_epi32(m6, b[0], b[1]);
+        let c1 = _mm512_mask_blend_epi32(m6, b[2], b[3]);
+        _mm512_mask_blend_epi32(m7, c0, c1)
+    }
+
+    /// Picks from 64 node slots (four registers) by position.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pick64(t: &[__m512i], at: __m512i, bit5: __m512i) -> __m512i {
+        _mm512_mask_blend_epi32(
+            _mm512_test_epi32_mask(at, bit5),
+            _mm512_permutex2var_epi32(t[0], at, t[1]),
+            _mm512_permutex2var_epi32(t[2], at, t[3]),
+        )
+    }
+
+    /// Picks each lane's 16-bit rank at the word index in the high half of `word` from the
+    /// 16-row table (T tables of 64 words, two registers each), into the high half of the
+    /// lane; the low half keeps `word`'s low half. `bit6` and `bit7` are those bits of the
+    /// high half (which table).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn pick_rank<const T: usize>(
+        x: &[__m512i; 8],
+        word: __m512i,
+        bit6: __m512i,
+        bit7: __m512i,
+    ) -> __m512i {
+        // Odd 16-bit words (high halves) are looked up; even ones are copied from `word`.
+        const HIGH: __mmask32 = 0xAAAA_AAAA;
+        let r0 = _mm512_mask2_permutex2var_epi16(x[0], word, HIGH, x[1]);
+        if T == 1 {
+            return r0;
+        }
+        let r1 = _mm512_mask2_permutex2var_epi16(x[2], word, HIGH, x[3]);
+        let lo = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(word, bit6), r0, r1);
+        if T == 2 {
+            return lo;
+        }
+        let r2 = _mm512_mask2_permutex2var_epi16(x[4], word, HIGH, x[5]);
+        let r3 = if T == 4 {
+            _mm512_mask2_permutex2var_epi16(x[6], word, HIGH, x[7])
+        } else {
+            r2
+        };
+        let hi = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(word, bit6), r2, r3);
+        _mm512_mask_blend_epi32(_mm512_test_epi32_mask(word, bit7), lo, hi)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load(words: &[u16]) -> __m512i {
+        let a: &[u16; 32] = words.try_into().expect("32 ranks");
+        // SAFETY: `a` is 64 readable bytes; the load has no alignment requirement.
+        unsafe { _mm512_loadu_si512(a.as_ptr() as *const __m512i) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load32(v: &[u32]) -> __m512i {
+        let a: &[u32; 16] = v.try_into().expect("16 values");
+        // SAFETY: `a` is 64 readable bytes; the load has no alignment requirement.
+        unsafe { _mm512_loadu_si512(a.as_ptr() as *const __m512i) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store32(v: &mut [u32], x: __m512i) {
+        let a: &mut [u32; 16] = v.try_into().expect("16 values");
+        // SAFETY: `a` is 64 writable bytes; the store has no alignment requirement.
+        unsafe { _mm512_storeu_si512(a.as_mut_ptr() as *mut __m512i, x) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ForestParams, IsolationForest, Rng, Rows};
+    use super::*;
+
+    fn data(rows: usize, d: usize, seed: u64) -> Vec<f64> {
+        let mut rng = Rng::new(seed);
+        (0..rows * d)
+            // Coarse values, so many rows sit exactly on split values and ties are tested.
+            .map(|_| (rng.f64() * 20.0).round() - 10.0)
+            .collect()
+    }
+
+    #[test]
+    fn chunked_ranks_are_the_plain_count() {
+        let mut rng = Rng::new(7);
+        // Clustered splits (as on integer data) with far ones; lengths around each chunk
+        // and level boundary.
+        let all: Vec<f32> = (0..5000)
+            .map(|_| (rng.below(20) as f64 + rng.f64()) as f32)
+            .chain([1e6, f32::INFINITY, f32::NEG_INFINITY])
+            .collect();
+        for n in (1..40).chain([255, 256, 257, 4096, 4097, all.len()]) {
+            let mut v = all[all.len() - n..].to_vec();
+            v.sort_by(f32::total_cmp);
+            v.dedup();
+            let r = Ranker::new(v.clone());
+            assert_eq!(r.splits(), &v[..]);
+            let xs: Vec<f32> = (0..1000)
+                .map(|_| (rng.f64() * 30.0 - 5.0) as f32)
+                .chain(v.iter().copied())
+                .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e7, -1e7])
+                .collect();
+            for &x in &xs {
+                assert_eq!(
+                    usize::from(r.rank(x)),
+                    v.partition_point(|&s| s <= x),
+                    "{x}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("popcnt")
+            {
+                let mut out = vec![0u16; xs.len()];
+                // SAFETY: the CPU has AVX-512F and POPCNT (checked just above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    vector::rank_many(&r, &xs, &mut out)
+                };
+                let plain: Vec<u16> = xs.iter().map(|&x| r.rank(x)).collect();
+                assert_eq!(out, plain);
+            }
+        }
+        assert_eq!(Ranker::new(vec![]).rank(1.0), 0);
+        assert_eq!(Ranker::new(vec![]).rank(f32::NAN), 0);
+    }
+
+    #[test]
+    fn packed_walk_reaches_the_same_leaves_as_the_tree_walk() {
+        for (d, psi) in [
+            (1, 256),
+            (3, 256),
+            (5, 32),
+            (9, 64),
+            (13, 256),
+            (16, 256),
+            (33, 256),
+            (64, 256),
+        ] {
+            let train = data(2000, d, d as u64);
+            let forest = IsolationForest::fit(
+                Rows::new(&train, d),
+                ForestParams {
+                    trees: 37,
+                    sample_size: psi,
+                    seed: 5,
+                },
+            );
+            let packed = Packed::new(&forest).unwrap();
+            let mut test = data(1601, d, 99);
+            test[0] = f64::NAN;
+            test[d] = f64::INFINITY;
+            test[2 * d] = f64::NEG_INFINITY;
+            // The same sums, whichever walk the machine takes...
+            let sums = packed.path_sums(&test, d);
+            assert_eq!(sums, packed.path_sums_portable(&test, d), "d = {d}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                // This machine does take the vector walk, so the comparison above tested it.
+                assert!(vector::path_sums(&packed, &test, d).is_some());
+            }
+            // ...and they are the tree walk's path lengths, up to the fixed-point rounding.
+            for (i, &s) in sums.iter().enumerate() {
+                let exact: f64 = forest
+                    .trees
+                    .iter()
+                    .map(|t| t.path[t.leaf(&test[i * d..(i + 1) * d])])
+                    .sum();
+                let packed = s as f64 / SCALE;
+                assert!(
+                    (packed - exact).abs() < 37.0 / SCALE,
+                    "row {i}: {packed} vs {exact}"
+                );
+            }
+        }
+    }
+}
