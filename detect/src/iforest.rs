@@ -439,6 +439,27 @@ mod tests {
     }
 
     #[test]
+    fn forests_too_tall_to_pack_are_scored_row_by_row() {
+        let mut rng = Rng::new(5);
+        let data = cluster(5000, &mut rng);
+        let rows = Rows::new(&data, 2);
+        // ψ = 4096: height 12, beyond what the packed form takes.
+        let f = IsolationForest::fit(
+            rows,
+            ForestParams {
+                trees: 10,
+                sample_size: 4096,
+                seed: 1,
+            },
+        );
+        assert!(packed::Packed::new(&f).is_none());
+        let scores = f.score_rows(rows);
+        for i in [0, 1234, 4999] {
+            assert_eq!(scores[i], f.score(rows.row(i)));
+        }
+    }
+
+    #[test]
     fn same_seed_same_forest_other_seed_other_forest() {
         let mut rng = Rng::new(9);
         let data = cluster(500, &mut rng);
