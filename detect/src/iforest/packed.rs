@@ -5,9 +5,10 @@
 //! shallower than H becomes a chain of "always left" nodes ending at its leftmost slot on
 //! level H. A node is one `u32`: the split feature in the high half and, in the low half,
 //! the split's rank among that feature's distinct split values across the whole forest.
-//! Each input row is turned once into the rank of every feature value (a binary search per
-//! feature), after which a test is `rank >= key` on small integers: one 32-bit load per
-//! level, which is what lets the AVX-512 kernel walk 16 trees at once with one gather.
+//! Each input value is ranked once among its feature's splits ([`Ranker`]), after which a
+//! test is `rank >= key` on small integers. That is what lets the AVX-512 kernel
+//! ([`vector`]) hold a level's nodes and 16 rows' ranks in registers and walk 16 rows at
+//! once with permutes.
 //!
 //! Path lengths are summed in fixed point (units of 2⁻¹⁶), so the portable and the vector
 //! paths give bit-identical sums; the rounding moves a score by well under 10⁻⁶.
@@ -37,7 +38,7 @@ pub(super) struct Packed {
 impl Packed {
     /// Repacks `forest`, or `None` when it falls outside what the packed form can hold
     /// (very tall trees, more than 65,534 distinct splits on one feature, or sums that
-    /// could overflow 32 bits per lane).
+    /// could overflow a 32-bit lane).
     pub(super) fn new(forest: &IsolationForest) -> Option<Packed> {
         let d = forest.features;
         let height = forest.trees.iter().map(|t| t.height).max()?;
@@ -91,8 +92,7 @@ impl Packed {
             .iter()
             .flat_map(|t| t.path.iter())
             .fold(0.0f64, |m, &p| m.max(p));
-        // Each of the 16 lanes sums ⌈trees/16⌉ leaves in a u32, and the 16 lanes are then
-        // added in a u32 as well.
+        // The vector kernel sums a row's path lengths over all trees in one u32 lane.
         if max_leaf * SCALE * forest.trees.len() as f64 >= f64::from(u32::MAX) {
             return None;
         }
@@ -282,10 +282,12 @@ mod vector {
     //! The AVX-512 walk. The 16 lanes of a register are 16 rows going down the same tree,
     //! level by level. Nothing is gathered from memory on the way down: the nodes of one
     //! level of the tree (at most 128) sit in up to eight registers and are picked by
-    //! position with permutes, and the 16 rows' feature ranks (at most 16 features) sit in
-    //! up to eight registers and are picked the same way. Only the leaf values are
-    //! gathered, once a tree. Zen 4 serves a 16-lane gather at about one element a cycle,
-    //! which made an earlier kernel that gathered every node no faster than scalar code.
+    //! position with permutes, and the 16 rows' feature ranks (up to 16 features) sit in
+    //! up to eight registers and are picked the same way; with a tree of height 8 the 256
+    //! leaf values are picked from 16 registers too. Only wider rows' ranks and other
+    //! heights' leaves are gathered. Zen 4 serves a 16-lane gather at about one element a
+    //! cycle, which made an earlier kernel that gathered every node barely faster than
+    //! scalar code.
 
     use super::Packed;
     use std::arch::x86_64::*;
