@@ -249,7 +249,7 @@ impl IsolationForest {
     }
 
     /// Scores every row. The forest is first repacked for batch work (see [`packed`]):
-    /// complete trees over ranked inputs, walked 16 trees at a time with AVX-512 where the
+    /// complete trees over ranked inputs, walked 16 rows at a time with AVX-512 where the
     /// CPU has it. Scores agree with [`IsolationForest::score`] to within 10⁻⁶ (path lengths
     /// are summed in fixed point).
     pub fn score_rows(&self, rows: Rows<'_>) -> Vec<f64> {
