@@ -242,10 +242,15 @@ impl IsolationForest {
     /// Anomaly score s(x) = 2^(−E[h(x)]/c(ψ)) in (0, 1]: near 1 is anomalous, well below
     /// 0.5 is normal.
     pub fn score(&self, x: &[f64]) -> f64 {
+        self.score_of_mean_path(self.mean_path_length(x))
+    }
+
+    /// s = 2^(−E[h]/c(ψ)); 0.5 when c(ψ) is 0 (a forest fitted on one row).
+    fn score_of_mean_path(&self, mean: f64) -> f64 {
         if self.c_psi == 0.0 {
             return 0.5;
         }
-        (-self.mean_path_length(x) / self.c_psi).exp2()
+        (-mean / self.c_psi).exp2()
     }
 
     /// Scores every row. The forest is first repacked for batch work (see [`packed`]):
@@ -260,13 +265,7 @@ impl IsolationForest {
         packed
             .path_sums(rows.data, rows.features)
             .into_iter()
-            .map(|sum| {
-                if self.c_psi == 0.0 {
-                    0.5
-                } else {
-                    (-packed::mean_path(sum, self.trees.len()) / self.c_psi).exp2()
-                }
-            })
+            .map(|sum| self.score_of_mean_path(packed::mean_path(sum, self.trees.len())))
             .collect()
     }
 

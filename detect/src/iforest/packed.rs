@@ -68,7 +68,7 @@ impl Packed {
         let total =
             first.last().copied().unwrap_or(0) + forest.trees.last().map_or(0, |t| t.nodes.len());
         let mut node_rank = vec![0u16; total];
-        let mut thresholds: Vec<Vec<f32>> = Vec::with_capacity(d);
+        let mut rankers = Vec::with_capacity(d);
         for mut v in by_feature {
             v.sort_unstable();
             let mut splits: Vec<f32> = Vec::new();
@@ -84,9 +84,8 @@ impl Packed {
                 // `x >= split` exactly when at least (index of split + 1) splits are <= x.
                 node_rank[node as usize] = splits.len() as u16;
             }
-            thresholds.push(splits);
+            rankers.push(Ranker::new(splits));
         }
-        let rankers = thresholds.into_iter().map(Ranker::new).collect();
         let max_leaf = forest
             .trees
             .iter()
