@@ -7,6 +7,7 @@
 mod entity;
 mod iforest;
 mod model;
+mod prefetch;
 mod runner;
 mod seasonal;
 mod stream;

@@ -19,6 +19,7 @@ use augurs::mstl::MSTLModel;
 use augurs::seasons::PeriodogramDetector;
 use serde::{Deserialize, Serialize};
 
+use crate::prefetch::prefetch;
 use crate::stream::{Ew, StreamConfig};
 
 /// Shortest period considered, in slots: shorter cycles are noise at this resolution.
@@ -101,23 +102,21 @@ impl SeasonalBaseline {
         self.slots.capacity() * 4 + self.fit.as_ref().map_or(0, |f| f.profiles.capacity() * 4)
     }
 
-    /// Reads the profile values this value will be compared with and the newest slot, so
-    /// their cache misses are under way early (see `StreamScorer::update`).
-    pub(crate) fn touch(&self) -> f32 {
-        let slot = self.slots.back().copied().unwrap_or(0.0);
-        self.fit.as_ref().map_or(slot, |f| {
+    /// Prefetches the profile values this value will be compared with and the newest
+    /// slot (see `crate::prefetch`).
+    pub(crate) fn prefetch(&self) {
+        if let Some(slot) = self.slots.back() {
+            prefetch(slot);
+        }
+        if let Some(f) = &self.fit {
             let mut offset = 0;
-            let mut sum = slot;
             for (p, phase) in f.periods.iter().zip(&f.phase).filter(|(p, _)| **p > 0) {
-                sum += f
-                    .profiles
-                    .get(offset + *phase as usize)
-                    .copied()
-                    .unwrap_or(0.0);
+                if let Some(v) = f.profiles.get(offset + *phase as usize) {
+                    prefetch(v);
+                }
                 offset += *p as usize;
             }
-            sum
-        })
+        }
     }
 
     /// Scores `x` against the baseline (`None` while no seasonality is known), then learns

@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::iforest::{Rng, c};
+use crate::prefetch::prefetch_slice;
 use crate::stream::Ew;
 
 /// Values a row looks back over (the current one included).
@@ -77,14 +78,10 @@ impl WindowForest {
         self.sample.capacity() * FEATURES + self.trees.capacity()
     }
 
-    /// Reads one byte of every cache line of the trees, so that their misses, which
-    /// otherwise stall scoring, are under way while the other detectors work (see
-    /// `StreamScorer::update`).
-    pub(crate) fn touch(&self) -> u8 {
-        self.trees
-            .iter()
-            .step_by(64)
-            .fold(0u8, |a, b| a.wrapping_add(*b))
+    /// Prefetches every cache line of the trees, whose misses otherwise stall scoring
+    /// (see `crate::prefetch`).
+    pub(crate) fn prefetch(&self) {
+        prefetch_slice(&self.trees);
     }
 
     /// The row of `x` (already in the window) against the long-run `mean` and `sd`.
