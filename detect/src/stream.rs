@@ -562,6 +562,8 @@ impl StreamScorer {
         prefetch_ring(&self.coarse.history);
         prefetch_ring(&self.events);
         prefetch_ring(&self.recent);
+        // `learn` hashes the contexts again when it tests them: a few dozen
+        // multiplications each, where carrying them would need room for `context_len`.
         self.fine.prefetch(cfg, &self.seen, x);
         self.coarse.prefetch(cfg, &self.seen, x);
         self.window.prefetch();
