@@ -54,6 +54,22 @@ struct Decomposition {
     level: f64,
 }
 
+impl Decomposition {
+    /// Where in `profiles` each period in use has its current phase.
+    fn current(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut offset = 0;
+        self.periods
+            .iter()
+            .zip(&self.phase)
+            .filter(|(p, _)| **p > 0)
+            .map(move |(p, phase)| {
+                let at = offset + *phase as usize;
+                offset += *p as usize;
+                at
+            })
+    }
+}
+
 /// The seasonal baseline's state for one series.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeasonalBaseline {
@@ -109,12 +125,10 @@ impl SeasonalBaseline {
             prefetch(slot);
         }
         if let Some(f) = &self.fit {
-            let mut offset = 0;
-            for (p, phase) in f.periods.iter().zip(&f.phase).filter(|(p, _)| **p > 0) {
-                if let Some(v) = f.profiles.get(offset + *phase as usize) {
+            for i in f.current() {
+                if let Some(v) = f.profiles.get(i) {
                     prefetch(v);
                 }
-                offset += *p as usize;
             }
         }
     }
@@ -123,12 +137,7 @@ impl SeasonalBaseline {
     /// from it.
     pub fn update(&mut self, cfg: &StreamConfig, x: f64, floor: f64) -> Option<SeasonalView> {
         let view = self.fit.as_mut().map(|f| {
-            let mut season = 0.0;
-            let mut offset = 0;
-            for (p, phase) in f.periods.iter().zip(&f.phase).filter(|(p, _)| **p > 0) {
-                season += f64::from(f.profiles[offset + *phase as usize]);
-                offset += *p as usize;
-            }
+            let season: f64 = f.current().map(|i| f64::from(f.profiles[i])).sum();
             let expected = f.level + season;
             let r = x - expected;
             let sd = self.residual.var.sqrt().max(floor);
