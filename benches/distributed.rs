@@ -203,7 +203,13 @@ async fn bench() {
     // time; each is followed by the next minute's point, which closes its bucket.
     let detect = stage(&vars, "detect");
     let warm_until = Instant::now() + Duration::from_secs(300);
-    while count(&pool, "SELECT sum(records)::bigint FROM stage_checkpoints").await < total {
+    while count(
+        &pool,
+        "SELECT sum(records)::bigint FROM stage_positions WHERE consumer_group LIKE '%detect'",
+    )
+    .await
+        < total
+    {
         assert!(Instant::now() < warm_until, "detect did not catch up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

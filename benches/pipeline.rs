@@ -1,8 +1,12 @@
 //! Throughput of the embedded ingest→detect path, on seeded data of a written-down size.
 //!
 //! - `cores`: the pure cores only: parse JSON lines, validate, bucket and score.
-//! - `embedded`: the real path: in-process bus, ingest runner storing points in SQLite,
-//!   re-keying onto `seismo.points`, detect runner scoring them and storing anomalies.
+//! - `embedded_durable`: the real path: the durable on-disk bus (every append fsync'd),
+//!   ingest storing points in SQLite and re-keying them onto `seismo.points`, detect
+//!   scoring them, storing anomalies and checkpointing its state, both started from the
+//!   stage table as `seismo run` starts them.
+//! - `embedded_memory`: the same stages over the in-process bus (what embedded mode used
+//!   before its bus became durable), to state the cost of durability as a ratio.
 //!
 //! Size: 200 series (40 hosts of 5 metrics, so the per-host forests run too) × 1,000
 //! one-minute points = 200,000 points per iteration, sent as records of 200 JSON lines
@@ -13,10 +17,12 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use seismo::cli::Stage;
+use seismo::stages::{self, StageContext};
 use seismo_detect::{DetectConfig, Detector};
 use seismo_schemas::{MetricPoint, topics};
 use seismo_store::{SqliteStore, Store};
-use seismo_transport::{InProcBus, OutRecord, Producer};
+use seismo_transport::{Consumer, DiskBus, InProcBus, OutRecord, Producer};
 
 const SERIES: usize = 200;
 const MINUTES: usize = 1000;
@@ -74,6 +80,81 @@ fn cores(c: &mut Criterion, data: &[Vec<u8>]) {
     g.finish();
 }
 
+/// Inputs of ingest and detect, the source, their outputs, and a sink for anomalies.
+type Wiring = (
+    Box<dyn Consumer>,
+    Box<dyn Consumer>,
+    Arc<dyn Producer>,
+    Arc<dyn Producer>,
+    Arc<dyn Producer>,
+    Option<Box<dyn Consumer>>,
+);
+
+/// Runs ingest and detect over one bus: `durable` picks the on-disk bus.
+async fn embedded_run(data: &[Vec<u8>], durable: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = seismo::Config::default();
+    cfg.storage.url = format!("sqlite://{}", dir.path().join("b.db").display());
+    cfg.bus.dir = dir.path().join("bus").display().to_string();
+    let store = SqliteStore::connect(&cfg.storage.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let ctx = StageContext {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        health: Default::default(),
+        points_partitions: 8,
+        anomaly_partitions: 8,
+        group: Arc::new(|s: Stage| s.name().to_string()),
+    };
+    let (ingest_in, detect_in, source, ingest_out, detect_out, _sink): Wiring = if durable {
+        let bus = DiskBus::open(seismo::pipeline::bus_config(&cfg)).unwrap();
+        let ingest_in = bus.subscribe(&[topics::METRICS], "ingest").unwrap();
+        let detect_in = bus.subscribe(&[topics::POINTS], "detect").unwrap();
+        let source = bus.producer(&[topics::METRICS]).unwrap();
+        let ingest_out = bus.producer(&[topics::POINTS, topics::DLQ]).unwrap();
+        let detect_out = bus.producer(&[topics::ANOMALIES]).unwrap();
+        bus.seal();
+        (
+            Box::new(ingest_in),
+            Box::new(detect_in),
+            Arc::new(source),
+            Arc::new(ingest_out),
+            Arc::new(detect_out),
+            None,
+        )
+    } else {
+        let bus = InProcBus::new(8, 4096);
+        let ingest_in = bus.subscribe(topics::METRICS, "ingest", 1).remove(0);
+        let detect_in = bus.subscribe(topics::POINTS, "detect", 1).remove(0);
+        let sink = bus.subscribe(topics::ANOMALIES, "sink", 1).remove(0);
+        let source = bus.producer(&[topics::METRICS]);
+        let ingest_out = bus.producer(&[topics::POINTS, topics::DLQ]);
+        let detect_out = bus.producer(&[topics::ANOMALIES]);
+        bus.seal();
+        (
+            Box::new(ingest_in),
+            Box::new(detect_in),
+            Arc::new(source),
+            Arc::new(ingest_out),
+            Arc::new(detect_out),
+            Some(Box::new(sink)),
+        )
+    };
+    let ingest = stages::spawn(Stage::Ingest, &ctx, ingest_in, ingest_out);
+    let detect = stages::spawn(Stage::Detect, &ctx, detect_in, detect_out);
+    for r in data {
+        source
+            .send(topics::METRICS, vec![OutRecord::new(Vec::new(), r.clone())])
+            .await
+            .unwrap();
+    }
+    drop(source);
+    ingest.await.unwrap().unwrap();
+    let stats = detect.await.unwrap().unwrap();
+    assert_eq!(stats.detect.points as usize, SERIES * MINUTES);
+}
+
 fn embedded(c: &mut Criterion, data: &[Vec<u8>]) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,54 +163,11 @@ fn embedded(c: &mut Criterion, data: &[Vec<u8>]) {
     let mut g = c.benchmark_group("ingest_detect");
     g.throughput(Throughput::Elements((SERIES * MINUTES) as u64));
     g.sample_size(10);
-    g.bench_function("embedded", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SqliteStore::connect(&format!(
-                    "sqlite://{}",
-                    dir.path().join("b.db").display()
-                ))
-                .await
-                .unwrap();
-                store.migrate().await.unwrap();
-                let store: Arc<dyn Store> = Arc::new(store);
-                let bus = InProcBus::new(8, 4096);
-                let ingest_in = bus.subscribe(topics::METRICS, "ingest", 1).remove(0);
-                let detect_in = bus.subscribe(topics::POINTS, "detect", 1).remove(0);
-                let _anomalies = bus.subscribe(topics::ANOMALIES, "sink", 1);
-                let source = bus.producer(&[topics::METRICS]);
-                let ingest_out = Arc::new(bus.producer(&[topics::POINTS, topics::DLQ]));
-                let detect_out = Arc::new(bus.producer(&[topics::ANOMALIES]));
-                bus.seal();
-                let ingest = tokio::spawn(seismo_ingest::run(
-                    Box::new(ingest_in),
-                    ingest_out,
-                    store.clone(),
-                    32,
-                ));
-                let detect = tokio::spawn(seismo_detect::run(
-                    DetectConfig::default(),
-                    None,
-                    Box::new(detect_in),
-                    detect_out,
-                    store.clone(),
-                    2048,
-                    None,
-                ));
-                for r in data {
-                    source
-                        .send(topics::METRICS, vec![OutRecord::new(Vec::new(), r.clone())])
-                        .await
-                        .unwrap();
-                }
-                drop(source);
-                ingest.await.unwrap().unwrap();
-                let stats = detect.await.unwrap().unwrap();
-                assert_eq!(stats.points as usize, SERIES * MINUTES);
-            })
-        })
-    });
+    for (name, durable) in [("embedded_durable", true), ("embedded_memory", false)] {
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(embedded_run(data, durable)))
+        });
+    }
     g.finish();
 }
 

@@ -45,42 +45,63 @@ impl Default for StorageConfig {
     }
 }
 
-/// Stage processes of the distributed mode (`seismo run --stage NAME`).
+/// How every stage runs, in both modes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StagesConfig {
-    /// How often detect saves its learned state per partition and commits its input
-    /// offsets, in ms. Shorter means less replay after a crash, more checkpoint writes.
+    /// How often detect, forecast and correlate save what changed in their state per
+    /// partition and commit their input, in ms. Shorter means less replay after a crash,
+    /// more checkpoint writes.
     pub checkpoint_interval_ms: u64,
+    /// How long a stage retries a transient failure (database locked or away, broker
+    /// away) before it gives up and stops the process with a non-zero exit, in seconds.
+    pub retry_for_secs: u64,
+    /// `/readyz` reports a stage stuck (503) when one batch has taken longer than this,
+    /// in seconds.
+    pub stuck_after_secs: u64,
+    /// Correlate holds anomalies until every detect partition's watermark passes them;
+    /// after this many seconds without any input it releases what it holds, in seconds.
+    pub idle_release_secs: u64,
 }
 
 impl Default for StagesConfig {
     fn default() -> Self {
         StagesConfig {
             checkpoint_interval_ms: 5000,
+            retry_for_secs: 600,
+            stuck_after_secs: 120,
+            idle_release_secs: 30,
         }
     }
 }
 
-/// The in-process bus of embedded mode.
+/// The durable on-disk bus of embedded mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
+    /// Folder of the bus's log (created if missing). Accepted records wait here, fsync'd,
+    /// until every stage has taken them; a restart resumes from it.
+    pub dir: String,
     /// Partitions per topic; the unit of parallelism, as on Kafka.
     pub partitions: u32,
-    /// Records each consumer's channel holds before producers wait (backpressure) and
-    /// HTTP ingest answers 503. Memory is bounded by this times the record size.
-    pub capacity: usize,
     /// Most records a stage takes from the bus per batch (and per store transaction).
     pub batch_records: usize,
+    /// Most bytes a topic holds that a stage has not yet taken. Beyond it producers wait
+    /// and HTTP ingest answers 503 with Retry-After (nothing of the request accepted).
+    pub max_backlog_bytes: u64,
+    /// Size at which a log segment file is closed and a new one started; consumed
+    /// segments are deleted whole.
+    pub segment_bytes: u64,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
+            dir: "seismo-bus".into(),
             partitions: 8,
-            capacity: 4096,
             batch_records: 2048,
+            max_backlog_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
         }
     }
 }
@@ -93,8 +114,18 @@ pub struct HttpConfig {
     pub listen: String,
     /// How long an ingest request may wait for room on the bus before 503, in ms.
     pub publish_timeout_ms: u64,
-    /// Largest ingest request body, in bytes (413 beyond).
+    /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// Most request body bytes held at once by all requests together; beyond it new
+    /// requests get 503 with Retry-After.
+    pub max_inflight_bytes: usize,
+    /// Most open connections; beyond it a new connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this many ms of opening or
+    /// of its previous response (idle keep-alive connections are closed after it).
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this many ms (408 beyond).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -103,6 +134,10 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             publish_timeout_ms: 1000,
             max_body_bytes: 8 << 20,
+            max_inflight_bytes: 256 << 20,
+            max_connections: 4096,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 }

@@ -1,23 +1,26 @@
 //! The distributed mode: one stage per process on Kafka and PostgreSQL (`seismo run --stage`).
 //!
-//! Every stage process serves `/healthz` and `/metrics` on `http.listen` (the ingest stage
-//! adds HTTP ingest, the api stage the query API) and stops on SIGTERM or Ctrl-C after
-//! draining its current batch: outputs flushed, detect's state checkpointed, offsets
+//! Every stage process serves `/healthz`, `/readyz` and `/metrics` on `http.listen` (the
+//! ingest stage adds HTTP ingest, the api stage the query API) and stops on SIGTERM or
+//! Ctrl-C after its current batch: outputs written, state checkpointed, offsets
 //! committed. A process killed outright loses nothing either: its partitions resume from
-//! the last committed offsets, and the idempotent writes absorb the replay.
+//! their checkpoints, and the idempotent writes absorb the replay. A stage that fails for
+//! good stops the process with a non-zero exit, so its supervisor restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use seismo_kafka::{KafkaConsumer, KafkaProducer};
+use seismo_runtime::Health;
 use seismo_schemas::topics;
 use seismo_transport::Producer;
 use tokio::sync::watch;
 
 use crate::Config;
 use crate::cli::Stage;
-use crate::pipeline;
+use crate::stages::{self, StageContext};
+use crate::{http, pipeline};
 
 /// Creates every Seismo topic on the configured brokers.
 pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
@@ -44,18 +47,6 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn consumer(
-    cfg: &Config,
-    group: &str,
-    topics: &[&str],
-    stop: &watch::Receiver<bool>,
-) -> anyhow::Result<Box<KafkaConsumer>> {
-    Ok(Box::new(
-        KafkaConsumer::new(&cfg.kafka, group, topics, stop.clone())
-            .with_context(|| format!("joining consumer group {group}"))?,
-    ))
-}
-
 /// Runs one stage until SIGTERM or Ctrl-C.
 pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -80,96 +71,56 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
             token.cancel();
         });
     }
-    let batch = cfg.bus.batch_records;
-    let group = cfg.kafka.group(stage.name());
-    let producer = || -> anyhow::Result<Arc<KafkaProducer>> {
-        Ok(Arc::new(
-            KafkaProducer::new(&cfg.kafka).context("creating the Kafka producer")?,
-        ))
+    let health = Health::default();
+    let kafka = cfg.kafka.clone();
+    let ctx = StageContext {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        health: health.clone(),
+        points_partitions: cfg.kafka.partitions.max(1) as u32,
+        anomaly_partitions: cfg.kafka.partitions.max(1) as u32,
+        group: Arc::new(move |s: Stage| kafka.group(s.name())),
     };
-    let mut router = seismo_api::ops_router();
-    let work: tokio::task::JoinHandle<anyhow::Result<String>> = match stage {
-        Stage::Ingest => {
-            let out = producer()?;
-            router = router.merge(seismo_ingest::http::router(
-                seismo_ingest::http::IngestHttp {
-                    producer: out.clone() as Arc<dyn Producer>,
-                    publish_timeout: Duration::from_millis(cfg.http.publish_timeout_ms),
-                    max_body_bytes: cfg.http.max_body_bytes,
-                    scope_label: cfg.correlate.scope_label.clone(),
-                },
-            ));
-            let input = consumer(cfg, &group, &[topics::METRICS], &stop)?;
-            let store = store.clone();
-            tokio::spawn(async move {
-                let s = seismo_ingest::run(input, out, store, batch.div_ceil(64).max(1)).await?;
-                Ok(format!(
-                    "ingest: {} records, {} points, {} refused",
-                    s.records, s.points, s.rejected
-                ))
-            })
+    let group = (ctx.group)(stage);
+    let mut router = seismo_api::ops_router(
+        health.clone(),
+        Duration::from_secs(cfg.stages.stuck_after_secs),
+    );
+    let work = match stages::spec(stage) {
+        Some(spec) => {
+            let producer =
+                Arc::new(KafkaProducer::new(&cfg.kafka).context("creating the Kafka producer")?);
+            if stage == Stage::Ingest {
+                router = router.merge(seismo_ingest::http::router(
+                    seismo_ingest::http::IngestHttp {
+                        producer: producer.clone() as Arc<dyn Producer>,
+                        publish_timeout: Duration::from_millis(cfg.http.publish_timeout_ms),
+                        max_body_bytes: cfg.http.max_body_bytes,
+                        scope_label: cfg.correlate.scope_label.clone(),
+                    },
+                ));
+            }
+            // One group for all of a stage's inputs: correlate's two topics are keyed
+            // alike, so the group's (range) assignment gives one process the same
+            // partitions of both, and alerts meet the anomalies of their scope.
+            let input = KafkaConsumer::new(&cfg.kafka, &group, spec.inputs, stop.clone())
+                .with_context(|| format!("joining consumer group {group}"))?;
+            stages::spawn(stage, &ctx, Box::new(input), producer)
         }
-        Stage::Detect => {
-            let input = consumer(cfg, &group, &[topics::POINTS], &stop)?;
-            let run = seismo_detect::run(
-                cfg.detect.clone(),
-                cfg.correlate.scope_label.clone(),
-                input,
-                producer()?,
-                store.clone(),
-                batch,
-                Some(seismo_detect::Checkpointing {
-                    group: group.clone(),
-                    interval: Duration::from_millis(cfg.stages.checkpoint_interval_ms),
-                }),
-            );
-            tokio::spawn(async move {
-                let s = run.await?;
-                Ok(format!(
-                    "detect: {} points, {} anomalies, {} partitions restored, {} replayed records skipped",
-                    s.points, s.anomalies, s.restored_partitions, s.replayed_skipped
-                ))
-            })
-        }
-        Stage::Forecast => {
-            let input = consumer(cfg, &group, &[topics::POINTS], &stop)?;
-            let run = seismo_forecast::run(cfg.forecast.clone(), input, store.clone(), batch);
-            tokio::spawn(async move { Ok(format!("forecast: {} forecasts", run.await?)) })
-        }
-        Stage::Correlate => {
-            // Separate groups per input: correlate keeps its open incidents in memory,
-            // so it runs as one process (see deploy/); alerts and anomalies of one
-            // scope must reach the same process.
-            let anomalies = consumer(cfg, &group, &[topics::ANOMALIES], &stop)?;
-            let alerts = consumer(cfg, &format!("{group}-alerts"), &[topics::ALERTS], &stop)?;
-            let run = seismo_correlate::run(
-                cfg.correlate.clone(),
-                anomalies,
-                alerts,
-                producer()?,
-                store.clone(),
-                batch,
-            );
-            tokio::spawn(async move {
-                let s = run.await?;
-                Ok(format!(
-                    "correlate: {} anomalies, {} alerts, {} incidents opened",
-                    s.anomalies, s.alerts, s.incidents_created
-                ))
-            })
-        }
-        Stage::Api => {
-            router = pipeline::router(cfg, None, store.clone());
+        None => {
+            router = router.merge(seismo_api::router(seismo_api::ApiState::new(store.clone())));
+            let h = health.stage("api");
+            h.running();
             let token = token.clone();
             tokio::spawn(async move {
                 token.cancelled().await;
-                Ok("api: stopped".to_string())
+                h.stopped();
+                Ok(Default::default())
             })
         }
     };
-    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.http.listen))?;
+    let router = http::with_body_limits(router, &http::HttpLimits::from_config(cfg));
+    let listener = http::bind(&cfg.http.listen).await?;
     tracing::info!(
         stage = stage.name(),
         group = %group,
@@ -179,15 +130,20 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         "seismo stage running"
     );
     let serving = token.clone();
-    let server = tokio::spawn(pipeline::serve(listener, router, async move {
-        serving.cancelled().await
-    }));
+    let server = tokio::spawn(http::serve(
+        listener,
+        router,
+        async move { serving.cancelled().await },
+        http::HttpLimits::from_config(cfg),
+    ));
     let result = work.await;
     // The stage is over (drained, or failed): stop serving too, so a failure ends the
     // process and its supervisor restarts it.
     token.cancel();
-    let summary = result.context("stage panicked")??;
-    tracing::info!("{summary}");
+    let stats = result
+        .context("stage panicked")?
+        .with_context(|| format!("stage {} failed", stage.name()))?;
+    tracing::info!("{}", stats.line(stage));
     server.await.context("HTTP server panicked")??;
     Ok(())
 }

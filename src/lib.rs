@@ -8,7 +8,9 @@ pub mod config;
 pub mod demo;
 pub mod distributed;
 pub mod eval;
+pub mod http;
 pub mod pipeline;
+pub mod stages;
 
 pub use config::Config;
 

@@ -101,17 +101,18 @@ async fn demo_cmd(
         println!("summary written to {}", path.display());
     }
     if serve {
-        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-            .await
-            .with_context(|| format!("listening on {}", cfg.http.listen))?;
+        let listener = seismo::http::bind(&cfg.http.listen).await?;
         println!(
             "API on http://{0} (try /api/v1/incidents); Ctrl-C to stop",
             listener.local_addr()?
         );
-        pipeline::serve(
+        let health = seismo_runtime::Health::default();
+        health.stage("api").running();
+        seismo::http::serve(
             listener,
-            pipeline::router(&cfg, None, store),
+            seismo::http::router(&cfg, None, Some(store), health),
             pipeline::shutdown_signal(),
+            seismo::http::HttpLimits::from_config(&cfg),
         )
         .await?;
     }
@@ -180,26 +181,45 @@ fn detect_cmd(
 
 async fn run_cmd(cfg: Config) -> anyhow::Result<()> {
     let store = pipeline::open_store(&cfg).await?;
-    let running = Embedded::start(&cfg, store.clone());
-    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.http.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, store = %cfg.storage.url, "seismo running embedded");
+    let running = Embedded::start(&cfg, store.clone())?;
+    let listener = seismo::http::bind(&cfg.http.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, store = %cfg.storage.url, bus = %cfg.bus.dir, "seismo running embedded");
     let token = CancellationToken::new();
     let stop = token.clone();
-    tokio::spawn(async move {
-        pipeline::shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests, draining the pipeline");
-        stop.cancel();
+    let failure = running.failure();
+    let failed = tokio::spawn(async move {
+        tokio::select! {
+            _ = pipeline::shutdown_signal() => {
+                tracing::info!("shutting down: finishing requests, checkpointing every stage");
+                stop.cancel();
+                None
+            }
+            m = failure => {
+                // One rule in both modes: a stage that cannot go on stops the process.
+                tracing::error!(error = %m, "a stage failed; stopping the process");
+                stop.cancel();
+                Some(m)
+            }
+        }
     });
-    let router = pipeline::router(&cfg, Some(&running), store);
-    pipeline::serve(listener, router, async move { token.cancelled().await }).await?;
-    let stats = running.finish().await?;
+    let router = seismo::http::router(&cfg, Some(&running), Some(store), running.health.clone());
+    seismo::http::serve(
+        listener,
+        router,
+        async move { token.cancelled().await },
+        seismo::http::HttpLimits::from_config(&cfg),
+    )
+    .await?;
+    let stats = running.stop().await;
+    if let Ok(Some(m)) = failed.await {
+        anyhow::bail!("{m}");
+    }
+    let stats = stats?;
     tracing::info!(
         points = stats.ingest.points,
         anomalies = stats.detect.anomalies,
         incidents = stats.correlate.incidents_created,
-        "drained; every accepted point is stored"
+        "stopped; what was accepted and not yet processed resumes on the next start"
     );
     Ok(())
 }

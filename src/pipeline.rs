@@ -1,16 +1,21 @@
-//! Wiring of the embedded pipeline: every stage in one process on the in-process bus.
+//! The embedded pipeline: every stage in one process on the durable on-disk bus, with the
+//! SQLite (or PostgreSQL) store; and the pieces every mode shares (opening the store).
 
-use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use seismo_runtime::{Health, StageError};
 use seismo_schemas::topics;
 use seismo_store::{PgStore, SqliteStore, Store, TimescaleMode};
-use seismo_transport::{InProcBus, InProcProducer};
+use seismo_transport::{DiskBus, DiskBusConfig, DiskProducer, Producer};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Config;
+pub use crate::stages::PipelineStats;
+use crate::stages::{self, STAGES, StageContext};
 
 /// Opens the configured store and brings its tables up to date.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -55,107 +60,92 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// What each stage did, once the pipeline has drained.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PipelineStats {
-    pub ingest: seismo_ingest::IngestStats,
-    pub detect: seismo_detect::DetectStats,
-    pub forecasts: u64,
-    pub correlate: seismo_correlate::CorrelateStats,
+/// The embedded bus's settings from the configuration.
+pub fn bus_config(cfg: &Config) -> DiskBusConfig {
+    DiskBusConfig {
+        dir: PathBuf::from(&cfg.bus.dir),
+        partitions: cfg.bus.partitions,
+        // One partition: records are consumed in the order their 2xx answers went out.
+        topic_partitions: [(topics::METRICS.to_string(), 1)].into(),
+        segment_bytes: cfg.bus.segment_bytes,
+        max_backlog_bytes: cfg.bus.max_backlog_bytes,
+    }
 }
 
 /// A running embedded pipeline.
 pub struct Embedded {
     pub store: Arc<dyn Store>,
+    pub bus: DiskBus,
+    pub health: Health,
     /// Where producers put raw metrics (`seismo.metrics`) and alerts (`seismo.alerts`).
-    /// The pipeline drains and stops once every clone of it is dropped.
-    pub source: InProcProducer,
-    ingest: JoinHandle<anyhow::Result<seismo_ingest::IngestStats>>,
-    detect: JoinHandle<anyhow::Result<seismo_detect::DetectStats>>,
-    forecast: JoinHandle<anyhow::Result<u64>>,
-    correlate: JoinHandle<anyhow::Result<seismo_correlate::CorrelateStats>>,
-}
-
-fn spawn<T: Send + 'static, E: Into<anyhow::Error>>(
-    name: &'static str,
-    f: impl Future<Output = Result<T, E>> + Send + 'static,
-) -> JoinHandle<anyhow::Result<T>> {
-    tokio::spawn(async move {
-        let r = f
-            .await
-            .map_err(Into::into)
-            .with_context(|| format!("stage {name} failed"));
-        if let Err(e) = &r {
-            tracing::error!(stage = name, error = format!("{e:#}"), "stage stopped");
-        }
-        r
-    })
+    /// [`Embedded::finish`] drains the pipeline once every clone of it is dropped.
+    pub source: DiskProducer,
+    tasks: Vec<(&'static str, JoinHandle<Result<PipelineStats, StageError>>)>,
+    stop: watch::Sender<bool>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Embedded {
-    /// Wires the bus and starts ingest, detect, forecast and correlate.
-    pub fn start(cfg: &Config, store: Arc<dyn Store>) -> Embedded {
-        let bus = InProcBus::new(cfg.bus.partitions, cfg.bus.capacity);
-        let mut ingest_in = bus.subscribe(topics::METRICS, "ingest", 1);
-        let mut detect_in = bus.subscribe(topics::POINTS, "detect", 1);
-        let mut forecast_in = bus.subscribe(topics::POINTS, "forecast", 1);
-        let mut corr_anomalies = bus.subscribe(topics::ANOMALIES, "correlate", 1);
-        let mut corr_alerts = bus.subscribe(topics::ALERTS, "correlate", 1);
-        let source = bus.producer(&[topics::METRICS, topics::ALERTS]);
-        let ingest_out = Arc::new(bus.producer(&[topics::POINTS, topics::DLQ]));
-        let detect_out = Arc::new(bus.producer(&[topics::ANOMALIES]));
-        let correlate_out = Arc::new(bus.producer(&[topics::INCIDENTS, topics::DLQ]));
-        bus.seal();
-
-        let batch = cfg.bus.batch_records;
-        let scope = cfg.correlate.scope_label.clone();
-        Embedded {
-            ingest: spawn(
-                "ingest",
-                seismo_ingest::run(
-                    Box::new(ingest_in.remove(0)),
-                    ingest_out,
-                    store.clone(),
-                    batch.div_ceil(64).max(1),
-                ),
-            ),
-            detect: spawn(
-                "detect",
-                seismo_detect::run(
-                    cfg.detect.clone(),
-                    scope,
-                    Box::new(detect_in.remove(0)),
-                    detect_out,
-                    store.clone(),
-                    batch,
-                    // The in-process bus starts from offset 0 on every run, so there is
-                    // nothing to resume: checkpoints belong to the distributed mode.
-                    None,
-                ),
-            ),
-            forecast: spawn(
-                "forecast",
-                seismo_forecast::run(
-                    cfg.forecast.clone(),
-                    Box::new(forecast_in.remove(0)),
-                    store.clone(),
-                    batch,
-                ),
-            ),
-            correlate: spawn(
-                "correlate",
-                seismo_correlate::run(
-                    cfg.correlate.clone(),
-                    Box::new(corr_anomalies.remove(0)),
-                    Box::new(corr_alerts.remove(0)),
-                    correlate_out,
-                    store.clone(),
-                    batch,
-                ),
-            ),
-            store,
-            source,
+    /// Opens the bus in `bus.dir` (resuming what it holds) and starts every stage.
+    pub fn start(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<Embedded> {
+        let bus = DiskBus::open(bus_config(cfg))
+            .with_context(|| format!("opening the bus in {}", cfg.bus.dir))?;
+        let health = Health::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = StageContext {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            health: health.clone(),
+            points_partitions: cfg.bus.partitions,
+            anomaly_partitions: cfg.bus.partitions,
+            group: Arc::new(|s: crate::cli::Stage| s.name().to_string()),
+        };
+        let mut wired = Vec::new();
+        for spec in &STAGES {
+            let input = bus
+                .subscribe(spec.inputs, spec.stage.name())?
+                .with_stop(stop_rx.clone());
+            wired.push((spec, input));
         }
+        let mut outputs = Vec::new();
+        for (spec, _) in &wired {
+            outputs.push(Arc::new(bus.producer(spec.outputs)?) as Arc<dyn Producer>);
+        }
+        let source = bus.producer(&[topics::METRICS, topics::ALERTS])?;
+        bus.seal();
+        let (failed_tx, failed) = watch::channel(None);
+        let failed_tx = Arc::new(failed_tx);
+        let mut tasks = Vec::new();
+        for ((spec, input), output) in wired.into_iter().zip(outputs) {
+            let name = spec.stage.name();
+            let h = stages::spawn(spec.stage, &ctx, Box::new(input), output);
+            let failed_tx = failed_tx.clone();
+            // Watch each stage: the first failure is announced so the process can stop.
+            let h = tokio::spawn(async move {
+                let r = h.await.map_err(|e| {
+                    StageError::new(
+                        seismo_runtime::ErrorDomain::Internal,
+                        false,
+                        "stage task",
+                        e,
+                    )
+                })?;
+                if let Err(e) = &r {
+                    failed_tx.send_replace(Some(format!("stage {name} failed: {e}")));
+                }
+                r
+            });
+            tasks.push((name, h));
+        }
+        Ok(Embedded {
+            store,
+            bus,
+            health,
+            source,
+            tasks,
+            stop,
+            failed,
+        })
     }
 
     /// The HTTP ingest front door of this pipeline.
@@ -168,42 +158,60 @@ impl Embedded {
         }
     }
 
-    /// Closes this handle's source and waits for every stage to drain what was accepted.
-    /// Other clones of `source` (an HTTP server's) must be dropped too.
+    /// Resolves with the first stage failure.
+    pub fn failure(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.failed.clone();
+        async move {
+            loop {
+                if let Some(m) = rx.borrow().clone() {
+                    return m;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// Closes this handle's source and waits for every stage to drain what was accepted,
+    /// deciding at the end what waited for more input (the end of a finite input: the
+    /// demo, a backfill). Other clones of `source` (an HTTP server's) must be dropped too.
     pub async fn finish(self) -> anyhow::Result<PipelineStats> {
         drop(self.source);
-        Ok(PipelineStats {
-            ingest: join(self.ingest).await?,
-            detect: join(self.detect).await?,
-            forecasts: join(self.forecast).await?,
-            correlate: join(self.correlate).await?,
-        })
+        join_all(self.tasks).await
+    }
+
+    /// Stops every stage after its current batch, with a checkpoint: what is not yet
+    /// consumed stays on the bus and is taken up on the next start, exactly as if the
+    /// process had run on.
+    pub async fn stop(self) -> anyhow::Result<PipelineStats> {
+        let _ = self.stop.send(true);
+        drop(self.source);
+        join_all(self.tasks).await
     }
 }
 
-async fn join<T>(h: JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
-    h.await.context("stage panicked")?
-}
-
-/// The HTTP router: ingest plus the query API.
-pub fn router(cfg: &Config, pipeline: Option<&Embedded>, store: Arc<dyn Store>) -> axum::Router {
-    let api = seismo_api::router(seismo_api::ApiState { store });
-    match pipeline {
-        Some(p) => api.merge(seismo_ingest::http::router(p.ingest_http(cfg))),
-        None => api,
+async fn join_all(
+    tasks: Vec<(&'static str, JoinHandle<Result<PipelineStats, StageError>>)>,
+) -> anyhow::Result<PipelineStats> {
+    let mut stats = PipelineStats::default();
+    let mut first_err = None;
+    for (name, h) in tasks {
+        match h.await {
+            Ok(Ok(s)) => stats.merge(s),
+            Ok(Err(e)) => {
+                first_err
+                    .get_or_insert(anyhow::Error::new(e).context(format!("stage {name} failed")));
+            }
+            Err(e) => {
+                first_err.get_or_insert(anyhow::anyhow!("stage {name} panicked: {e}"));
+            }
+        }
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

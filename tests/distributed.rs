@@ -255,7 +255,7 @@ fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
 }
 
 fn restores(p: &Proc) -> usize {
-    p.log_text().matches("restored detector state").count()
+    p.log_text().matches("restored stage state").count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +345,7 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
         &[&ingest, &detect_a, &detect_b],
         Duration::from_secs(120),
         async || {
-            scalar(&pool, "SELECT sum(records)::bigint FROM stage_checkpoints").await >= phase1
+            scalar(&pool, "SELECT sum(records)::bigint FROM stage_positions WHERE consumer_group LIKE '%detect'").await >= phase1
         },
     )
     .await;
@@ -372,7 +372,7 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
         Duration::from_secs(180),
         async || {
             scalar(&pool, "SELECT count(*) FROM metric_points").await == total
-                && scalar(&pool, "SELECT sum(records)::bigint FROM stage_checkpoints").await
+                && scalar(&pool, "SELECT sum(records)::bigint FROM stage_positions WHERE consumer_group LIKE '%detect'").await
                     >= total
         },
     )
@@ -384,7 +384,11 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
         total
     );
     assert_eq!(
-        scalar(&pool, "SELECT sum(records)::bigint FROM stage_checkpoints").await,
+        scalar(
+            &pool,
+            "SELECT sum(records)::bigint FROM stage_positions WHERE consumer_group LIKE '%detect'"
+        )
+        .await,
         total
     );
     // Exactly the anomalies of one uninterrupted run: none missing, none duplicated, and

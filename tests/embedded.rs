@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 async fn temp_store(dir: &tempfile::TempDir) -> (Config, Arc<dyn Store>) {
     let mut cfg = Config::default();
     cfg.storage.url = format!("sqlite://{}", dir.path().join("seismo.db").display());
+    cfg.bus.dir = dir.path().join("bus").display().to_string();
     let store = pipeline::open_store(&cfg).await.unwrap();
     (cfg, store)
 }
@@ -98,16 +99,24 @@ async fn graceful_shutdown_stores_every_accepted_point() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cfg, store) = temp_store(&dir).await;
     // A small bus, so the pipeline is under backpressure while the requests arrive.
-    cfg.bus.capacity = 4;
-    let running = Embedded::start(&cfg, store.clone());
+    cfg.bus.max_backlog_bytes = 64 << 10;
+    cfg.http.publish_timeout_ms = 50;
+    cfg.stages.checkpoint_interval_ms = 200;
+    let running = Embedded::start(&cfg, store.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
     let stop = token.clone();
-    let server = tokio::spawn(pipeline::serve(
+    let server = tokio::spawn(seismo::http::serve(
         listener,
-        pipeline::router(&cfg, Some(&running), store.clone()),
+        seismo::http::router(
+            &cfg,
+            Some(&running),
+            Some(store.clone()),
+            running.health.clone(),
+        ),
         async move { stop.cancelled().await },
+        seismo::http::HttpLimits::from_config(&cfg),
     ));
 
     let client = reqwest::Client::new();

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
+use seismo_runtime::Health;
 use seismo_schemas::{Anomaly, DEFAULT_TENANT, Incident, IncidentEvent, IncidentStatus};
 use seismo_store::{AnomalyQuery, Cursor, IncidentQuery, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -68,17 +69,41 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
 }
 
-/// Liveness and Prometheus metrics, which every process serves, whatever its stage.
-pub fn ops_router() -> Router {
+impl ApiState {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        ApiState { store }
+    }
+}
+
+/// Liveness (`/healthz`: the process answers), readiness (`/readyz`: every stage of the
+/// process runs and none is stuck in one batch longer than `stuck_after`; 503 with the
+/// per-stage report otherwise) and Prometheus metrics. Every process serves them, whatever
+/// its stage, without authentication.
+pub fn ops_router(health: Health, stuck_after: std::time::Duration) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let (ready, report) = health.readiness(stuck_after);
+                    let code = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, Json(report))
+                }
+            }),
+        )
         .route("/metrics", get(metrics))
 }
 
-/// The API routes (with [`ops_router`]'s).
+/// The API routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/anomalies", get(list_anomalies))
@@ -86,10 +111,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
         .with_state(state)
-        .merge(ops_router())
 }
 
 async fn metrics() -> Response {
+    seismo_runtime::resident_bytes();
     let mut buf = String::new();
     let encoder = prometheus::TextEncoder::new();
     match encoder.encode_utf8(&prometheus::gather(), &mut buf) {

@@ -85,7 +85,10 @@ async fn seeded(store: Arc<dyn Store>) -> axum::Router {
         .write_incidents(&[write.clone(), write])
         .await
         .unwrap();
-    router(ApiState { store })
+    router(ApiState::new(store)).merge(seismo_api::ops_router(
+        Default::default(),
+        std::time::Duration::from_secs(60),
+    ))
 }
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {

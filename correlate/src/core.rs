@@ -52,13 +52,13 @@ impl Default for CorrelateConfig {
 }
 
 /// An input of the correlator.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Signal {
     Anomaly(Anomaly),
     Alert(Alert),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ServiceFacts {
     first: DateTime<Utc>,
     max_score: f64,
@@ -76,22 +76,27 @@ struct Noted<'a> {
     severity: Severity,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Open {
     scope_key: String,
     incident: Incident,
     services: BTreeMap<String, ServiceFacts>,
-    hosts: HashSet<String>,
+    hosts: BTreeSet<String>,
     last: DateTime<Utc>,
 }
 
-/// The correlate core.
-#[derive(Debug)]
+/// The correlate core. Its learned part (open incidents, waiting anomalies, alert
+/// membership, clocks) serialises for checkpoints; the configuration and the graph derived
+/// from it are not stored but given again on restore ([`Correlator::restored`]).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Correlator {
+    #[serde(skip)]
     cfg: CorrelateConfig,
     /// Undirected adjacency, for "related".
+    #[serde(skip)]
     adjacent: HashMap<String, HashSet<String>>,
     /// For each service, every service that calls it directly or indirectly.
+    #[serde(skip)]
     callers: HashMap<String, HashSet<String>>,
     open: Vec<Open>,
     pending: Vec<Anomaly>,
@@ -146,6 +151,23 @@ impl Correlator {
             anomaly_time: None,
             alert_time: None,
         }
+    }
+
+    /// A correlator with `cfg` that continues from a checkpointed one's learned state.
+    pub fn restored(cfg: CorrelateConfig, state: Correlator) -> Self {
+        Correlator {
+            open: state.open,
+            pending: state.pending,
+            alerts: state.alerts,
+            anomaly_time: state.anomaly_time,
+            alert_time: state.alert_time,
+            ..Correlator::new(cfg)
+        }
+    }
+
+    /// Signals held: anomalies waiting for company and incidents collecting.
+    pub fn held(&self) -> usize {
+        self.pending.len() + self.open.len()
     }
 
     /// The service and host a signal's labels name, if any.
@@ -386,7 +408,7 @@ impl Correlator {
                 alert_fingerprints: Vec::new(),
             },
             services: BTreeMap::new(),
-            hosts: HashSet::new(),
+            hosts: BTreeSet::new(),
             last: at,
         });
         self.open.len() - 1

@@ -1,11 +1,14 @@
 //! The correlate stage: groups anomalies and alerts into incidents and ranks root causes.
 //!
 //! [`Correlator`] is the pure core, driven by event time so that replaying a stream gives
-//! the same incidents; [`run`] is the bus runner (`seismo.anomalies` + `seismo.alerts` →
-//! incident tables + `seismo.incidents`).
+//! the same incidents; [`Merger`] puts its inputs in one event-time order; [`CorrelateStage`]
+//! runs both on the bus (`seismo.anomalies` + `seismo.alerts` → incident tables +
+//! `seismo.incidents`) through the generic stage runner.
 
 mod core;
-mod runner;
+mod merge;
+mod stage;
 
 pub use crate::core::{CorrelateConfig, Correlator, Signal};
-pub use runner::{CorrelateError, CorrelateStats, run};
+pub use merge::Merger;
+pub use stage::{CorrelateOut, CorrelateStage, CorrelateStats};

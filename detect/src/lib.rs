@@ -2,21 +2,22 @@
 //!
 //! [`SeriesModel`] scores one series observation by observation (the same code scores a
 //! CSV file); [`Detector`] buckets a partitioned point stream and keeps one model per
-//! series; [`run`] is the bus runner (`seismo.points` → anomalies table + `seismo.anomalies`).
+//! series; [`DetectStage`] runs it on the bus (`seismo.points` → anomalies table +
+//! `seismo.anomalies`) through the generic stage runner.
 
+mod detector;
 mod entity;
 mod iforest;
 mod model;
 mod prefetch;
-mod runner;
 mod seasonal;
+mod stage;
 mod stream;
 mod window;
 
+pub use detector::{DETECTOR_NAME, Detector, ENTITY_DETECTOR_NAME, MAX_MAGNITUDE};
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{DetectConfig, Scored, SeriesModel};
-pub use runner::{
-    Checkpointing, DETECTOR_NAME, DetectError, DetectStats, Detector, ENTITY_DETECTOR_NAME, run,
-};
 pub use seasonal::SeasonalView;
+pub use stage::{DetectOut, DetectStage, Source};
 pub use stream::{StreamConfig, StreamScore, StreamScorer, normal_tail};

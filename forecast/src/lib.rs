@@ -1,15 +1,18 @@
 //! The forecast stage: keeps a bucketed history per series and periodically forecasts it.
 //!
 //! [`forecast_values`] is the pure model; [`Forecaster`] buckets a point stream and decides
-//! when each series is due; [`run`] is the bus runner (`seismo.points` → forecasts table).
+//! when each series is due; [`ForecastStage`] runs it on the bus (`seismo.points` →
+//! forecasts table) through the generic stage runner, checkpointing each series' history.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use seismo_runtime::{Dirty, Entries, Stage, StageError};
 use seismo_schemas::{Forecast, MetricPoint, SeriesId};
 use seismo_store::Store;
-use seismo_transport::{Consumer, TransportError};
+use seismo_transport::Message;
 use serde::{Deserialize, Serialize};
 
 /// Forecast settings.
@@ -155,22 +158,25 @@ pub fn forecast_values(
     (steps, "naive")
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct History {
     values: VecDeque<f32>,
     open: i64,
     sum: f64,
     count: u32,
+    /// Time of the newest point folded in: anything not newer is a duplicate (a replay).
+    last_ts: i64,
 }
 
-/// The forecast core: bucketed history per series and the schedule.
+/// The forecast core: bucketed history per series and partition, and the schedule.
 #[derive(Debug)]
 pub struct Forecaster {
     cfg: ForecastConfig,
     bucket_ms: i64,
     season: usize,
     cap: usize,
-    series: HashMap<SeriesId, History>,
+    series: HashMap<u32, HashMap<SeriesId, History>>,
+    dirty: HashMap<u32, HashSet<SeriesId>>,
 }
 
 impl Forecaster {
@@ -183,41 +189,98 @@ impl Forecaster {
             season,
             cap: 2 * season + 1,
             series: HashMap::new(),
+            dirty: HashMap::new(),
         }
     }
 
-    /// Feeds one point; returns the forecast of its series when one falls due.
-    pub fn process(&mut self, p: &MetricPoint) -> Vec<Forecast> {
+    /// Encoded histories of `partition` changed since the last call.
+    pub fn take_dirty(&mut self, partition: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(ids) = self.dirty.remove(&partition) else {
+            return Vec::new();
+        };
+        let Some(series) = self.series.get(&partition) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<SeriesId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let h = series.get(&id)?;
+                Some((
+                    id.to_be_bytes().to_vec(),
+                    postcard::to_stdvec(h).expect("history encodes"),
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces `partition`'s histories with checkpoint entries.
+    pub fn restore(
+        &mut self,
+        partition: u32,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let mut series = HashMap::with_capacity(entries.len());
+        for (k, v) in entries {
+            let id: [u8; 8] = k
+                .try_into()
+                .map_err(|k| format!("bad checkpoint key {k:?}"))?;
+            let h: History = postcard::from_bytes(&v).map_err(|e| e.to_string())?;
+            series.insert(u64::from_be_bytes(id), h);
+        }
+        self.series.insert(partition, series);
+        self.dirty.remove(&partition);
+        Ok(())
+    }
+
+    /// Forgets a partition (it moved to another process).
+    pub fn drop_partition(&mut self, partition: u32) {
+        self.series.remove(&partition);
+        self.dirty.remove(&partition);
+    }
+
+    /// Feeds one point of `partition`; returns the forecast of its series when one falls due.
+    pub fn process(&mut self, partition: u32, p: &MetricPoint) -> Vec<Forecast> {
         let id = p.series_id();
         let b = p.ts.div_euclid(self.bucket_ms);
-        let h = self.series.entry(id).or_insert_with(|| History {
-            values: VecDeque::new(),
-            open: b,
-            sum: 0.0,
-            count: 0,
-        });
-        if b < h.open {
+        // The same saturation as the detectors': a value beyond it cannot poison means.
+        let value = p.value.clamp(-1e150, 1e150);
+        let h = self
+            .series
+            .entry(partition)
+            .or_default()
+            .entry(id)
+            .or_insert_with(|| History {
+                values: VecDeque::new(),
+                open: b,
+                sum: 0.0,
+                count: 0,
+                last_ts: i64::MIN,
+            });
+        if b < h.open || p.ts <= h.last_ts {
             return Vec::new();
         }
+        h.last_ts = p.ts;
+        self.dirty.entry(partition).or_default().insert(id);
         if b == h.open {
-            h.sum += p.value;
+            h.sum += value;
             h.count += 1;
             return Vec::new();
         }
-        // Close the open bucket, then pad any skipped buckets with NaN.
+        // Close the open bucket, then pad the skipped buckets with NaN: at most a full
+        // history's worth, so a gap of years costs no more memory than a day's.
         h.values.push_back(if h.count > 0 {
             (h.sum / f64::from(h.count)) as f32
         } else {
             f32::NAN
         });
-        for _ in h.open + 1..b {
-            h.values.push_back(f32::NAN);
-        }
+        let gap = (b - h.open - 1).clamp(0, self.cap as i64) as usize;
+        h.values.extend(std::iter::repeat_n(f32::NAN, gap));
         while h.values.len() > self.cap {
             h.values.pop_front();
         }
         h.open = b;
-        h.sum = p.value;
+        h.sum = value;
         h.count = 1;
         let every = (self.cfg.every_secs.max(self.cfg.bucket_secs) * 1000) as i64;
         if (b * self.bucket_ms).rem_euclid(every) != 0 || h.values.len() < 12 {
@@ -249,38 +312,60 @@ impl Forecaster {
     }
 }
 
-/// Errors that stop the forecast runner.
-#[derive(Debug, thiserror::Error)]
-pub enum ForecastError {
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error(transparent)]
-    Store(#[from] seismo_store::StoreError),
+/// The forecast stage.
+pub struct ForecastStage {
+    core: Forecaster,
+    store: Arc<dyn Store>,
+    /// Forecast rows produced by this process.
+    pub written: u64,
 }
 
-/// Runs forecast until its input ends, writing forecasts as they fall due.
-pub async fn run(
-    cfg: ForecastConfig,
-    mut input: Box<dyn Consumer>,
-    store: Arc<dyn Store>,
-    batch_records: usize,
-) -> Result<u64, ForecastError> {
-    let mut f = Forecaster::new(cfg);
-    let mut written = 0;
-    while let Some(batch) = input.next_batch(batch_records).await {
-        let batch = batch?;
-        let mut out = Vec::new();
-        for m in &batch {
-            for p in seismo_schemas::points_of_record(&m.payload).flatten() {
-                out.extend(f.process(&p));
-            }
+impl ForecastStage {
+    pub fn new(cfg: ForecastConfig, store: Arc<dyn Store>) -> Self {
+        ForecastStage {
+            core: Forecaster::new(cfg),
+            store,
+            written: 0,
         }
-        if !out.is_empty() {
-            written += store.insert_forecasts(&out).await?;
-        }
-        input.commit(&batch).await?;
     }
-    Ok(written)
+}
+
+#[async_trait]
+impl Stage for ForecastStage {
+    type Out = Vec<Forecast>;
+    const FORMAT: u32 = 1;
+
+    fn process(&mut self, m: &Message, out: &mut Vec<Forecast>) -> u64 {
+        let mut n = 0;
+        for p in seismo_schemas::points_of_record(&m.payload).flatten() {
+            let f = self.core.process(m.partition, &p);
+            self.written += f.len() as u64;
+            out.extend(f);
+            n += 1;
+        }
+        n
+    }
+
+    fn has_output(out: &Vec<Forecast>) -> bool {
+        !out.is_empty()
+    }
+
+    async fn write(&self, out: &Vec<Forecast>) -> Result<(), StageError> {
+        self.store.insert_forecasts(out).await?;
+        Ok(())
+    }
+
+    fn take_dirty(&mut self, partition: u32) -> Dirty {
+        (self.core.take_dirty(partition), Vec::new())
+    }
+
+    fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
+        self.core.restore(partition, entries)
+    }
+
+    fn drop_partition(&mut self, partition: u32) {
+        self.core.drop_partition(partition);
+    }
 }
 
 #[cfg(test)]
@@ -331,7 +416,7 @@ mod tests {
                 ts: 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000 + i * 60_000,
                 value: 1.0,
             };
-            let out = f.process(&p);
+            let out = f.process(0, &p);
             if !out.is_empty() {
                 assert_eq!(out.len(), 12);
                 due.push(out[0].generated_at);
@@ -339,5 +424,25 @@ mod tests {
         }
         // History needs 12 buckets (an hour) before the first forecast.
         assert_eq!(due.len(), 2, "{due:?}");
+    }
+
+    #[test]
+    fn a_century_gap_costs_no_more_than_a_full_history() {
+        let mut f = Forecaster::new(ForecastConfig::default());
+        let p = |ts: i64| MetricPoint {
+            tenant: "t".into(),
+            name: "m".into(),
+            labels: Default::default(),
+            ts,
+            value: 1.0,
+        };
+        f.process(0, &p(946_684_800_000));
+        f.process(0, &p(4_070_908_800_000));
+        let h = &f.series[&0].values().next().unwrap().values;
+        assert!(h.len() <= 2 * 144 + 1, "{}", h.len());
+        let entries = f.take_dirty(0);
+        let mut g = Forecaster::new(ForecastConfig::default());
+        g.restore(0, entries).unwrap();
+        assert_eq!(g.series[&0].len(), 1);
     }
 }

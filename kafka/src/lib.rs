@@ -178,6 +178,9 @@ impl KafkaProducer {
             if !r.key.is_empty() {
                 rec = rec.key(r.key.as_ref());
             }
+            if let Some(p) = r.partition {
+                rec = rec.partition(p as i32);
+            }
             // Enqueueing is local; when the local queue is full, wait for the broker to
             // drain it (backpressure) instead of growing memory.
             loop {
@@ -358,6 +361,7 @@ impl KafkaConsumer {
             key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
             payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
             headers,
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 }

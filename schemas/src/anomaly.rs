@@ -139,6 +139,42 @@ pub struct Anomaly {
 
 impl Anomaly {
     /// The deterministic id of an anomaly of `series` in the bucket starting at `ts_ms`.
+    /// Replaces every non-finite number (an overflowing mean, an infinite band) by the
+    /// nearest finite one (NaN by 0), so no stored row or API answer carries a number JSON
+    /// cannot hold. Returns whether anything had to change.
+    pub fn make_finite(&mut self) -> bool {
+        fn fix(v: &mut f64) -> bool {
+            if v.is_finite() {
+                return false;
+            }
+            *v = if v.is_nan() {
+                0.0
+            } else {
+                v.clamp(f64::MIN, f64::MAX)
+            };
+            true
+        }
+        let mut changed = false;
+        for v in [
+            &mut self.observed,
+            &mut self.expected,
+            &mut self.lower,
+            &mut self.upper,
+            &mut self.score,
+            &mut self.explanation.z_score,
+        ] {
+            changed |= fix(v);
+        }
+        for d in &mut self.explanation.detectors {
+            changed |= fix(&mut d.score);
+            changed |= fix(&mut d.weight);
+        }
+        for f in &mut self.explanation.features {
+            changed |= fix(&mut f.weight);
+        }
+        changed
+    }
+
     pub fn make_id(series: SeriesId, ts_ms: i64, detector: &str) -> String {
         let h = stable_hash(&[
             &series.to_le_bytes(),

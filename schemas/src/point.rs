@@ -327,10 +327,17 @@ pub mod hex_id {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+        // Binary encodings (checkpoints) keep the plain integer.
+        if !s.is_human_readable() {
+            return s.serialize_u64(*id);
+        }
         s.serialize_str(&format!("{id:016x}"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        if !d.is_human_readable() {
+            return u64::deserialize(d);
+        }
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Id {

@@ -16,3 +16,19 @@ pub const DLQ: &str = "seismo.dlq";
 
 /// Every topic, for creating them.
 pub const ALL: [&str; 6] = [METRICS, ALERTS, POINTS, ANOMALIES, INCIDENTS, DLQ];
+
+/// Headers Seismo's stages put on records of `seismo.anomalies`, so correlate can merge
+/// the anomalies of every detect partition in one deterministic, event-time order.
+pub mod headers {
+    /// The `seismo.points` partition whose detector produced the record.
+    pub const SOURCE_PARTITION: &str = "seismo-source-partition";
+    /// `OFFSET.INDEX`: the input record and the position within its outputs, unique and
+    /// increasing per source partition, so replays are recognised and dropped.
+    pub const SOURCE_SEQ: &str = "seismo-source-seq";
+    /// The event time (UTC ms) at which correlate takes the anomaly in: its own time, or
+    /// the source's last watermark if that is later (a late anomaly).
+    pub const MERGE_AT: &str = "seismo-merge-at";
+    /// On a control record with no payload: the source partition will send nothing with
+    /// a merge time before this (UTC ms).
+    pub const WATERMARK: &str = "seismo-watermark";
+}

@@ -169,12 +169,17 @@ async fn produce(
     let fleet = sim.fleet().clone();
     let mut rule = ErrorRateRule::default();
     let mut points = 0;
+    // A record per simulated minute, sent 30 at a time: each send waits for its records
+    // to be durable, and a real fleet's many producers send concurrently.
+    let mut pending = Vec::with_capacity(30);
     for tick in sim {
         points += tick.points.len() as u64;
-        let payload = encode_lines(&tick.points);
-        source
-            .send(topics::METRICS, vec![OutRecord::new(Vec::new(), payload)])
-            .await?;
+        pending.push(OutRecord::new(Vec::new(), encode_lines(&tick.points)));
+        if pending.len() == 30 {
+            source
+                .send(topics::METRICS, std::mem::take(&mut pending))
+                .await?;
+        }
         let ratio = tick
             .error_ratio
             .get(ErrorRateRule::SERVICE)
@@ -196,6 +201,7 @@ async fn produce(
         }
         progress.inc(1);
     }
+    source.send(topics::METRICS, pending).await?;
     Ok(points)
 }
 
@@ -206,9 +212,15 @@ pub async fn run(
     opts: &DemoOptions,
 ) -> anyhow::Result<(Summary, PipelineStats)> {
     let fleet = Fleet::demo(opts.days);
-    let cfg = demo_config(base, &fleet);
+    let mut cfg = demo_config(base, &fleet);
+    // The demo's bus is throwaway, like its database: every run starts from nothing.
+    let bus_dir = tempfile::Builder::new()
+        .prefix("seismo-demo-bus")
+        .tempdir()
+        .context("creating the demo's bus folder")?;
+    cfg.bus.dir = bus_dir.path().display().to_string();
     let started = Instant::now();
-    let pipeline = Embedded::start(&cfg, store.clone());
+    let pipeline = Embedded::start(&cfg, store.clone())?;
     let progress = if opts.progress {
         ProgressBar::new(fleet.minutes)
     } else {

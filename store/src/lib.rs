@@ -3,6 +3,7 @@
 //! Every write is idempotent, keyed by the deterministic ids of the canonical types, so a
 //! record delivered twice by the bus takes effect once.
 
+pub mod checkpoint;
 mod postgres;
 mod sqlite;
 pub mod testing;
@@ -16,6 +17,7 @@ use seismo_schemas::{
     TransitionError,
 };
 
+pub use checkpoint::{CheckpointStore, PartitionCheckpoint, Position, StoredPartition};
 pub use postgres::{Layout, PgStore, TimescaleMode};
 pub use sqlite::SqliteStore;
 
@@ -40,6 +42,25 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// Whether retrying later may succeed: a locked, busy, restarting or unreachable
+    /// database, as opposed to a request or data the database refuses outright.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Database(d) => matches!(d.kind(), sqlx::error::ErrorKind::Other),
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
 
 /// Position in a listing sorted by (time, id) descending; opaque to API clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,20 +202,9 @@ pub struct TableCounts {
     pub incidents: u64,
 }
 
-/// A stage's state for one input partition, and where in that partition it stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub partition: u32,
-    /// The first input offset the state has not seen: a new owner resumes here.
-    pub next_offset: i64,
-    /// Items (detect: points) folded into the state over the partition's whole life.
-    pub records: u64,
-    pub state: Vec<u8>,
-}
-
 /// The result tables.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: CheckpointStore + Send + Sync + 'static {
     /// Creates or upgrades the tables.
     async fn migrate(&self) -> Result<()>;
 
@@ -227,18 +237,6 @@ pub trait Store: Send + Sync + 'static {
 
     async fn counts(&self) -> Result<TableCounts>;
 
-    /// The checkpoint of one input partition of a consumer group, if any.
-    async fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<Checkpoint>>;
-    /// Saves checkpoints; a checkpoint never replaces one that is further ahead (a stale
-    /// owner of a partition after a rebalance cannot roll its successor back).
-    async fn save_checkpoints(&self, group: &str, topic: &str, cps: &[Checkpoint]) -> Result<()>;
-    /// Every checkpoint of a consumer group on a topic, by partition.
-    async fn checkpoints(&self, group: &str, topic: &str) -> Result<Vec<Checkpoint>>;
     /// Stored points of one series in [from, to), oldest first.
     async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>>;
 }

@@ -15,8 +15,8 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use crate::{
-    AnomalyQuery, Checkpoint, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store,
-    StoreError, TableCounts, corrupt, count_slots, page, status_changed_event,
+    AnomalyQuery, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store, StoreError,
+    TableCounts, corrupt, count_slots, page, status_changed_event,
 };
 
 /// PostgreSQL accepts at most 65535 bound parameters per statement.
@@ -238,15 +238,6 @@ fn event_from_row(r: &PgRow) -> Result<IncidentEvent> {
         message: r.try_get("message")?,
         from_status: status("from_status")?,
         to_status: status("to_status")?,
-    })
-}
-
-fn checkpoint_from_row(r: &PgRow) -> Result<Checkpoint> {
-    Ok(Checkpoint {
-        partition: r.try_get::<i32, _>("partition")? as u32,
-        next_offset: r.try_get("next_offset")?,
-        records: r.try_get::<i64, _>("records")? as u64,
-        state: r.try_get("state")?,
     })
 }
 
@@ -828,56 +819,6 @@ impl Store for PgStore {
             })
             .collect()
     }
-
-    async fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<Checkpoint>> {
-        let row = sqlx::query(
-            "SELECT partition, next_offset, records, state FROM stage_checkpoints \
-             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(partition as i32)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| checkpoint_from_row(&r)).transpose()
-    }
-
-    async fn save_checkpoints(&self, group: &str, topic: &str, cps: &[Checkpoint]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for c in cps {
-            sqlx::query(
-                "INSERT INTO stage_checkpoints (consumer_group, topic, partition, next_offset, records, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET \
-                 next_offset = excluded.next_offset, records = excluded.records, state = excluded.state, \
-                 updated_at = now() WHERE stage_checkpoints.next_offset <= excluded.next_offset",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(c.partition as i32)
-            .bind(c.next_offset)
-            .bind(c.records as i64)
-            .bind(&c.state)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn checkpoints(&self, group: &str, topic: &str) -> Result<Vec<Checkpoint>> {
-        let rows = sqlx::query(
-            "SELECT partition, next_offset, records, state FROM stage_checkpoints \
-             WHERE consumer_group = $1 AND topic = $2 ORDER BY partition",
-        )
-        .bind(group)
-        .bind(topic)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(checkpoint_from_row).collect()
-    }
 }
+
+crate::checkpoint::checkpoint_store!(PgStore, sqlx::Postgres);

@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
-    AnomalyQuery, Checkpoint, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store,
-    StoreError, TableCounts, corrupt, count_slots, page, status_changed_event,
+    AnomalyQuery, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store, StoreError,
+    TableCounts, corrupt, count_slots, page, status_changed_event,
 };
 
 /// SQLite accepts at most 32766 bound parameters per statement; stay well below.
@@ -604,66 +604,18 @@ impl Store for SqliteStore {
             .map(|r| Ok((r.try_get("time")?, r.try_get("value")?)))
             .collect()
     }
-
-    async fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<Checkpoint>> {
-        let row = sqlx::query(
-            "SELECT partition, next_offset, records, state FROM stage_checkpoints \
-             WHERE consumer_group = ? AND topic = ? AND partition = ?",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(i64::from(partition))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| checkpoint_from_row(&r)).transpose()
-    }
-
-    async fn save_checkpoints(&self, group: &str, topic: &str, cps: &[Checkpoint]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for c in cps {
-            sqlx::query(
-                "INSERT INTO stage_checkpoints (consumer_group, topic, partition, next_offset, records, state, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET \
-                 next_offset = excluded.next_offset, records = excluded.records, state = excluded.state, \
-                 updated_at = excluded.updated_at WHERE stage_checkpoints.next_offset <= excluded.next_offset",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(i64::from(c.partition))
-            .bind(c.next_offset)
-            .bind(c.records as i64)
-            .bind(&c.state)
-            .bind(Utc::now().timestamp_millis())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn checkpoints(&self, group: &str, topic: &str) -> Result<Vec<Checkpoint>> {
-        let rows = sqlx::query(
-            "SELECT partition, next_offset, records, state FROM stage_checkpoints \
-             WHERE consumer_group = ? AND topic = ? ORDER BY partition",
-        )
-        .bind(group)
-        .bind(topic)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(checkpoint_from_row).collect()
-    }
 }
 
-fn checkpoint_from_row(r: &SqliteRow) -> Result<Checkpoint> {
-    Ok(Checkpoint {
-        partition: r.try_get::<i64, _>("partition")? as u32,
-        next_offset: r.try_get("next_offset")?,
-        records: r.try_get::<i64, _>("records")? as u64,
-        state: r.try_get("state")?,
-    })
+crate::checkpoint::checkpoint_store!(SqliteStore, sqlx::Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn checkpoints_are_incremental_and_never_move_backwards() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::checkpoint_conformance(&store).await;
+    }
 }

@@ -4,7 +4,7 @@
 use chrono::{TimeZone, Utc};
 use seismo_schemas::{Labels, MetricPoint};
 use seismo_store::testing::{fresh_database, fresh_postgres};
-use seismo_store::{Checkpoint, Layout, PgStore, Store, TimescaleMode};
+use seismo_store::{Layout, PgStore, Store, TimescaleMode};
 
 fn point(host: &str, ts: i64, value: f64) -> MetricPoint {
     let labels: Labels = [("host".to_string(), host.to_string())].into();
@@ -118,32 +118,7 @@ async fn points_are_copied_once_into_daily_partitions() {
 }
 
 #[tokio::test]
-async fn checkpoints_never_move_backwards() {
+async fn checkpoints_are_incremental_and_never_move_backwards() {
     let store = fresh_postgres().await;
-    let cp = |offset: i64, state: &[u8]| Checkpoint {
-        partition: 3,
-        next_offset: offset,
-        records: offset as u64,
-        state: state.to_vec(),
-    };
-    assert_eq!(store.load_checkpoint("g", "t", 3).await.unwrap(), None);
-    store
-        .save_checkpoints("g", "t", &[cp(100, b"a")])
-        .await
-        .unwrap();
-    store
-        .save_checkpoints("g", "t", &[cp(200, b"b")])
-        .await
-        .unwrap();
-    // A stale owner's late save must not roll the partition back.
-    store
-        .save_checkpoints("g", "t", &[cp(150, b"stale")])
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load_checkpoint("g", "t", 3).await.unwrap(),
-        Some(cp(200, b"b"))
-    );
-    assert_eq!(store.load_checkpoint("other", "t", 3).await.unwrap(), None);
-    assert_eq!(store.checkpoints("g", "t").await.unwrap().len(), 1);
+    seismo_store::testing::checkpoint_conformance(&store).await;
 }

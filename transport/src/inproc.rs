@@ -177,7 +177,11 @@ impl InProcProducer {
             .ok_or_else(|| TransportError::UnknownTopic(topic.to_string()))
     }
 
-    fn partition(&self, key: &[u8]) -> u32 {
+    fn partition(&self, r: &OutRecord) -> u32 {
+        if let Some(p) = r.partition {
+            return p % self.inner.partitions;
+        }
+        let key = &r.key[..];
         if key.is_empty() {
             (self.inner.rr.fetch_add(1, Ordering::Relaxed) % u64::from(self.inner.partitions))
                 as u32
@@ -194,6 +198,7 @@ impl InProcProducer {
             key: r.key.clone(),
             payload: r.payload.clone(),
             headers: r.headers.clone(),
+            timestamp_ms: None,
         }
     }
 }
@@ -203,7 +208,7 @@ impl Producer for InProcProducer {
     async fn send(&self, topic: &str, records: Vec<OutRecord>) -> Result<(), TransportError> {
         let route = self.route(topic)?;
         for r in &records {
-            let p = self.partition(&r.key);
+            let p = self.partition(r);
             for senders in &route.groups {
                 // Reserve before numbering so offsets follow channel order.
                 let permit = senders[p as usize]
@@ -224,7 +229,7 @@ impl Producer for InProcProducer {
     ) -> Result<(), TransportError> {
         let route = self.route(topic)?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let parts: Vec<u32> = records.iter().map(|r| self.partition(&r.key)).collect();
+        let parts: Vec<u32> = records.iter().map(|r| self.partition(r)).collect();
         // Reserve a slot for every record in every group first; only when all are held do
         // we publish. Dropping the permits on timeout releases the slots, so a refused
         // request leaves nothing half-published.
@@ -277,6 +282,11 @@ impl Consumer for InProcConsumer {
     async fn commit(&mut self, _batch: &[Message]) -> Result<(), TransportError> {
         // Nothing to record: the in-process bus keeps no log to replay from.
         Ok(())
+    }
+
+    fn drained(&self) -> bool {
+        // The stream of this bus ends only when every producer is gone.
+        self.rx.is_closed() && self.rx.is_empty()
     }
 
     fn assignment(&self) -> Vec<u32> {

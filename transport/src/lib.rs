@@ -3,8 +3,11 @@
 //! Stages see only [`Producer`] and [`Consumer`], so the same runner code moves records
 //! through bounded in-process channels (embedded mode) or through Kafka (distributed mode).
 //! Records carry opaque bytes, a key that picks the partition, and headers, as on Kafka.
+//! [`DiskBus`] is the embedded mode's durable twin of Kafka: an append-only segment log on
+//! local disk whose appends are acknowledged only once fsync'd.
 
 mod inproc;
+mod log;
 
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use inproc::{InProcBus, InProcConsumer, InProcProducer};
+pub use log::{DiskBus, DiskBusConfig, DiskConsumer, DiskProducer};
 
 /// A record to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +25,9 @@ pub struct OutRecord {
     pub key: Bytes,
     pub payload: Bytes,
     pub headers: Vec<(String, Bytes)>,
+    /// An explicit partition, overriding the key (control records such as watermarks
+    /// that must reach every partition).
+    pub partition: Option<u32>,
 }
 
 impl OutRecord {
@@ -29,7 +36,14 @@ impl OutRecord {
             key: key.into(),
             payload: payload.into(),
             headers: Vec::new(),
+            partition: None,
         }
+    }
+
+    /// Sends this record to `partition` whatever its key.
+    pub fn to_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
     }
 
     pub fn header(mut self, name: &str, value: impl Into<Bytes>) -> Self {
@@ -47,6 +61,8 @@ pub struct Message {
     pub key: Bytes,
     pub payload: Bytes,
     pub headers: Vec<(String, Bytes)>,
+    /// When the bus took the record, in UTC ms (Kafka's record timestamp), if known.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Message {
@@ -69,6 +85,20 @@ pub enum TransportError {
     /// A broker or client failure.
     #[error("transport failure: {0}")]
     Other(String),
+    /// The local log could not be read or written.
+    #[error("bus I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TransportError {
+    /// Whether retrying the same operation later may succeed (a broker or disk that comes
+    /// back, a full bus that drains), as opposed to a wiring or shutdown condition.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Full | TransportError::Other(_) | TransportError::Io(_)
+        )
+    }
 }
 
 /// Publishes records to topics.
@@ -122,6 +152,18 @@ pub trait Consumer: Send {
     /// the partition, so the state could be stale if the partition comes back.
     fn take_revoked(&mut self) -> Vec<u32> {
         Vec::new()
+    }
+
+    /// Whether the stream ended because every producer is gone and everything was read
+    /// (the end of a finite input: a demo, a backfill), as opposed to a stop request. Only
+    /// then should a stage flush what it holds back for more input.
+    fn drained(&self) -> bool {
+        false
+    }
+
+    /// Records and bytes waiting for this member (consumer lag), when the bus knows them.
+    fn lag(&self) -> Option<(u64, u64)> {
+        None
     }
 }
 

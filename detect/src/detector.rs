@@ -1,25 +1,19 @@
-//! Bucketing of a partitioned point stream into per-series models, and the bus runner.
+//! The detect core: buckets a partitioned point stream into per-series models and host
+//! forests, assembles anomalies with their explanations, and keeps its state per partition
+//! so it can be checkpointed entry by entry.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
-use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use prometheus::{IntCounter, register_int_counter};
 use seismo_schemas::{
     Anomaly, AnomalyKind, DetectorPart, Explanation, MetricPoint, SeriesId, Severity,
-    correlation_key, topics,
 };
-use seismo_store::{Checkpoint, Store};
-use seismo_transport::{Consumer, Message, OutRecord, Producer, TransportError};
 
 use crate::entity::{EntityState, Finding};
 use crate::{DetectConfig, Scored, SeriesModel, StreamConfig, StreamScore, StreamScorer};
 
-static ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("seismo_detect_anomalies_total", "Anomalies raised").expect("metric")
-});
 static LATE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "seismo_detect_late_points_total",
@@ -27,25 +21,17 @@ static LATE: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric")
 });
-static BAD: LazyLock<IntCounter> = LazyLock::new(|| {
+static OUT_OF_ORDER: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
-        "seismo_detect_unparsable_total",
-        "Records on seismo.points that are not points"
+        "seismo_detect_out_of_order_points_total",
+        "Points not newer than their series' last point (a redelivered duplicate, or a producer out of order): stored, but not scored again"
     )
     .expect("metric")
 });
-
-static RESTORED: LazyLock<IntCounter> = LazyLock::new(|| {
+static SATURATED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
-        "seismo_detect_partitions_restored_total",
-        "Partitions whose learned state was restored from a checkpoint"
-    )
-    .expect("metric")
-});
-static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "seismo_detect_replayed_records_total",
-        "Redelivered records skipped because the restored state already contains them"
+        "seismo_detect_saturated_values_total",
+        "Values beyond the detectors' range (|v| > 1e150), scored as the range's edge"
     )
     .expect("metric")
 });
@@ -66,14 +52,51 @@ pub const DETECTOR_NAME: &str = "seasonal_residual";
 /// Name recorded on anomalies of a host's isolation forest.
 pub const ENTITY_DETECTOR_NAME: &str = "entity_forest";
 
+/// Largest magnitude the detectors work with. Squares of it (variances) stay finite and
+/// sums of many of them too; telemetry beyond it is saturated (and counted), never allowed
+/// to turn a model's statistics into infinities. Stored raw values are untouched.
+pub const MAX_MAGNITUDE: f64 = 1e150;
+
+/// A series that has sent nothing for this long (in its partition's event time) no
+/// longer holds the partition's watermark back.
+const WATERMARK_IDLE_MS: i64 = 3_600_000;
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeriesState {
     bucket: i64,
     sum: f64,
     count: u32,
+    /// Time of the newest point folded in: anything not newer is a duplicate (a replay).
+    last_ts: i64,
     model: SeriesModel,
     /// The same streaming ensemble that scores files, on this series' buckets.
     ensemble: StreamScorer,
+}
+
+/// Event-time progress of one partition.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct PartitionMeta {
+    /// Newest point time seen.
+    max_ts: i64,
+    /// The last watermark announced: no anomaly will be merged before it.
+    published_wm: i64,
+}
+
+impl Default for PartitionMeta {
+    fn default() -> Self {
+        PartitionMeta {
+            max_ts: i64::MIN,
+            published_wm: i64::MIN,
+        }
+    }
+}
+
+/// What changed in a partition since its last checkpoint.
+#[derive(Debug, Default)]
+struct Dirty {
+    series: HashSet<SeriesId>,
+    entities: HashSet<String>,
+    meta: bool,
 }
 
 /// The detect core: per partition, per series, bucket and score. Pure and deterministic.
@@ -85,21 +108,17 @@ pub struct Detector {
     partitions: HashMap<u32, HashMap<SeriesId, SeriesState>>,
     /// Per partition, the hosts' isolation forests.
     entities: HashMap<u32, HashMap<String, EntityState>>,
+    meta: HashMap<u32, PartitionMeta>,
+    dirty: HashMap<u32, Dirty>,
 }
 
-/// The same checkpoint, borrowed, for writing.
-#[derive(serde::Serialize)]
-struct PartitionStateRef<'a> {
-    series: Vec<(&'a SeriesId, &'a SeriesState)>,
-    entities: Vec<(&'a String, &'a EntityState)>,
-}
+/// Keys of a partition's checkpoint entries.
+const KEY_SERIES: u8 = b's';
+const KEY_ENTITY: u8 = b'e';
+const KEY_META: u8 = b'm';
 
-/// A partition's checkpoint.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PartitionState {
-    series: Vec<(SeriesId, SeriesState)>,
-    #[serde(default)]
-    entities: Vec<(String, EntityState)>,
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("detector state encodes")
 }
 
 impl Detector {
@@ -111,50 +130,127 @@ impl Detector {
             bucket_ms,
             partitions: HashMap::new(),
             entities: HashMap::new(),
+            meta: HashMap::new(),
+            dirty: HashMap::new(),
         }
     }
 
-    /// The learned state of one partition's series, for a checkpoint.
-    pub fn export_partition(&self, partition: u32) -> Vec<u8> {
-        // Serialised by reference: a checkpoint must not copy the partition's state first.
-        let mut series: Vec<(&SeriesId, &SeriesState)> = self
-            .partitions
-            .get(&partition)
-            .map(|m| m.iter().collect())
-            .unwrap_or_default();
-        let mut entities: Vec<(&String, &EntityState)> = self
-            .entities
-            .get(&partition)
-            .map(|m| m.iter().collect())
-            .unwrap_or_default();
-        // Sorted, so equal states give equal bytes.
-        series.sort_by_key(|(id, _)| **id);
-        entities.sort_by(|a, b| a.0.cmp(b.0));
-        let state = PartitionStateRef { series, entities };
-        serde_json::to_vec(&state).expect("detector state serialises")
+    /// Encoded state entries of `partition` changed since the last call (series, host
+    /// forests, event-time progress), for an incremental checkpoint.
+    pub fn take_dirty(&mut self, partition: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(d) = self.dirty.remove(&partition) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(d.series.len() + d.entities.len() + 1);
+        if let Some(series) = self.partitions.get(&partition) {
+            let mut ids: Vec<SeriesId> = d.series.into_iter().collect();
+            ids.sort_unstable();
+            for id in ids {
+                if let Some(st) = series.get(&id) {
+                    let mut key = vec![KEY_SERIES];
+                    key.extend_from_slice(&id.to_be_bytes());
+                    out.push((key, encode(st)));
+                }
+            }
+        }
+        if let Some(entities) = self.entities.get(&partition) {
+            let mut keys: Vec<String> = d.entities.into_iter().collect();
+            keys.sort_unstable();
+            for k in keys {
+                if let Some(e) = entities.get(&k) {
+                    let mut key = vec![KEY_ENTITY];
+                    key.extend_from_slice(k.as_bytes());
+                    out.push((key, encode(e)));
+                }
+            }
+        }
+        if d.meta
+            && let Some(m) = self.meta.get(&partition)
+        {
+            out.push((vec![KEY_META], encode(m)));
+        }
+        out
     }
 
-    /// Replaces one partition's state with a checkpoint's.
-    pub fn import_partition(&mut self, partition: u32, state: &[u8]) -> Result<(), String> {
-        // Checkpoints written before entities existed are a bare list of series.
-        let state: PartitionState = match serde_json::from_slice(state) {
-            Ok(s) => s,
-            Err(e) => PartitionState {
-                series: serde_json::from_slice(state).map_err(|_| e.to_string())?,
-                entities: Vec::new(),
-            },
-        };
-        self.partitions
-            .insert(partition, state.series.into_iter().collect());
-        self.entities
-            .insert(partition, state.entities.into_iter().collect());
+    /// Replaces one partition's state with checkpoint entries.
+    pub fn restore(
+        &mut self,
+        partition: u32,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let mut series = HashMap::new();
+        let mut entities = HashMap::new();
+        let mut meta = PartitionMeta::default();
+        for (key, value) in entries {
+            let bad = |e: postcard::Error| format!("checkpoint entry {key:?}: {e}");
+            match key.split_first() {
+                Some((&KEY_SERIES, id)) if id.len() == 8 => {
+                    let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
+                    series.insert(
+                        id,
+                        postcard::from_bytes::<SeriesState>(&value).map_err(bad)?,
+                    );
+                }
+                Some((&KEY_ENTITY, host)) => {
+                    let host = String::from_utf8(host.to_vec()).map_err(|e| e.to_string())?;
+                    // The forest itself is not stored: it regrows from the stored rows.
+                    entities.insert(
+                        host,
+                        postcard::from_bytes::<EntityState>(&value).map_err(bad)?,
+                    );
+                }
+                Some((&KEY_META, [])) => meta = postcard::from_bytes(&value).map_err(bad)?,
+                _ => return Err(format!("unknown checkpoint key {key:?}")),
+            }
+        }
+        self.partitions.insert(partition, series);
+        self.entities.insert(partition, entities);
+        self.meta.insert(partition, meta);
+        self.dirty.remove(&partition);
         Ok(())
+    }
+
+    /// Whether this detector holds state of `partition`.
+    pub fn has_partition(&self, partition: u32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// The newest watermark of `partition` not yet announced, if it moved: the start of
+    /// the oldest open bucket among the partition's active series (those that sent a point
+    /// within the last hour of its event time). No anomaly of the partition will be older,
+    /// except one of a series that comes back after being idle, whose merge time is then
+    /// the watermark (see [`Detector::published_watermark`]).
+    pub fn advance_watermark(&mut self, partition: u32) -> Option<i64> {
+        let meta = self.meta.get_mut(&partition)?;
+        let series = self.partitions.get(&partition)?;
+        let horizon = meta.max_ts.saturating_sub(WATERMARK_IDLE_MS);
+        let wm = series
+            .values()
+            .filter(|s| s.last_ts >= horizon)
+            .map(|s| s.bucket * self.bucket_ms)
+            .min()?;
+        if wm <= meta.published_wm {
+            return None;
+        }
+        meta.published_wm = wm;
+        self.dirty.entry(partition).or_default().meta = true;
+        Some(wm)
+    }
+
+    /// The last watermark announced for `partition`.
+    pub fn published_watermark(&self, partition: u32) -> Option<i64> {
+        self.meta
+            .get(&partition)
+            .map(|m| m.published_wm)
+            .filter(|w| *w > i64::MIN)
     }
 
     /// Forgets one partition (it moved to another process).
     pub fn drop_partition(&mut self, partition: u32) {
         self.partitions.remove(&partition);
         self.entities.remove(&partition);
+        self.meta.remove(&partition);
+        self.dirty.remove(&partition);
     }
 
     /// Number of series with state.
@@ -165,24 +261,54 @@ impl Detector {
     /// Feeds one point. A point that opens a new bucket closes its series' previous bucket,
     /// which is scored; an anomaly is returned when that bucket is one.
     pub fn process(&mut self, partition: u32, p: &MetricPoint) -> Vec<Anomaly> {
+        let mut out = self.process_inner(partition, p);
+        for a in &mut out {
+            if a.make_finite() {
+                tracing::warn!(
+                    series = format!("{:016x}", a.series_id),
+                    "an anomaly held non-finite numbers; clamped"
+                );
+            }
+        }
+        out
+    }
+
+    fn process_inner(&mut self, partition: u32, p: &MetricPoint) -> Vec<Anomaly> {
         let id = p.series_id();
         let bucket = p.ts.div_euclid(self.bucket_ms);
+        let value = if p.value.abs() > MAX_MAGNITUDE {
+            SATURATED.inc();
+            p.value.clamp(-MAX_MAGNITUDE, MAX_MAGNITUDE)
+        } else {
+            p.value
+        };
+        let meta = self.meta.entry(partition).or_default();
+        meta.max_ts = meta.max_ts.max(p.ts);
+        let dirty = self.dirty.entry(partition).or_default();
+        dirty.meta = true;
+        dirty.series.insert(id);
         let series = self.partitions.entry(partition).or_default();
         let Some(st) = series.get_mut(&id) else {
             series.insert(
                 id,
                 SeriesState {
                     bucket,
-                    sum: p.value,
+                    sum: value,
                     count: 1,
+                    last_ts: p.ts,
                     model: SeriesModel::new(&self.cfg),
                     ensemble: StreamScorer::staggered(&self.stream_cfg, id),
                 },
             );
             return Vec::new();
         };
+        if p.ts <= st.last_ts {
+            OUT_OF_ORDER.inc();
+            return Vec::new();
+        }
+        st.last_ts = p.ts;
         if bucket == st.bucket {
-            st.sum += p.value;
+            st.sum += value;
             st.count += 1;
             return Vec::new();
         }
@@ -196,11 +322,12 @@ impl Detector {
         let scored = st.model.update(&self.cfg, closed_ts, mean);
         let ens = st.ensemble.update(&self.stream_cfg, closed_ts, mean);
         st.bucket = bucket;
-        st.sum = p.value;
+        st.sum = value;
         st.count = 1;
         let mut out = Vec::new();
         // The host's forest sees this bucket beside its other metrics' buckets.
         if let Some(key) = p.entity() {
+            dirty.entities.insert(key.clone());
             let entities = self.entities.entry(partition).or_default();
             let e = entities
                 .entry(key.clone())
@@ -395,259 +522,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Errors that stop the detect runner.
-#[derive(Debug, thiserror::Error)]
-pub enum DetectError {
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error(transparent)]
-    Store(#[from] seismo_store::StoreError),
-}
-
-/// Counts of what a runner did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DetectStats {
-    pub points: u64,
-    pub anomalies: u64,
-    /// Partitions whose state came from a checkpoint.
-    pub restored_partitions: u64,
-    /// Redelivered records that the restored state already contained.
-    pub replayed_skipped: u64,
-}
-
-/// Where and how often detect checkpoints its per-partition state (distributed mode).
-#[derive(Debug, Clone)]
-pub struct Checkpointing {
-    /// The consumer group whose partitions the checkpoints belong to.
-    pub group: String,
-    pub interval: Duration,
-}
-
-/// Position of one input partition.
-#[derive(Debug, Default)]
-struct PartitionPos {
-    /// First offset the state has not seen; records below it are replays.
-    next_offset: i64,
-    /// Points folded into the state over the partition's life.
-    records: u64,
-    /// The last record folded in since the previous checkpoint, to commit its offset.
-    last: Option<Message>,
-    /// Set after seeking back to `next_offset`: records beyond it, fetched before the
-    /// seek took effect, are dropped until the partition restarts at `next_offset`.
-    rewinding: bool,
-    /// Seeks made for this partition; bounded, in case the records are gone (retention).
-    seeks: u32,
-}
-
-/// Seeks per partition before a gap is accepted (records deleted by retention).
-const MAX_SEEKS: u32 = 3;
-
-/// Runs detect until its input ends: score every point of `seismo.points`, store the
-/// anomalies, publish them keyed by correlation scope, then commit.
-///
-/// With `checkpointing`, the learned state of each input partition is saved with the
-/// offset it has reached, and input offsets are committed only up to saved checkpoints.
-/// A process that takes over a partition (restart, rebalance) restores the state and
-/// skips redelivered records the state already contains, so baselines survive and no
-/// point is learned twice. Anomalies are deterministic, so a replay rewrites the same ids.
-pub async fn run(
-    cfg: DetectConfig,
-    scope_label: Option<String>,
-    mut input: Box<dyn Consumer>,
-    output: Arc<dyn Producer>,
-    store: Arc<dyn Store>,
-    batch_records: usize,
-    checkpointing: Option<Checkpointing>,
-) -> Result<DetectStats, DetectError> {
-    let mut det = Detector::new(cfg);
-    let mut stats = DetectStats::default();
-    let mut pos: HashMap<u32, PartitionPos> = HashMap::new();
-    let mut last_checkpoint = Instant::now();
-    while let Some(batch) = input.next_batch(batch_records).await {
-        let batch = batch?;
-        let mut anomalies = Vec::new();
-        for m in &batch {
-            if let Some(ck) = &checkpointing {
-                let p = match pos.entry(m.partition) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let restored = restore(&mut det, &*store, ck, m).await?;
-                        stats.restored_partitions += u64::from(restored.records > 0);
-                        e.insert(restored)
-                    }
-                };
-                if p.rewinding {
-                    if m.offset > p.next_offset {
-                        continue;
-                    }
-                    p.rewinding = false;
-                }
-                if m.offset < p.next_offset {
-                    stats.replayed_skipped += 1;
-                    REPLAYED.inc();
-                    continue;
-                }
-                if m.offset > p.next_offset {
-                    // The state stops before this record (a checkpoint restored while the
-                    // fetch position was ahead of it): fetch the missing records again
-                    // rather than learn with a hole.
-                    if p.seeks < MAX_SEEKS {
-                        p.seeks += 1;
-                        p.rewinding = true;
-                        tracing::info!(
-                            partition = m.partition,
-                            from = p.next_offset,
-                            at = m.offset,
-                            "rewinding to the checkpoint"
-                        );
-                        input.seek(&m.topic, m.partition, p.next_offset)?;
-                        continue;
-                    }
-                    tracing::warn!(
-                        partition = m.partition,
-                        from = p.next_offset,
-                        at = m.offset,
-                        "records missing from the partition (retention?); continuing after the gap"
-                    );
-                }
-                p.next_offset = m.offset + 1;
-                p.last = Some(m.clone());
-            }
-            let mut folded = 0;
-            for point in seismo_schemas::points_of_record(&m.payload) {
-                match point {
-                    Ok(p) => {
-                        folded += 1;
-                        anomalies.extend(det.process(m.partition, &p));
-                    }
-                    Err(e) => {
-                        BAD.inc();
-                        tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping a line that is not a point");
-                    }
-                }
-            }
-            stats.points += folded;
-            if let Some(p) = pos.get_mut(&m.partition) {
-                p.records += folded;
-            }
-        }
-        if !anomalies.is_empty() {
-            stats.anomalies += anomalies.len() as u64;
-            ANOMALIES.inc_by(anomalies.len() as u64);
-            store.insert_anomalies(&anomalies).await?;
-            let records = anomalies
-                .iter()
-                .map(|a| {
-                    OutRecord::new(
-                        Bytes::from(correlation_key(
-                            &a.tenant,
-                            &a.labels,
-                            scope_label.as_deref(),
-                        )),
-                        Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
-                    )
-                })
-                .collect();
-            output.send(topics::ANOMALIES, records).await?;
-        }
-        // Revocations apply after the batch: its records were fetched while the
-        // partitions were ours and continue our state; state kept past a revocation
-        // could be stale when the partition comes back.
-        for p in input.take_revoked() {
-            det.drop_partition(p);
-            pos.remove(&p);
-        }
-        match &checkpointing {
-            None => input.commit(&batch).await?,
-            Some(ck) if last_checkpoint.elapsed() >= ck.interval => {
-                checkpoint(&det, &mut pos, &*store, ck, &mut *input, &*output).await?;
-                last_checkpoint = Instant::now();
-            }
-            Some(_) => {}
-        }
-    }
-    if let Some(ck) = &checkpointing {
-        checkpoint(&det, &mut pos, &*store, ck, &mut *input, &*output).await?;
-    }
-    output.flush().await?;
-    Ok(stats)
-}
-
-/// Loads the checkpoint of `m`'s partition into the detector, if there is one.
-async fn restore(
-    det: &mut Detector,
-    store: &dyn Store,
-    ck: &Checkpointing,
-    m: &Message,
-) -> Result<PartitionPos, DetectError> {
-    let Some(cp) = store
-        .load_checkpoint(&ck.group, &m.topic, m.partition)
-        .await?
-    else {
-        return Ok(PartitionPos::default());
-    };
-    if let Err(e) = det.import_partition(m.partition, &cp.state) {
-        // Unreadable state (say, from an incompatible version): learn afresh rather than
-        // stop the partition; skipping stays right because it depends only on offsets.
-        tracing::error!(partition = m.partition, error = %e, "checkpoint unreadable; starting this partition afresh");
-    } else {
-        RESTORED.inc();
-        tracing::info!(
-            partition = m.partition,
-            next_offset = cp.next_offset,
-            series = det.partitions.get(&m.partition).map_or(0, HashMap::len),
-            "restored detector state"
-        );
-    }
-    Ok(PartitionPos {
-        next_offset: cp.next_offset,
-        records: cp.records,
-        ..PartitionPos::default()
-    })
-}
-
-/// Saves the state of every partition that moved since the last checkpoint, then commits
-/// the input up to it. Anomalies are already durable (stored and acknowledged).
-async fn checkpoint(
-    det: &Detector,
-    pos: &mut HashMap<u32, PartitionPos>,
-    store: &dyn Store,
-    ck: &Checkpointing,
-    input: &mut dyn Consumer,
-    output: &dyn Producer,
-) -> Result<(), DetectError> {
-    let moved: Vec<u32> = pos
-        .iter()
-        .filter(|(_, p)| p.last.is_some())
-        .map(|(k, _)| *k)
-        .collect();
-    if moved.is_empty() {
-        return Ok(());
-    }
-    output.flush().await?;
-    let mut by_topic: HashMap<String, Vec<Checkpoint>> = HashMap::new();
-    let mut lasts = Vec::new();
-    for partition in moved {
-        let p = pos.get_mut(&partition).expect("listed above");
-        let last = p.last.take().expect("filtered on");
-        by_topic
-            .entry(last.topic.clone())
-            .or_default()
-            .push(Checkpoint {
-                partition,
-                next_offset: p.next_offset,
-                records: p.records,
-                state: det.export_partition(partition),
-            });
-        lasts.push(last);
-    }
-    for (topic, cps) in &by_topic {
-        store.save_checkpoints(&ck.group, topic, cps).await?;
-    }
-    input.commit(&lasts).await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,7 +549,7 @@ mod tests {
         let mut checkpoint = None;
         for b in 0..1000i64 {
             if b == 500 {
-                checkpoint = Some(det.export_partition(0));
+                checkpoint = Some(det.take_dirty(0));
             }
             for name in names {
                 let v = 50.0 + 5.0 * (noise() + if (900..910).contains(&b) { 3.0 } else { 0.0 });
@@ -707,7 +581,7 @@ mod tests {
         // A checkpoint restores the host's forest: a process that resumes from it raises
         // the same anomaly.
         let mut other = Detector::new(DetectConfig::default());
-        other.import_partition(0, &checkpoint.unwrap()).unwrap();
+        other.restore(0, checkpoint.unwrap()).unwrap();
         let mut again = Vec::new();
         let mut rng = crate::Rng::new(3);
         let mut noise = move || (0..6).map(|_| rng.f64()).sum::<f64>() * 1.414 - 4.243;
@@ -724,16 +598,54 @@ mod tests {
     }
 
     #[test]
-    fn checkpoints_from_before_entities_still_restore() {
-        let mut det = Detector::new(DetectConfig::default());
-        for b in 0..10 {
-            det.process(0, &point("cpu", "h1", b * 60_000, 1.0));
+    fn duplicates_are_not_learned_twice_and_huge_values_stay_finite() {
+        let mut once = Detector::new(DetectConfig::default());
+        let mut twice = Detector::new(DetectConfig::default());
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for i in 0..600i64 {
+            let v = if i == 500 {
+                f64::MAX
+            } else {
+                10.0 + (i % 7) as f64
+            };
+            let p = point("cpu", "h1", i * 30_000, v);
+            a.extend(once.process(0, &p));
+            b.extend(twice.process(0, &p));
+            // A redelivered point changes nothing.
+            b.extend(twice.process(0, &p));
         }
-        let new = det.export_partition(0);
-        let state: PartitionState = serde_json::from_slice(&new).unwrap();
-        let old = serde_json::to_vec(&state.series).unwrap();
+        let ids = |v: &[Anomaly]| v.iter().map(|x| x.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b));
+        assert!(!a.is_empty(), "the saturated value is an anomaly");
+        for x in &a {
+            let json = serde_json::to_string(x).unwrap();
+            let back: Anomaly = serde_json::from_str(&json).unwrap();
+            assert!(
+                back.observed.is_finite() && back.upper.is_finite(),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_watermark_follows_the_slowest_active_series() {
+        let mut det = Detector::new(DetectConfig::default());
+        for i in 0..10i64 {
+            det.process(0, &point("a", "h1", i * 60_000, 1.0));
+        }
+        det.process(0, &point("b", "h2", 3 * 60_000, 1.0));
+        assert_eq!(det.advance_watermark(0), Some(3 * 60_000));
+        assert_eq!(det.advance_watermark(0), None, "announced once");
+        // b goes quiet: after an hour of event time it no longer holds the partition back.
+        for i in 10..70i64 {
+            det.process(0, &point("a", "h1", i * 60_000, 1.0));
+        }
+        assert_eq!(det.advance_watermark(0), Some(69 * 60_000));
+        let entries = det.take_dirty(0);
         let mut other = Detector::new(DetectConfig::default());
-        other.import_partition(0, &old).unwrap();
-        assert_eq!(other.series(), 1);
+        other.restore(0, entries).unwrap();
+        assert_eq!(other.published_watermark(0), Some(69 * 60_000));
+        assert!(det.take_dirty(0).is_empty(), "nothing changed since");
     }
 }

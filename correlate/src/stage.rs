@@ -1,0 +1,342 @@
+//! The correlate stage: per partition of `seismo.anomalies` (and of `seismo.alerts`, keyed
+//! the same way), an event-time [`Merger`] in front of a [`Correlator`], behind the generic
+//! runner; incident changes go to the store and to `seismo.incidents`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus::{IntCounter, register_int_counter};
+use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
+use seismo_schemas::topics::{self, headers};
+use seismo_schemas::{Alert, AlertStatus, AlertmanagerWebhook, Anomaly, IncidentEventKind};
+use seismo_store::{IncidentWrite, Store};
+use seismo_transport::{Message, OutRecord, Producer};
+use serde::{Deserialize, Serialize};
+
+use crate::merge::Merger;
+use crate::{CorrelateConfig, Correlator, Signal};
+
+static INCIDENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_correlate_incidents_created_total",
+        "Incidents opened"
+    )
+    .expect("metric")
+});
+static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_correlate_replayed_anomalies_total",
+        "Anomalies a restarted detect process sent again, dropped by sequence number"
+    )
+    .expect("metric")
+});
+
+/// Counts of what a correlate process did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CorrelateStats {
+    pub anomalies: u64,
+    pub alerts: u64,
+    pub incidents_created: u64,
+    /// Input records that were not alerts or anomalies (sent to the DLQ).
+    pub refused: u64,
+}
+
+/// Alerts arrive either canonical (from Seismo's HTTP ingest) or as raw Alertmanager
+/// webhook payloads written straight to the topic; anything else is refused with a reason.
+fn parse_alerts(m: &Message) -> Result<Vec<Alert>, String> {
+    if let Ok(a) = serde_json::from_slice::<Alert>(&m.payload) {
+        seismo_schemas::validate_tenant(&a.tenant).map_err(|e| e.to_string())?;
+        return Ok(vec![a]);
+    }
+    let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
+    serde_json::from_slice::<AlertmanagerWebhook>(&m.payload)
+        .map_err(|e| format!("neither an alert nor an Alertmanager v4 payload: {e}"))
+        .and_then(|h| h.into_alerts(tenant))
+}
+
+/// The DLQ record of a refused input record: its raw bytes, and where it came from.
+fn dead_letter(m: &Message, reason: String) -> OutRecord {
+    OutRecord::new(m.key.clone(), m.payload.clone())
+        .header("source_topic", m.topic.clone())
+        .header("source_partition", m.partition.to_string())
+        .header("source_offset", m.offset.to_string())
+        .header("reason", reason)
+}
+
+fn created(writes: &[IncidentWrite]) -> u64 {
+    writes
+        .iter()
+        .filter(|w| {
+            w.events
+                .iter()
+                .any(|e| e.kind == IncidentEventKind::Created)
+        })
+        .count() as u64
+}
+
+fn header_num<T: std::str::FromStr>(m: &Message, name: &str) -> Option<T> {
+    std::str::from_utf8(m.header(name)?).ok()?.parse().ok()
+}
+
+/// The state of one partition.
+#[derive(Serialize, Deserialize)]
+struct Part {
+    merge: Merger,
+    core: Correlator,
+}
+
+/// What a batch produced.
+#[derive(Debug, Default)]
+pub struct CorrelateOut {
+    pub writes: Vec<IncidentWrite>,
+    pub alerts: Vec<Alert>,
+    pub dlq: Vec<OutRecord>,
+}
+
+/// How often open incidents are checked for closure through the API.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+/// Most signals one partition's merge buffer holds before releasing the oldest.
+const MAX_HELD: usize = 100_000;
+
+/// The correlate stage.
+pub struct CorrelateStage {
+    cfg: CorrelateConfig,
+    parts: BTreeMap<u32, Part>,
+    dirty: BTreeSet<u32>,
+    /// Partitions of `seismo.points`: the sources whose watermarks the merge waits for.
+    sources: u32,
+    /// With no input for this long, everything held is released.
+    idle_release: Duration,
+    store: Arc<dyn Store>,
+    output: Arc<dyn Producer>,
+    refreshed: Instant,
+    pub stats: CorrelateStats,
+}
+
+impl CorrelateStage {
+    pub fn new(
+        cfg: CorrelateConfig,
+        sources: u32,
+        idle_release: Duration,
+        store: Arc<dyn Store>,
+        output: Arc<dyn Producer>,
+    ) -> Self {
+        CorrelateStage {
+            cfg,
+            parts: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            sources,
+            idle_release,
+            store,
+            output,
+            refreshed: Instant::now(),
+            stats: CorrelateStats::default(),
+        }
+    }
+
+    fn part(&mut self, p: u32) -> &mut Part {
+        self.dirty.insert(p);
+        let (cfg, sources) = (&self.cfg, self.sources);
+        self.parts.entry(p).or_insert_with(|| Part {
+            merge: Merger::new(sources),
+            core: Correlator::new(cfg.clone()),
+        })
+    }
+
+    fn feed(part: &mut Part, signals: Vec<Signal>, out: &mut CorrelateOut) {
+        for s in signals {
+            out.writes.extend(part.core.process(s));
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for CorrelateStage {
+    type Out = CorrelateOut;
+    const FORMAT: u32 = 1;
+
+    fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
+        if m.topic == topics::ALERTS {
+            match parse_alerts(m) {
+                Ok(alerts) => {
+                    let n = alerts.len() as u64;
+                    self.stats.alerts += n;
+                    let part = self.part(m.partition);
+                    for a in alerts {
+                        let at = if a.status == AlertStatus::Resolved {
+                            a.ends_at.unwrap_or(a.starts_at)
+                        } else {
+                            a.starts_at
+                        };
+                        out.alerts.push(a.clone());
+                        part.merge.alert(a, at.timestamp_millis());
+                    }
+                    n
+                }
+                Err(reason) => {
+                    tracing::warn!(offset = m.offset, %reason, "alert record refused; sent to the DLQ");
+                    self.stats.refused += 1;
+                    out.dlq.push(dead_letter(m, reason));
+                    0
+                }
+            }
+        } else {
+            let source: Option<u32> = header_num(m, headers::SOURCE_PARTITION);
+            if let (Some(src), Some(wm)) = (source, header_num::<i64>(m, headers::WATERMARK)) {
+                self.part(m.partition).merge.watermark(src, wm);
+                return 0;
+            }
+            match serde_json::from_slice::<Anomaly>(&m.payload) {
+                Ok(a) => {
+                    let seq = m.header(headers::SOURCE_SEQ).and_then(|v| {
+                        let (o, i) = std::str::from_utf8(v).ok()?.split_once('.')?;
+                        Some((o.parse().ok()?, i.parse().ok()?))
+                    });
+                    let at = header_num(m, headers::MERGE_AT).unwrap_or(a.ts.timestamp_millis());
+                    let from = source.zip(seq);
+                    if self.part(m.partition).merge.anomaly(from, at, a) {
+                        self.stats.anomalies += 1;
+                    } else {
+                        REPLAYED.inc();
+                    }
+                    1
+                }
+                Err(e) => {
+                    tracing::warn!(offset = m.offset, error = %e, "record is not an anomaly; sent to the DLQ");
+                    self.stats.refused += 1;
+                    out.dlq.push(dead_letter(m, format!("not an anomaly: {e}")));
+                    0
+                }
+            }
+        }
+    }
+
+    async fn tick(&mut self, out: &mut CorrelateOut, tick: &Tick) {
+        let idle = tick.idle_for >= self.idle_release;
+        for (p, part) in self.parts.iter_mut() {
+            let mut released = part.merge.release();
+            released.extend(part.merge.release_excess(MAX_HELD));
+            if idle && part.merge.held() > 0 {
+                tracing::info!(
+                    partition = p,
+                    held = part.merge.held(),
+                    "no input for a while: releasing what waits for watermarks"
+                );
+                released.extend(part.merge.release_all());
+            }
+            if !released.is_empty() {
+                self.dirty.insert(*p);
+                Self::feed(part, released, out);
+            }
+        }
+        self.stats.incidents_created += created(&out.writes);
+        // People close incidents through the API: stop collecting into those.
+        if self.refreshed.elapsed() >= STATUS_REFRESH {
+            self.refreshed = Instant::now();
+            let open: Vec<String> = self
+                .parts
+                .values()
+                .flat_map(|p| p.core.open_ids())
+                .collect();
+            if !open.is_empty() {
+                match self.store.incident_statuses(&open).await {
+                    Ok(statuses) => {
+                        for (p, part) in self.parts.iter_mut() {
+                            for id in part.core.open_ids() {
+                                if statuses.get(&id).is_some_and(|s| !s.is_open()) {
+                                    part.core.mark_closed(&id);
+                                    self.dirty.insert(*p);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read incident statuses; will retry")
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut CorrelateOut) {
+        for (p, part) in self.parts.iter_mut() {
+            let released = part.merge.release_all();
+            Self::feed(part, released, out);
+            out.writes.extend(part.core.flush());
+            self.dirty.insert(*p);
+        }
+        self.stats.incidents_created += created(&out.writes);
+    }
+
+    fn has_output(out: &CorrelateOut) -> bool {
+        !out.writes.is_empty() || !out.alerts.is_empty() || !out.dlq.is_empty()
+    }
+
+    async fn write(&self, out: &CorrelateOut) -> Result<(), StageError> {
+        if !out.dlq.is_empty() {
+            self.output.send(topics::DLQ, out.dlq.clone()).await?;
+        }
+        if !out.alerts.is_empty() {
+            self.store.insert_alerts(&out.alerts).await?;
+        }
+        if out.writes.is_empty() {
+            return Ok(());
+        }
+        self.store.write_incidents(&out.writes).await?;
+        let records = out
+            .writes
+            .iter()
+            .map(|w| {
+                OutRecord::new(
+                    Bytes::from(w.incident.id.clone()),
+                    Bytes::from(serde_json::to_vec(&w.incident).expect("incidents serialise")),
+                )
+            })
+            .collect();
+        self.output.send(topics::INCIDENTS, records).await?;
+        INCIDENTS.inc_by(created(&out.writes));
+        Ok(())
+    }
+
+    fn take_dirty(&mut self, partition: u32) -> Dirty {
+        if !self.dirty.remove(&partition) {
+            return (Vec::new(), Vec::new());
+        }
+        match self.parts.get(&partition) {
+            Some(part) => (
+                vec![(
+                    b"c".to_vec(),
+                    postcard::to_stdvec(part).expect("correlate state encodes"),
+                )],
+                Vec::new(),
+            ),
+            None => (Vec::new(), vec![b"c".to_vec()]),
+        }
+    }
+
+    fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
+        for (key, value) in entries {
+            if key != b"c" {
+                return Err(format!("unknown checkpoint key {key:?}"));
+            }
+            let part: Part = postcard::from_bytes(&value).map_err(|e| e.to_string())?;
+            self.parts.insert(
+                partition,
+                Part {
+                    merge: part.merge,
+                    core: Correlator::restored(self.cfg.clone(), part.core),
+                },
+            );
+        }
+        self.dirty.remove(&partition);
+        Ok(())
+    }
+
+    fn drop_partition(&mut self, partition: u32) {
+        self.parts.remove(&partition);
+        self.dirty.remove(&partition);
+    }
+}

@@ -1,0 +1,205 @@
+//! The detect stage: the [`Detector`] core behind the generic runner, writing anomalies to
+//! the store and to `seismo.anomalies` with the watermarks correlate merges them by.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus::{IntCounter, register_int_counter};
+use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
+use seismo_schemas::topics::{self, headers};
+use seismo_schemas::{Anomaly, correlation_key};
+use seismo_store::Store;
+use seismo_transport::{Message, OutRecord, Producer};
+
+use crate::{DetectConfig, Detector};
+
+static ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("seismo_detect_anomalies_total", "Anomalies raised").expect("metric")
+});
+static BAD: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_detect_unparsable_total",
+        "Records on seismo.points that are not points"
+    )
+    .expect("metric")
+});
+
+/// Where an anomaly came from, for correlate's merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The `seismo.points` partition.
+    pub partition: u32,
+    /// (input offset, index among that record's anomalies): increasing per partition.
+    pub seq: (i64, u32),
+    /// Merge time: the anomaly's time, or the partition's last watermark if later.
+    pub merge_at_ms: i64,
+}
+
+/// What a batch of points produced.
+#[derive(Debug, Default)]
+pub struct DetectOut {
+    pub anomalies: Vec<Anomaly>,
+    pub sources: Vec<Source>,
+    /// (source partition, watermark in UTC ms) to announce.
+    pub watermarks: Vec<(u32, i64)>,
+}
+
+/// The detect stage.
+pub struct DetectStage {
+    det: Detector,
+    store: Arc<dyn Store>,
+    output: Arc<dyn Producer>,
+    scope_label: Option<String>,
+    /// Partitions of `seismo.anomalies`: every one hears every watermark.
+    anomaly_partitions: u32,
+    /// Partitions with input since the last tick.
+    touched: BTreeSet<u32>,
+    /// Watermarks announced for owned partitions that have no data yet.
+    empty_published: HashMap<u32, i64>,
+    /// Points scored and anomalies raised by this process.
+    pub points: u64,
+    pub raised: u64,
+}
+
+impl DetectStage {
+    pub fn new(
+        cfg: DetectConfig,
+        scope_label: Option<String>,
+        store: Arc<dyn Store>,
+        output: Arc<dyn Producer>,
+        anomaly_partitions: u32,
+    ) -> Self {
+        DetectStage {
+            det: Detector::new(cfg),
+            store,
+            output,
+            scope_label,
+            anomaly_partitions: anomaly_partitions.max(1),
+            touched: BTreeSet::new(),
+            empty_published: HashMap::new(),
+            points: 0,
+            raised: 0,
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for DetectStage {
+    type Out = DetectOut;
+    /// 2: postcard entries per series, host and partition (1 was one JSON document).
+    const FORMAT: u32 = 2;
+
+    fn process(&mut self, m: &Message, out: &mut DetectOut) -> u64 {
+        let mut folded = 0;
+        let mut index = 0u32;
+        self.touched.insert(m.partition);
+        for point in seismo_schemas::points_of_record(&m.payload) {
+            match point {
+                Ok(p) => {
+                    folded += 1;
+                    for a in self.det.process(m.partition, &p) {
+                        let wm = self
+                            .det
+                            .published_watermark(m.partition)
+                            .unwrap_or(i64::MIN);
+                        out.sources.push(Source {
+                            partition: m.partition,
+                            seq: (m.offset, index),
+                            merge_at_ms: a.ts.timestamp_millis().max(wm),
+                        });
+                        out.anomalies.push(a);
+                        index += 1;
+                        self.raised += 1;
+                    }
+                }
+                Err(e) => {
+                    BAD.inc();
+                    tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping a line that is not a point");
+                }
+            }
+        }
+        self.points += folded;
+        folded
+    }
+
+    async fn tick(&mut self, out: &mut DetectOut, tick: &Tick) {
+        for p in std::mem::take(&mut self.touched) {
+            if let Some(wm) = self.det.advance_watermark(p) {
+                out.watermarks.push((p, wm));
+            }
+        }
+        // Owned partitions without data must not hold correlate back: they move with the
+        // slowest partition of this process that has data.
+        let data_min = tick
+            .assignment
+            .iter()
+            .filter_map(|p| self.det.published_watermark(*p))
+            .min();
+        if let Some(wm) = data_min {
+            for &p in &tick.assignment {
+                if !self.det.has_partition(p)
+                    && self.empty_published.get(&p).is_none_or(|w| *w < wm)
+                {
+                    self.empty_published.insert(p, wm);
+                    out.watermarks.push((p, wm));
+                }
+            }
+        }
+    }
+
+    fn has_output(out: &DetectOut) -> bool {
+        !out.anomalies.is_empty() || !out.watermarks.is_empty()
+    }
+
+    async fn write(&self, out: &DetectOut) -> Result<(), StageError> {
+        if !out.anomalies.is_empty() {
+            self.store.insert_anomalies(&out.anomalies).await?;
+        }
+        let mut records: Vec<OutRecord> = out
+            .anomalies
+            .iter()
+            .zip(&out.sources)
+            .map(|(a, s)| {
+                OutRecord::new(
+                    Bytes::from(correlation_key(
+                        &a.tenant,
+                        &a.labels,
+                        self.scope_label.as_deref(),
+                    )),
+                    Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
+                )
+                .header(headers::SOURCE_PARTITION, s.partition.to_string())
+                .header(headers::SOURCE_SEQ, format!("{}.{}", s.seq.0, s.seq.1))
+                .header(headers::MERGE_AT, s.merge_at_ms.to_string())
+            })
+            .collect();
+        for &(p, wm) in &out.watermarks {
+            for q in 0..self.anomaly_partitions {
+                records.push(
+                    OutRecord::new(Bytes::new(), Bytes::new())
+                        .to_partition(q)
+                        .header(headers::SOURCE_PARTITION, p.to_string())
+                        .header(headers::WATERMARK, wm.to_string()),
+                );
+            }
+        }
+        self.output.send(topics::ANOMALIES, records).await?;
+        ANOMALIES.inc_by(out.anomalies.len() as u64);
+        Ok(())
+    }
+
+    fn take_dirty(&mut self, partition: u32) -> Dirty {
+        (self.det.take_dirty(partition), Vec::new())
+    }
+
+    fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
+        self.det.restore(partition, entries)
+    }
+
+    fn drop_partition(&mut self, partition: u32) {
+        self.det.drop_partition(partition);
+        self.empty_published.remove(&partition);
+    }
+}

@@ -1,0 +1,236 @@
+//! The table of stages: what each reads and writes, and how to start it. Embedded mode,
+//! distributed mode and the benches all start stages through [`spawn`], so the wiring is
+//! written once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seismo_correlate::{CorrelateStage, CorrelateStats};
+use seismo_detect::DetectStage;
+use seismo_forecast::ForecastStage;
+use seismo_ingest::IngestStats;
+use seismo_runtime::{Checkpointing, Health, RetryPolicy, StageError, StageIo};
+use seismo_schemas::topics;
+use seismo_store::Store;
+use seismo_transport::{Consumer, Producer};
+use tokio::task::JoinHandle;
+
+use crate::Config;
+use crate::cli::Stage;
+
+/// One stage of the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct StageSpec {
+    pub stage: Stage,
+    /// Topics it consumes, in one consumer group.
+    pub inputs: &'static [&'static str],
+    /// Topics it produces to.
+    pub outputs: &'static [&'static str],
+}
+
+/// Every stage that reads the bus, in pipeline order.
+pub const STAGES: [StageSpec; 4] = [
+    StageSpec {
+        stage: Stage::Ingest,
+        inputs: &[topics::METRICS],
+        outputs: &[topics::POINTS, topics::DLQ],
+    },
+    StageSpec {
+        stage: Stage::Detect,
+        inputs: &[topics::POINTS],
+        outputs: &[topics::ANOMALIES],
+    },
+    StageSpec {
+        stage: Stage::Forecast,
+        inputs: &[topics::POINTS],
+        outputs: &[],
+    },
+    StageSpec {
+        stage: Stage::Correlate,
+        inputs: &[topics::ANOMALIES, topics::ALERTS],
+        outputs: &[topics::INCIDENTS, topics::DLQ],
+    },
+];
+
+/// The spec of a stage.
+pub fn spec(stage: Stage) -> Option<&'static StageSpec> {
+    STAGES.iter().find(|s| s.stage == stage)
+}
+
+/// What the stages did, once they have stopped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PipelineStats {
+    pub ingest: IngestStats,
+    pub detect: DetectStats,
+    pub forecasts: u64,
+    pub correlate: CorrelateStats,
+}
+
+/// What detect did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DetectStats {
+    pub points: u64,
+    pub anomalies: u64,
+    /// Partitions whose state came from a checkpoint.
+    pub restored_partitions: u64,
+    /// Redelivered records skipped because the restored state already held them.
+    pub replayed_skipped: u64,
+}
+
+impl PipelineStats {
+    /// Adds another stage's figures.
+    pub fn merge(&mut self, o: PipelineStats) {
+        self.ingest.records += o.ingest.records;
+        self.ingest.points += o.ingest.points;
+        self.ingest.rejected += o.ingest.rejected;
+        self.detect.points += o.detect.points;
+        self.detect.anomalies += o.detect.anomalies;
+        self.detect.restored_partitions += o.detect.restored_partitions;
+        self.detect.replayed_skipped += o.detect.replayed_skipped;
+        self.forecasts += o.forecasts;
+        self.correlate.anomalies += o.correlate.anomalies;
+        self.correlate.alerts += o.correlate.alerts;
+        self.correlate.incidents_created += o.correlate.incidents_created;
+        self.correlate.refused += o.correlate.refused;
+    }
+
+    /// One log line for a stage's figures.
+    pub fn line(&self, stage: Stage) -> String {
+        match stage {
+            Stage::Ingest => format!(
+                "ingest: {} records, {} points, {} refused",
+                self.ingest.records, self.ingest.points, self.ingest.rejected
+            ),
+            Stage::Detect => format!(
+                "detect: {} points, {} anomalies, {} partitions restored, {} replayed records skipped",
+                self.detect.points,
+                self.detect.anomalies,
+                self.detect.restored_partitions,
+                self.detect.replayed_skipped
+            ),
+            Stage::Forecast => format!("forecast: {} forecasts", self.forecasts),
+            Stage::Correlate => format!(
+                "correlate: {} anomalies, {} alerts, {} incidents opened",
+                self.correlate.anomalies, self.correlate.alerts, self.correlate.incidents_created
+            ),
+            Stage::Api => "api: stopped".into(),
+        }
+    }
+}
+
+/// What every stage of a process shares.
+#[derive(Clone)]
+pub struct StageContext {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub health: Health,
+    /// Partitions of `seismo.points` and of `seismo.anomalies` (and `seismo.alerts`).
+    pub points_partitions: u32,
+    pub anomaly_partitions: u32,
+    /// Consumer group of a stage.
+    pub group: Arc<dyn Fn(Stage) -> String + Send + Sync>,
+}
+
+impl StageContext {
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            give_up_after: Duration::from_secs(self.cfg.stages.retry_for_secs),
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+/// Starts `stage` on `input`, producing to `output`. The task ends when the input ends
+/// (drained, or a stop request) or the stage fails for good.
+pub fn spawn(
+    stage: Stage,
+    ctx: &StageContext,
+    input: Box<dyn Consumer>,
+    output: Arc<dyn Producer>,
+) -> JoinHandle<Result<PipelineStats, StageError>> {
+    let ctx = ctx.clone();
+    let health = ctx.health.stage(stage.name());
+    let batch = ctx.cfg.bus.batch_records;
+    let io = |input: Box<dyn Consumer>| StageIo {
+        input,
+        batch_records: batch,
+        checkpoint: Some(Checkpointing {
+            store: ctx.store.clone(),
+            group: (ctx.group)(stage),
+            interval: Duration::from_millis(ctx.cfg.stages.checkpoint_interval_ms),
+        }),
+        health: health.clone(),
+        retry: ctx.retry(),
+    };
+    match stage {
+        Stage::Ingest => {
+            let retry = ctx.retry();
+            tokio::spawn(async move {
+                let s = seismo_ingest::run(
+                    input,
+                    output,
+                    ctx.store.clone(),
+                    batch.div_ceil(64).max(1),
+                    health,
+                    retry,
+                )
+                .await?;
+                Ok(PipelineStats {
+                    ingest: s,
+                    ..Default::default()
+                })
+            })
+        }
+        Stage::Detect => {
+            let io = io(input);
+            let mut core = DetectStage::new(
+                ctx.cfg.detect.clone(),
+                ctx.cfg.correlate.scope_label.clone(),
+                ctx.store.clone(),
+                output,
+                ctx.anomaly_partitions,
+            );
+            tokio::spawn(async move {
+                let r = seismo_runtime::run(&mut core, io).await?;
+                Ok(PipelineStats {
+                    detect: DetectStats {
+                        points: core.points,
+                        anomalies: core.raised,
+                        restored_partitions: r.restored_partitions,
+                        replayed_skipped: r.replayed_skipped,
+                    },
+                    ..Default::default()
+                })
+            })
+        }
+        Stage::Forecast => {
+            let io = io(input);
+            let mut core = ForecastStage::new(ctx.cfg.forecast.clone(), ctx.store.clone());
+            tokio::spawn(async move {
+                seismo_runtime::run(&mut core, io).await?;
+                Ok(PipelineStats {
+                    forecasts: core.written,
+                    ..Default::default()
+                })
+            })
+        }
+        Stage::Correlate => {
+            let io = io(input);
+            let mut core = CorrelateStage::new(
+                ctx.cfg.correlate.clone(),
+                ctx.points_partitions,
+                Duration::from_secs(ctx.cfg.stages.idle_release_secs),
+                ctx.store.clone(),
+                output,
+            );
+            tokio::spawn(async move {
+                seismo_runtime::run(&mut core, io).await?;
+                Ok(PipelineStats {
+                    correlate: core.stats,
+                    ..Default::default()
+                })
+            })
+        }
+        Stage::Api => tokio::spawn(async { Ok(PipelineStats::default()) }),
+    }
+}
