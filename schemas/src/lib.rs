@@ -7,12 +7,14 @@
 
 mod alert;
 mod anomaly;
+pub mod auth;
 mod forecast;
 mod incident;
 mod point;
 pub mod topics;
 
 pub use alert::{Alert, AlertStatus, AlertmanagerAlert, AlertmanagerWebhook};
+pub use auth::{Caller, Quota, Role};
 pub use anomaly::{Anomaly, AnomalyKind, DetectorPart, Explanation, FeatureContribution, Severity};
 pub use forecast::Forecast;
 pub use incident::{
