@@ -96,6 +96,8 @@ async fn embedded_run(data: &[Vec<u8>], durable: bool) {
     let mut cfg = seismo::Config::default();
     cfg.storage.url = format!("sqlite://{}", dir.path().join("b.db").display());
     cfg.bus.dir = dir.path().join("bus").display().to_string();
+    // The seeded points are dated 2026-01-05 onwards: history, as far as ingest knows.
+    cfg.ingest.backfill = true;
     let store = SqliteStore::connect(&cfg.storage.url).await.unwrap();
     store.migrate().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
@@ -106,6 +108,7 @@ async fn embedded_run(data: &[Vec<u8>], durable: bool) {
         points_partitions: 8,
         anomaly_partitions: 8,
         group: Arc::new(|s: Stage| s.name().to_string()),
+        ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone()),
     };
     let (ingest_in, detect_in, source, ingest_out, detect_out, _sink): Wiring = if durable {
         let bus = DiskBus::open(seismo::pipeline::bus_config(&cfg)).unwrap();

@@ -48,6 +48,9 @@ pub enum Command {
     Topics(TopicsCommand),
     /// Create or upgrade the database tables.
     Migrate,
+    /// API tokens: create, revoke and list the bearer tokens HTTP clients authenticate with.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Score a CSV file: `timestamp,value` with the streaming detector, or several numeric
     /// columns (a `label` column is ignored) with an isolation forest fitted on the file.
     Detect {
@@ -90,6 +93,40 @@ pub enum EvalCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: only its hash is stored).
+    Create {
+        /// The tenant the token reads and writes.
+        #[arg(long)]
+        tenant: String,
+        /// What it may do: ingest, read, write (read and move incidents) or admin
+        /// (everything, any tenant, tokens and the audit log).
+        #[arg(long, value_parser = parse_role)]
+        role: seismo_schemas::Role,
+        /// A name saying who or what holds it.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Ingest budget in points per second (bursts of two seconds' worth); default
+        /// http.ingest_rate_per_token.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Revoke a token by its id (the 12 hex digits after `smo_`).
+    Revoke { id: String },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this tenant's tokens.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<seismo_schemas::Role, String> {
+    seismo_schemas::Role::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of ingest, read, write, admin"))
 }
 
 #[derive(Debug, Subcommand)]

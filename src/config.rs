@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use seismo_correlate::CorrelateConfig;
 use seismo_detect::DetectConfig;
 use seismo_forecast::ForecastConfig;
+use seismo_ingest::IngestConfig;
 use seismo_kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub stages: StagesConfig,
     pub http: HttpConfig,
+    pub ingest: IngestConfig,
     pub detect: DetectConfig,
     pub forecast: ForecastConfig,
     pub correlate: CorrelateConfig,
@@ -126,6 +128,18 @@ pub struct HttpConfig {
     pub header_timeout_ms: u64,
     /// A request body must arrive within this many ms (408 beyond).
     pub body_timeout_ms: u64,
+    /// Authentication: `on` requires `Authorization: Bearer <token>` (tokens from `seismo
+    /// token create`) on every request but `/healthz`, `/readyz` and `/metrics`; `off`
+    /// serves everything open, every caller an anonymous admin (warned loudly at start);
+    /// `auto` is `off` while listening on a loopback address with no token created yet
+    /// and `on` otherwise, and refuses to start beyond loopback with no token.
+    pub auth: seismo_api::AuthMode,
+    /// How long a checked token is trusted before the store is asked again, in ms: a
+    /// revocation made by another process takes effect within it.
+    pub auth_cache_ms: u64,
+    /// Ingest budget of a token created without a rate of its own, in points per second
+    /// (bursts of two seconds' worth); 0 means unlimited.
+    pub ingest_rate_per_token: f64,
 }
 
 impl Default for HttpConfig {
@@ -138,6 +152,9 @@ impl Default for HttpConfig {
             max_connections: 4096,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            auth: seismo_api::AuthMode::Auto,
+            auth_cache_ms: 5000,
+            ingest_rate_per_token: 0.0,
         }
     }
 }
@@ -233,6 +250,7 @@ mod tests {
             "[kafka]",
             "[stages]",
             "[http]",
+            "[ingest]",
             "[detect]",
             "[forecast]",
             "[correlate]",

@@ -60,6 +60,16 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         );
     }
     let store = pipeline::open_store(cfg).await?;
+    // Bound first: whether `http.auth = auto` may serve open depends on the address.
+    let listener = http::bind(&cfg.http.listen).await?;
+    // Only ingest and api serve data; the other stages serve /healthz, /readyz, /metrics.
+    let auth = if matches!(stage, Stage::Ingest | Stage::Api) {
+        let mut decided = cfg.clone();
+        decided.http.auth = http::auth_mode(cfg, store.as_ref(), listener.local_addr()?).await?;
+        Some(http::authenticator(&decided, store.clone()))
+    } else {
+        None
+    };
     let (stop_tx, stop) = watch::channel(false);
     let token = tokio_util::sync::CancellationToken::new();
     {
@@ -80,6 +90,7 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         points_partitions: cfg.kafka.partitions.max(1) as u32,
         anomaly_partitions: cfg.kafka.partitions.max(1) as u32,
         group: Arc::new(move |s: Stage| kafka.group(s.name())),
+        ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone()),
     };
     let group = (ctx.group)(stage);
     let mut router = seismo_api::ops_router(
@@ -97,6 +108,7 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
                         publish_timeout: Duration::from_millis(cfg.http.publish_timeout_ms),
                         max_body_bytes: cfg.http.max_body_bytes,
                         scope_label: cfg.correlate.scope_label.clone(),
+                        limits: ctx.ingest_limits.clone(),
                     },
                 ));
             }
@@ -108,7 +120,9 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
             stages::spawn(stage, &ctx, Box::new(input), producer)
         }
         None => {
-            router = router.merge(seismo_api::router(seismo_api::ApiState::new(store.clone())));
+            router = router.merge(seismo_api::router(
+                seismo_api::ApiState::new(store.clone()).with_auth(auth.clone()),
+            ));
             let h = health.stage("api");
             h.running();
             let token = token.clone();
@@ -120,7 +134,10 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         }
     };
     let router = http::with_body_limits(router, &http::HttpLimits::from_config(cfg));
-    let listener = http::bind(&cfg.http.listen).await?;
+    let router = match auth {
+        Some(a) => http::with_auth(router, a),
+        None => router,
+    };
     tracing::info!(
         stage = stage.name(),
         group = %group,

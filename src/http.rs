@@ -1,6 +1,7 @@
-//! The HTTP server every Seismo process runs: its routes, and the limits that keep a slow
-//! or hostile client from taking it down (connections, header and body read timeouts,
-//! bytes in flight), with a graceful shutdown that finishes requests in progress.
+//! The HTTP server every Seismo process runs: its routes, authentication in front of them,
+//! and the limits that keep a slow or hostile client from taking it down (connections,
+//! header and body read timeouts, bytes in flight), with a graceful shutdown that finishes
+//! requests in progress.
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -16,6 +17,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, register_int_counter_vec};
+use seismo_api::auth::{AuthMode, AuthSettings, Authenticator, Decision};
 use seismo_runtime::Health;
 use seismo_store::Store;
 use tokio::io::AsyncWriteExt;
@@ -56,8 +58,9 @@ impl HttpLimits {
 }
 
 /// Every route of a process: the query API (with `store`), the ingest endpoints of an
-/// embedded pipeline, and liveness, readiness and metrics; request bodies read under the
-/// limits.
+/// embedded pipeline, and liveness, readiness and metrics; behind authentication as
+/// `http.auth` says (decide `auto` first with [`auth_mode`]), request bodies read under
+/// the limits.
 pub fn router(
     cfg: &Config,
     pipeline: Option<&Embedded>,
@@ -66,13 +69,81 @@ pub fn router(
 ) -> axum::Router {
     let stuck_after = Duration::from_secs(cfg.stages.stuck_after_secs);
     let mut r = seismo_api::ops_router(health, stuck_after);
+    // Tokens live in the store, so the pipeline's store checks them when the API has none.
+    let auth_store = store.clone().or_else(|| pipeline.map(|p| p.store.clone()));
+    let auth = auth_store.map(|s| authenticator(cfg, s));
     if let Some(store) = store {
-        r = r.merge(seismo_api::router(seismo_api::ApiState::new(store)));
+        r = r.merge(seismo_api::router(
+            seismo_api::ApiState::new(store).with_auth(auth.clone()),
+        ));
     }
     if let Some(p) = pipeline {
         r = r.merge(seismo_ingest::http::router(p.ingest_http(cfg)));
     }
-    with_body_limits(r, &HttpLimits::from_config(cfg))
+    let r = with_body_limits(r, &HttpLimits::from_config(cfg));
+    match auth {
+        Some(auth) => with_auth(r, auth),
+        None => r,
+    }
+}
+
+/// The authenticator of a process, from the `[http]` section.
+pub fn authenticator(cfg: &Config, store: Arc<dyn Store>) -> Arc<Authenticator> {
+    Authenticator::new(
+        store,
+        AuthSettings {
+            mode: cfg.http.auth,
+            listen: cfg.http.listen.clone(),
+            cache_ttl: Duration::from_millis(cfg.http.auth_cache_ms),
+            default_rate_per_sec: cfg.http.ingest_rate_per_token,
+        },
+    )
+}
+
+/// Puts authentication in front of every route but `/healthz`, `/readyz` and `/metrics`.
+/// It goes outermost, so a request without a valid token is refused before its body is
+/// read and holds none of the bytes-in-flight budget.
+pub fn with_auth(r: axum::Router, auth: Arc<Authenticator>) -> axum::Router {
+    seismo_api::auth::protect(r, auth)
+}
+
+/// Decides `http.auth` once, at start: `on` or `off`, never `auto`. With `auto`, a process
+/// listening on `listen` beyond loopback while no token exists refuses to start (an error
+/// saying what to do); serving open is warned about loudly.
+pub async fn auth_mode(
+    cfg: &Config,
+    store: &dyn Store,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<AuthMode> {
+    let tokens = store.has_tokens().await.context("looking for API tokens")?;
+    let loopback = listen.ip().is_loopback();
+    match seismo_api::auth::decide(cfg.http.auth, loopback, tokens) {
+        Decision::Require => {
+            if !tokens {
+                tracing::warn!(
+                    "http.auth = on and no API token exists: every request but /healthz, /readyz and /metrics is refused until one is created with `seismo token create --tenant T --role ROLE`"
+                );
+            }
+            Ok(AuthMode::On)
+        }
+        Decision::Open => {
+            let why = if cfg.http.auth == AuthMode::Off {
+                "http.auth = off"
+            } else {
+                "http.auth = auto, listening on loopback and no API token exists yet"
+            };
+            tracing::warn!(
+                %listen,
+                "AUTHENTICATION IS OFF ({why}): anyone who can connect reads and writes every tenant's data as an anonymous admin. Create a token with `seismo token create --tenant T --role admin` to require tokens"
+            );
+            Ok(AuthMode::Off)
+        }
+        Decision::Refuse => anyhow::bail!(
+            "refusing to serve an open API on {listen}: it is not a loopback address and no API token exists. \
+             Create one with `seismo token create --tenant default --role admin` (and give every client a token), \
+             or set http.auth = \"off\" (SEISMO_HTTP__AUTH=off) to serve without authentication"
+        ),
+    }
 }
 
 /// Reads every request body up front, within `body_timeout`, `max_body_bytes` and the

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use seismo::Config;
-use seismo::cli::{Cli, Command, EvalCommand, TopicsCommand};
+use seismo::cli::{Cli, Command, EvalCommand, TokenCommand, TopicsCommand};
 use seismo::demo::{self, DemoOptions};
 use seismo::pipeline::{self, Embedded};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                 println!("migrations applied to {}", pipeline::redact(&cfg.storage.url));
                 Ok(())
             }
+            Command::Token(cmd) => token_cmd(&cfg, cmd).await,
         }
     })
 }
@@ -102,6 +103,8 @@ async fn demo_cmd(
     }
     if serve {
         let listener = seismo::http::bind(&cfg.http.listen).await?;
+        cfg.http.auth =
+            seismo::http::auth_mode(&cfg, store.as_ref(), listener.local_addr()?).await?;
         println!(
             "API on http://{0} (try /api/v1/incidents); Ctrl-C to stop",
             listener.local_addr()?
@@ -179,10 +182,12 @@ fn detect_cmd(
     Ok(())
 }
 
-async fn run_cmd(cfg: Config) -> anyhow::Result<()> {
+async fn run_cmd(mut cfg: Config) -> anyhow::Result<()> {
     let store = pipeline::open_store(&cfg).await?;
-    let running = Embedded::start(&cfg, store.clone())?;
     let listener = seismo::http::bind(&cfg.http.listen).await?;
+    // Decided before any stage starts, so a refusal leaves nothing half-started.
+    cfg.http.auth = seismo::http::auth_mode(&cfg, store.as_ref(), listener.local_addr()?).await?;
+    let running = Embedded::start(&cfg, store.clone())?;
     tracing::info!(addr = %listener.local_addr()?, store = %cfg.storage.url, bus = %cfg.bus.dir, "seismo running embedded");
     let token = CancellationToken::new();
     let stop = token.clone();
@@ -221,5 +226,88 @@ async fn run_cmd(cfg: Config) -> anyhow::Result<()> {
         incidents = stats.correlate.incidents_created,
         "stopped; what was accepted and not yet processed resumes on the next start"
     );
+    Ok(())
+}
+
+/// `seismo token ...`: tokens are written straight to the store, and each change to the
+/// audit log as `cli:<user>`.
+async fn token_cmd(cfg: &Config, cmd: TokenCommand) -> anyhow::Result<()> {
+    let store = pipeline::open_store(cfg).await?;
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    // The API's errors hide internal details from HTTP clients; here the operator sees them.
+    let plain = |e: seismo_api::ApiError| match e {
+        seismo_api::ApiError::Internal(detail) => anyhow::anyhow!(detail),
+        e => anyhow::anyhow!(e.to_string()),
+    };
+    match cmd {
+        TokenCommand::Create {
+            tenant,
+            role,
+            name,
+            rate,
+        } => {
+            let new = seismo_api::auth::NewToken {
+                tenant,
+                role,
+                name,
+                rate_per_sec: rate,
+            };
+            let (token, secret) = seismo_api::auth::create_token(store.as_ref(), new, &actor)
+                .await
+                .map_err(plain)?;
+            eprintln!(
+                "created token {} (tenant {}, role {}); it is shown only this once:",
+                token.id,
+                token.tenant,
+                token.role.as_str()
+            );
+            // Alone on standard output, so `TOKEN=$(seismo token create ...)` captures it.
+            println!("{secret}");
+        }
+        TokenCommand::Revoke { id } => {
+            let t = store
+                .revoke_token(None, &id, &actor, chrono::Utc::now())
+                .await
+                .map_err(|e| match e {
+                    seismo_store::StoreError::NotFound => anyhow::anyhow!("no token {id}"),
+                    e => e.into(),
+                })?;
+            println!(
+                "token {} (tenant {}, role {}) is revoked; running servers refuse it within http.auth_cache_ms ({} ms)",
+                t.id,
+                t.tenant,
+                t.role.as_str(),
+                cfg.http.auth_cache_ms
+            );
+        }
+        TokenCommand::List { tenant } => {
+            if let Some(t) = &tenant {
+                seismo_schemas::validate_tenant(t)?;
+            }
+            let tokens = store.list_tokens(tenant.as_deref()).await?;
+            println!(
+                "{:<12}  {:<16}  {:<6}  {:>10}  {:<20}  {:<20}  NAME",
+                "ID", "TENANT", "ROLE", "RATE", "CREATED", "REVOKED"
+            );
+            let time =
+                |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            for t in tokens {
+                println!(
+                    "{:<12}  {:<16}  {:<6}  {:>10}  {:<20}  {:<20}  {}",
+                    t.id,
+                    t.tenant,
+                    t.role.as_str(),
+                    t.rate_per_sec
+                        .map_or("default".to_string(), |r| r.to_string()),
+                    time(t.created_at),
+                    t.revoked_at.map_or("-".to_string(), time),
+                    t.name
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -83,6 +83,8 @@ pub struct Embedded {
     tasks: Vec<(&'static str, JoinHandle<Result<PipelineStats, StageError>>)>,
     stop: watch::Sender<bool>,
     failed: watch::Receiver<Option<String>>,
+    /// Shared by the ingest stage and [`Embedded::ingest_http`].
+    ingest_limits: seismo_ingest::Limits,
 }
 
 impl Embedded {
@@ -99,6 +101,7 @@ impl Embedded {
             points_partitions: cfg.bus.partitions,
             anomaly_partitions: cfg.bus.partitions,
             group: Arc::new(|s: crate::cli::Stage| s.name().to_string()),
+            ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone()),
         };
         let mut wired = Vec::new();
         for spec in &STAGES {
@@ -145,6 +148,7 @@ impl Embedded {
             tasks,
             stop,
             failed,
+            ingest_limits: ctx.ingest_limits.clone(),
         })
     }
 
@@ -155,6 +159,7 @@ impl Embedded {
             publish_timeout: Duration::from_millis(cfg.http.publish_timeout_ms),
             max_body_bytes: cfg.http.max_body_bytes,
             scope_label: cfg.correlate.scope_label.clone(),
+            limits: self.ingest_limits.clone(),
         }
     }
 

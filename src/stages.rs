@@ -129,6 +129,9 @@ pub struct StageContext {
     pub anomaly_partitions: u32,
     /// Consumer group of a stage.
     pub group: Arc<dyn Fn(Stage) -> String + Send + Sync>,
+    /// Ingest's limits (`[ingest]`), one per process: its ingest stage and HTTP ingest
+    /// share them, so one limiter counts each tenant's active series.
+    pub ingest_limits: seismo_ingest::Limits,
 }
 
 impl StageContext {
@@ -173,6 +176,7 @@ pub fn spawn(
                     batch.div_ceil(64).max(1),
                     health,
                     retry,
+                    ctx.ingest_limits.clone(),
                 )
                 .await?;
                 Ok(PipelineStats {

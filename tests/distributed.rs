@@ -277,6 +277,8 @@ async fn two_detect_processes_survive_a_sigkill_without_loss_or_duplicates() {
             ("SEISMO_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
             ("SEISMO_STORAGE__URL".into(), db_url.clone()),
             ("SEISMO_STAGES__CHECKPOINT_INTERVAL_MS".into(), "300".into()),
+            // The points are dated January 2026: history, as far as ingest knows.
+            ("SEISMO_INGEST__BACKFILL".into(), "true".into()),
         ],
         dir: tempfile::tempdir().unwrap(),
     };

@@ -13,6 +13,8 @@ async fn temp_store(dir: &tempfile::TempDir) -> (Config, Arc<dyn Store>) {
     let mut cfg = Config::default();
     cfg.storage.url = format!("sqlite://{}", dir.path().join("seismo.db").display());
     cfg.bus.dir = dir.path().join("bus").display().to_string();
+    // The tests send points dated January 2026: history, as far as ingest knows.
+    cfg.ingest.backfill = true;
     let store = pipeline::open_store(&cfg).await.unwrap();
     (cfg, store)
 }

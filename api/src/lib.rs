@@ -1,25 +1,52 @@
 //! The HTTP API: query anomalies and incidents, drive incidents through their lifecycle,
-//! and expose health and Prometheus metrics.
+//! manage tokens, read the audit log, and expose health and Prometheus metrics.
 
-use std::sync::Arc;
+mod admin;
+pub mod auth;
+
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
+use prometheus::{IntCounter, register_int_counter};
 use seismo_runtime::Health;
-use seismo_schemas::{Anomaly, DEFAULT_TENANT, Incident, IncidentEvent, IncidentStatus};
-use seismo_store::{AnomalyQuery, Cursor, IncidentQuery, Store, StoreError};
+use seismo_schemas::{
+    Anomaly, Caller, DEFAULT_TENANT, Incident, IncidentEvent, IncidentEventKind, IncidentStatus,
+    Role,
+};
+use seismo_store::access::ACTION_INCIDENT_TRANSITION;
+use seismo_store::{AnomalyQuery, AuditRecord, Cursor, IncidentQuery, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub use auth::{AuthMode, AuthSettings, Authenticator};
 
 /// Default page size of listings.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest page size a client may ask for.
 pub const MAX_LIMIT: usize = 1000;
+/// Most anomalies the answer about one incident carries (it counts them all).
+pub const MAX_INCIDENT_ANOMALIES: usize = 1000;
+/// Most status changes of one incident through the API, so its timeline cannot grow
+/// without bound.
+pub const MAX_STATUS_CHANGES: usize = 100;
+/// Longest `note` of a transition, in bytes.
+pub const MAX_NOTE_BYTES: usize = 4096;
+/// Longest `actor` of a transition, in bytes.
+pub const MAX_ACTOR_BYTES: usize = 256;
+
+static SKIPPED_ROWS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_store_rows_skipped_total",
+        "Stored rows that listings skipped because they could not be decoded"
+    )
+    .expect("metric")
+});
 
 /// The API's errors; mapped to status codes in one place ([`IntoResponse`]).
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +94,18 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
+    /// The authenticator in front of the API, told of revocations so they apply at once.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl ApiState {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        ApiState { store }
+        ApiState { store, auth: None }
+    }
+
+    pub fn with_auth(mut self, auth: Option<Arc<Authenticator>>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -110,11 +144,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
+        .route(
+            "/api/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
+        .route("/api/v1/audit", get(admin::list_audit))
         .with_state(state)
 }
 
 async fn metrics() -> Response {
     seismo_runtime::resident_bytes();
+    // The store counts skipped rows without depending on prometheus; catch up here.
+    let skipped = seismo_store::skipped_rows();
+    SKIPPED_ROWS.inc_by(skipped.saturating_sub(SKIPPED_ROWS.get()));
     let mut buf = String::new();
     let encoder = prometheus::TextEncoder::new();
     match encoder.encode_utf8(&prometheus::gather(), &mut buf) {
@@ -124,13 +167,28 @@ async fn metrics() -> Response {
 }
 
 fn tenant(headers: &HeaderMap) -> ApiResult<String> {
-    match headers.get("x-seismo-tenant") {
+    match headers.get(auth::TENANT_HEADER) {
         None => Ok(DEFAULT_TENANT.to_string()),
         Some(v) => {
             let t = v.to_str().unwrap_or_default();
             seismo_schemas::validate_tenant(t).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             Ok(t.to_string())
         }
+    }
+}
+
+/// Who calls: as the authentication layer established it, or, with no layer in front
+/// (authentication off, or a test calling the router directly), an anonymous admin of the
+/// header's tenant.
+fn caller(found: Option<Extension<Caller>>, headers: &HeaderMap) -> ApiResult<Caller> {
+    match found {
+        Some(Extension(c)) => Ok(c),
+        None => Ok(Caller {
+            tenant: tenant(headers)?,
+            actor: "anonymous".into(),
+            role: Role::Admin,
+            quota: None,
+        }),
     }
 }
 
@@ -225,9 +283,11 @@ fn parse_params(raw: Option<String>, allowed: &[&str]) -> ApiResult<ListParams> 
 /// `GET /api/v1/anomalies?from&to&label=name:value&min_score&series_id&limit&cursor`
 async fn list_anomalies(
     State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
+    let who = caller(found, &headers)?;
     let p = parse_params(
         q,
         &[
@@ -243,7 +303,7 @@ async fn list_anomalies(
     let page = s
         .store
         .list_anomalies(&AnomalyQuery {
-            tenant: tenant(&headers)?,
+            tenant: who.tenant,
             from: p.from,
             to: p.to,
             labels: p.labels,
@@ -259,14 +319,16 @@ async fn list_anomalies(
 /// `GET /api/v1/incidents?from&to&status&label=name:value&limit&cursor`
 async fn list_incidents(
     State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
+    let who = caller(found, &headers)?;
     let p = parse_params(q, &["from", "to", "status", "label", "limit", "cursor"])?;
     let page = s
         .store
         .list_incidents(&IncidentQuery {
-            tenant: tenant(&headers)?,
+            tenant: who.tenant,
             from: p.from,
             to: p.to,
             status: p.status,
@@ -278,29 +340,37 @@ async fn list_incidents(
     Ok(Json(page).into_response())
 }
 
-/// One incident with its timeline and anomalies.
+/// One incident with its timeline and (some of) its anomalies.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct IncidentDetail {
+    /// The incident; its `anomaly_ids` are those of `anomalies`, at most
+    /// [`MAX_INCIDENT_ANOMALIES`] of them.
     pub incident: Incident,
     pub timeline: Vec<IncidentEvent>,
+    /// At most [`MAX_INCIDENT_ANOMALIES`] of the incident's anomalies (the first by id),
+    /// so a huge incident cannot make a huge answer.
     pub anomalies: Vec<Anomaly>,
+    /// How many anomalies the incident has in all.
+    #[serde(default)]
+    pub anomalies_total: usize,
 }
 
 async fn get_incident(
     State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<IncidentDetail>> {
-    let tenant = tenant(&headers)?;
-    let incident = s
+    let tenant = caller(found, &headers)?.tenant;
+    let mut incident = s
         .store
         .get_incident(&tenant, &id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound(format!("incident {id}")),
-            e => e.into(),
-        })?;
+        .map_err(|e| not_found_as(e, &id))?;
     let timeline = s.store.incident_events(&tenant, &id).await?;
+    let anomalies_total = incident.anomaly_ids.len();
+    // The ids come sorted, so the same ones are shown every time.
+    incident.anomaly_ids.truncate(MAX_INCIDENT_ANOMALIES);
     let anomalies = s
         .store
         .anomalies_by_id(&tenant, &incident.anomaly_ids)
@@ -309,7 +379,37 @@ async fn get_incident(
         incident,
         timeline,
         anomalies,
+        anomalies_total,
     }))
+}
+
+/// Runs an atomic store operation again (up to three times) after a transient failure.
+/// On SQLite a transaction that reads before it writes fails at once, without waiting,
+/// when another writer (an ingesting stage, a checkpoint) commits in between; the
+/// operation was rolled back whole, so running it again is safe.
+async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "retrying a transient store failure");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn not_found_as(e: StoreError, id: &str) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::NotFound(format!("incident {id}")),
+        e => e.into(),
+    }
 }
 
 /// Body of `POST /api/v1/incidents/{id}/transition`.
@@ -318,36 +418,98 @@ async fn get_incident(
 struct TransitionBody {
     /// Target status, e.g. `ACKNOWLEDGED`.
     status: String,
-    /// Who acts; recorded on the timeline.
-    #[serde(default = "default_actor")]
-    actor: String,
+    /// The person acting, recorded on the timeline beside the token that acts.
+    #[serde(default)]
+    actor: Option<String>,
     #[serde(default)]
     note: String,
 }
 
-fn default_actor() -> String {
-    "api".into()
-}
+/// The actor of an API call without authentication and without a named person.
+const DEFAULT_ACTOR: &str = "api";
 
 async fn transition(
     State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Incident>> {
-    let tenant = tenant(&headers)?;
+    let authenticated = found.is_some();
+    let who = caller(found, &headers)?;
     let b: TransitionBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    if b.note.len() > MAX_NOTE_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "note has {} bytes; at most {MAX_NOTE_BYTES} are accepted",
+            b.note.len()
+        )));
+    }
+    if let Some(a) = &b.actor
+        && a.len() > MAX_ACTOR_BYTES
+    {
+        return Err(ApiError::BadRequest(format!(
+            "actor has {} bytes; at most {MAX_ACTOR_BYTES} are accepted",
+            a.len()
+        )));
+    }
     let to = IncidentStatus::parse(&b.status).ok_or_else(|| {
         ApiError::BadRequest(format!("status {:?} is not an incident status", b.status))
     })?;
-    let inc = s
+    let before = s
         .store
-        .transition_incident(&tenant, &id, to, &b.actor, &b.note, Utc::now())
+        .get_incident(&who.tenant, &id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound(format!("incident {id}")),
-            e => e.into(),
+        .map_err(|e| not_found_as(e, &id))?;
+    // Two transitions racing past this check can each add one more: the bound is loose by
+    // the number of concurrent writers, which is what keeps it a bound.
+    let changes = s
+        .store
+        .incident_events(&who.tenant, &id)
+        .await?
+        .iter()
+        .filter(|e| e.kind == IncidentEventKind::StatusChanged)
+        .count();
+    if changes >= MAX_STATUS_CHANGES {
+        return Err(ApiError::Conflict(format!(
+            "incident {id} has changed status {changes} times, the most allowed ({MAX_STATUS_CHANGES}); its timeline takes no more"
+        )));
+    }
+    // The timeline names the person (when given) and the credential that acted for them.
+    let actor = match (&b.actor, authenticated) {
+        (Some(person), true) => format!("{person} ({})", who.actor),
+        (None, true) => who.actor.clone(),
+        (Some(person), false) => person.clone(),
+        (None, false) => DEFAULT_ACTOR.to_string(),
+    };
+    let now = Utc::now();
+    let inc = retry_transient(|| {
+        s.store
+            .transition_incident(&who.tenant, &id, to, &actor, &b.note, now)
+    })
+    .await
+    .map_err(|e| not_found_as(e, &id))?;
+    // After the change, not before: the log holds changes that happened. Should this
+    // write fail, the client hears of it (500) and the error is logged with the change.
+    s.store
+        .append_audit(&AuditRecord {
+            time: now,
+            tenant: who.tenant.clone(),
+            actor: who.actor.clone(),
+            action: ACTION_INCIDENT_TRANSITION.into(),
+            target: id.clone(),
+            detail: json!({
+                "from": before.status,
+                "to": inc.status,
+                "person": b.actor,
+                "note": b.note,
+            }),
+        })
+        .await
+        .map_err(|e| {
+            ApiError::Internal(format!(
+                "incident {id} went to {to} but its audit record failed: {e}"
+            ))
         })?;
     Ok(Json(inc))
 }

@@ -311,6 +311,191 @@ async fn health_and_metrics_answer(store: Arc<dyn Store>) {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+async fn transitions_are_bounded_in_size_and_number(store: Arc<dyn Store>) {
+    let app = seeded(store).await;
+    let post = |body: String| {
+        let app = app.clone();
+        async move { call(&app, "POST", "/api/v1/incidents/inc1/transition", &body).await }
+    };
+    let note = "n".repeat(seismo_api::MAX_NOTE_BYTES);
+    let (code, v) = post(format!(r#"{{"status":"INVESTIGATING","note":"{note}x"}}"#)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("4096"), "{v}");
+    let actor = "a".repeat(seismo_api::MAX_ACTOR_BYTES);
+    let (code, v) = post(format!(
+        r#"{{"status":"INVESTIGATING","actor":"{actor}x"}}"#
+    ))
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("256"), "{v}");
+    // At the limits exactly, accepted.
+    let (code, v) = post(format!(
+        r#"{{"status":"INVESTIGATING","actor":"{actor}","note":"{note}"}}"#
+    ))
+    .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    // INVESTIGATING ⇄ MITIGATED could go on for ever; the API stops it at the limit.
+    for i in 1..seismo_api::MAX_STATUS_CHANGES {
+        let to = if i % 2 == 1 {
+            "MITIGATED"
+        } else {
+            "INVESTIGATING"
+        };
+        let (code, v) = post(format!(r#"{{"status":"{to}"}}"#)).await;
+        assert_eq!(code, StatusCode::OK, "change {i}: {v}");
+    }
+    let (code, v) = post(r#"{"status":"RESOLVED"}"#.to_string()).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("changed status 100 times"),
+        "{v}"
+    );
+    let (_, v) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
+    assert_eq!(v["timeline"].as_array().unwrap().len(), 101);
+}
+
+async fn one_incident_answers_with_at_most_a_thousand_anomalies(store: Arc<dyn Store>) {
+    let n = seismo_api::MAX_INCIDENT_ANOMALIES + 5;
+    let anomalies: Vec<Anomaly> = (100..100 + n as i64)
+        .map(|i| anomaly(i, "db", 0.9))
+        .collect();
+    store.insert_anomalies(&anomalies).await.unwrap();
+    let app = seeded(store.clone()).await;
+    let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let mut incident = store.get_incident("default", "inc1").await.unwrap();
+    incident.updated_at = at;
+    store
+        .write_incidents(&[IncidentWrite {
+            incident,
+            new_anomaly_ids: anomalies.iter().map(|a| a.id.clone()).collect(),
+            new_alert_fingerprints: vec![],
+            events: vec![],
+        }])
+        .await
+        .unwrap();
+    let (code, v) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["anomalies_total"], n + 3);
+    let shown = v["anomalies"].as_array().unwrap();
+    assert_eq!(shown.len(), seismo_api::MAX_INCIDENT_ANOMALIES);
+    let ids = v["incident"]["anomaly_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), seismo_api::MAX_INCIDENT_ANOMALIES);
+    assert!(shown.iter().all(|a| ids.contains(&a["id"])));
+}
+
+/// One undecodable row is skipped (and counted), not a 500 for the whole listing; `exec`
+/// runs SQL on the store's database.
+async fn listings_skip_rows_that_cannot_be_read<F, Fut>(store: Arc<dyn Store>, exec: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let app = seeded(store.clone()).await;
+    let mut second = store.get_incident("default", "inc1").await.unwrap();
+    second.id = "inc2".into();
+    store
+        .write_incidents(&[IncidentWrite {
+            incident: second,
+            new_anomaly_ids: vec![],
+            new_alert_fingerprints: vec![],
+            events: vec![],
+        }])
+        .await
+        .unwrap();
+    let bad = anomaly(0, "db", 0.0).id;
+    exec(format!(
+        "UPDATE anomalies SET severity = 'bogus' WHERE id = '{bad}'"
+    ))
+    .await;
+    exec("UPDATE incidents SET status = 'bogus' WHERE id = 'inc2'".to_string()).await;
+    exec("UPDATE incident_events SET kind = 'bogus' WHERE id = 'inc1-created'".to_string()).await;
+    let before = seismo_store::skipped_rows();
+    // Walked in pages of 4, the 24 good anomalies come back, each once.
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/anomalies?limit=4".to_string();
+    loop {
+        let (code, v) = call(&app, "GET", &uri, "").await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        seen.extend(
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].clone()),
+        );
+        match v["next_cursor"].as_str() {
+            Some(c) => uri = format!("/api/v1/anomalies?limit=4&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 24);
+    assert!(!seen.contains(&Value::from(bad.clone())));
+    let (code, v) = call(&app, "GET", "/api/v1/incidents", "").await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let ids: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["inc1"]);
+    let (code, v) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["anomalies"].as_array().unwrap().len(), 2);
+    assert_eq!(v["anomalies_total"], 3);
+    assert_eq!(v["timeline"].as_array().unwrap().len(), 0);
+    assert!(seismo_store::skipped_rows() >= before + 4);
+    let resp = app
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("seismo_store_rows_skipped_total"), "{text}");
+}
+
+#[tokio::test]
+async fn listings_skip_rows_that_cannot_be_read_on_sqlite() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool().clone();
+    listings_skip_rows_that_cannot_be_read(Arc::new(store), |sql| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn listings_skip_rows_that_cannot_be_read_on_postgres() {
+    let store = seismo_store::testing::fresh_postgres().await;
+    let pool = store.pool().clone();
+    listings_skip_rows_that_cannot_be_read(Arc::new(store), |sql| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+        }
+    })
+    .await;
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
@@ -339,5 +524,7 @@ on_every_store!(
     bad_parameters_are_refused_with_the_reason,
     incident_detail_transitions_and_errors,
     tenants_do_not_see_each_other,
-    health_and_metrics_answer
+    health_and_metrics_answer,
+    transitions_are_bounded_in_size_and_number,
+    one_incident_answers_with_at_most_a_thousand_anomalies
 );

@@ -54,7 +54,7 @@ fn parse_alerts(m: &Message) -> Result<Vec<Alert>, String> {
     let tenant = m.header("tenant").and_then(|t| std::str::from_utf8(t).ok());
     serde_json::from_slice::<AlertmanagerWebhook>(&m.payload)
         .map_err(|e| format!("neither an alert nor an Alertmanager v4 payload: {e}"))
-        .and_then(|h| h.into_alerts(tenant))
+        .and_then(|h| h.into_alerts(tenant).map_err(|e| e.to_string()))
 }
 
 /// The DLQ record of a refused input record: its raw bytes, and where it came from.

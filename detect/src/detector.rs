@@ -110,6 +110,8 @@ pub struct Detector {
     entities: HashMap<u32, HashMap<String, EntityState>>,
     meta: HashMap<u32, PartitionMeta>,
     dirty: HashMap<u32, Dirty>,
+    /// Points skipped as not newer than their series' last one (replays, disorder).
+    pub repeated: u64,
 }
 
 /// Keys of a partition's checkpoint entries.
@@ -132,6 +134,7 @@ impl Detector {
             entities: HashMap::new(),
             meta: HashMap::new(),
             dirty: HashMap::new(),
+            repeated: 0,
         }
     }
 
@@ -304,6 +307,7 @@ impl Detector {
         };
         if p.ts <= st.last_ts {
             OUT_OF_ORDER.inc();
+            self.repeated += 1;
             return Vec::new();
         }
         st.last_ts = p.ts;

@@ -93,6 +93,7 @@ impl Stage for DetectStage {
 
     fn process(&mut self, m: &Message, out: &mut DetectOut) -> u64 {
         let mut folded = 0;
+        let repeated_before = self.det.repeated;
         let mut index = 0u32;
         self.touched.insert(m.partition);
         for point in seismo_schemas::points_of_record(&m.payload) {
@@ -120,6 +121,8 @@ impl Stage for DetectStage {
                 }
             }
         }
+        // Count each point once: a replayed duplicate (an upstream retry) is not folded.
+        let folded = folded - (self.det.repeated - repeated_before);
         self.points += folded;
         folded
     }

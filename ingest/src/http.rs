@@ -1,19 +1,27 @@
 //! HTTP ingest: JSON lines of points and Alertmanager webhooks, answered 2xx only once on the bus.
+//!
+//! Every request is held to the process's [`Limits`] before anything is published:
+//! decompressed size, points or alerts per request, the time window, the active series
+//! of its tenant, and the caller's quota. A refusal names the option that refused it.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Json};
 use bytes::{Bytes, BytesMut};
-use seismo_schemas::{AlertmanagerWebhook, DEFAULT_TENANT, correlation_key, topics};
+use seismo_schemas::{AlertmanagerWebhook, Caller, DEFAULT_TENANT, Role, correlation_key, topics};
 use seismo_transport::{OutRecord, Producer, TransportError};
 use serde_json::json;
 
-use crate::{Rejection, metrics, parse_lines};
+use crate::{
+    DecodeError, Limit, Limits, Parsed, TooLarge, check_line_count, metrics, now_ms,
+    parse_lines_chunked,
+};
 
 /// What the HTTP handlers need.
 #[derive(Clone)]
@@ -25,6 +33,9 @@ pub struct IngestHttp {
     pub max_body_bytes: usize,
     /// Label whose value refines the correlation scope (see `correlation_key`).
     pub scope_label: Option<String>,
+    /// The process's ingest limits: share them with its ingest stage ([`crate::run`]),
+    /// so one limiter counts each tenant's active series.
+    pub limits: Limits,
 }
 
 /// The ingest routes: `POST /api/v1/ingest/points`, `POST /api/v1/ingest/alertmanager` and
@@ -39,20 +50,165 @@ pub fn router(state: IngestHttp) -> axum::Router {
         .with_state(state)
 }
 
-/// The request's tenant header, if any; the error is a message for a 400.
-fn tenant_of(headers: &HeaderMap) -> Result<Option<String>, String> {
-    match headers.get("x-seismo-tenant") {
-        None => Ok(None),
-        Some(v) => {
-            let t = v.to_str().unwrap_or_default();
-            seismo_schemas::validate_tenant(t).map_err(|e| e.to_string())?;
-            Ok(Some(t.to_string()))
+/// A refused request: answered `{"error": message}`, with `limit` naming the option when
+/// a limit refused it, and `Retry-After` when retrying later can succeed.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    limit: Option<Limit>,
+    retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+            limit: None,
+            retry_after_secs: None,
         }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Refusal {
+        self.retry_after_secs = Some(secs);
+        self
     }
 }
 
-fn error(code: StatusCode, message: &str) -> Response {
-    (code, Json(json!({ "error": message }))).into_response()
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = match self.limit {
+            Some(l) => json!({ "error": self.message, "limit": format!("ingest.{}", l.as_str()) }),
+            None => json!({ "error": self.message }),
+        };
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
+    }
+}
+
+/// 413 for a request beyond a limit, counted under that limit.
+fn too_large(t: TooLarge) -> Refusal {
+    t.limit.count(1);
+    Refusal {
+        limit: Some(t.limit),
+        ..Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, t.message)
+    }
+}
+
+/// The tenant of a request. With a caller (authentication on) it is the caller's tenant;
+/// `X-Seismo-Tenant` may name another only for an admin (403 otherwise). Without one it
+/// is the header's, if any (400 when the header is not a valid tenant).
+fn request_tenant(caller: Option<&Caller>, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let named = match headers.get("x-seismo-tenant") {
+        None => None,
+        Some(v) => {
+            let t = v.to_str().unwrap_or_default();
+            seismo_schemas::validate_tenant(t)
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Some(t.to_string())
+        }
+    };
+    let Some(c) = caller else {
+        return Ok(named);
+    };
+    match named {
+        Some(t) if t != c.tenant && c.role != Role::Admin => {
+            let message = format!(
+                "X-Seismo-Tenant names tenant {t:?}, but this token belongs to tenant {:?}; only admin tokens may write for another tenant",
+                c.tenant
+            );
+            Err(Refusal::new(StatusCode::FORBIDDEN, message))
+        }
+        Some(t) => Ok(Some(t)),
+        None => Ok(Some(c.tenant.clone())),
+    }
+}
+
+/// Spends `n` of the caller's quota, if it has one; the error is a 429 with Retry-After
+/// (seconds, rounded up, at least 1).
+fn take_quota(caller: Option<&Caller>, n: u64) -> Result<(), Refusal> {
+    let Some(quota) = caller.and_then(|c| c.quota.as_ref()) else {
+        return Ok(());
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    quota.take(n).map_err(|wait| {
+        Limit::Quota.count(1);
+        let secs = u64::try_from(wait.as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Refusal {
+            limit: Some(Limit::Quota),
+            ..Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this token's ingest quota is spent; nothing was accepted, retry in {secs} s"
+                ),
+            )
+        }
+        .retry_after(secs)
+    })
+}
+
+/// Decompresses a gzip body into at most `max` bytes, refusing it as soon as it would
+/// exceed them: the buffer never grows beyond `max`, whatever the body declares.
+pub fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(body);
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DecodeError::Malformed(format!(
+                    "the body is not valid gzip: {e}"
+                )));
+            }
+        };
+        let need = out.len() + n;
+        if need > max {
+            return Err(DecodeError::TooLarge(TooLarge {
+                limit: Limit::MaxDecompressedBytes,
+                message: format!(
+                    "the body decompresses to more than {max} bytes (ingest.max_decompressed_bytes)"
+                ),
+            }));
+        }
+        if out.capacity() < need {
+            // Doubling as Vec would, but never past the limit.
+            let target = (out.capacity() * 2).clamp(need, max);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The body of a JSON lines request, decompressed per its `Content-Encoding` (gzip, or
+/// none); the error is the response to give.
+fn decoded_body(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Refusal> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(body),
+        Some("gzip") | Some("x-gzip") => match gunzip(&body, max) {
+            Ok(b) => Ok(Bytes::from(b)),
+            Err(DecodeError::TooLarge(t)) => Err(too_large(t)),
+            Err(DecodeError::Malformed(m)) => Err(Refusal::new(StatusCode::BAD_REQUEST, m)),
+        },
+        Some(other) => Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
+        )),
+    }
 }
 
 fn count(endpoint: &str, resp: Response) -> Response {
@@ -62,73 +218,125 @@ fn count(endpoint: &str, resp: Response) -> Response {
     resp
 }
 
-fn publish_error(e: TransportError) -> Response {
+fn publish_error(e: TransportError) -> Refusal {
     match e {
-        TransportError::Full => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the pipeline is full; nothing was accepted, retry later",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
-        TransportError::Closed(_) => error(
+        TransportError::Full => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline is full; nothing was accepted, retry later",
+        )
+        .retry_after(1),
+        TransportError::Closed(_) => Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down; nothing was accepted",
         ),
-        other => error(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string()),
+        other => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
 
-/// Accepts JSON lines of `MetricPoint`. Valid lines are published even when others are
-/// refused (a partial write): the answer is 202 when every line was accepted, 400 with
-/// `accepted` and the numbered `rejected` lines otherwise, 503 when the bus is full.
-async fn ingest_points(State(s): State<IngestHttp>, headers: HeaderMap, body: Bytes) -> Response {
-    count("points", ingest_points_inner(&s, &headers, body).await)
-}
-
-async fn ingest_points_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -> Response {
-    let tenant = match tenant_of(headers) {
-        Ok(t) => t,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
-    };
-    let parsed = parse_lines(&body, tenant.as_deref());
-    let accepted = parsed.points.len();
-    if accepted > 0 {
-        // Forward the accepted lines as one record, tenant filled in, so ingest's runner
-        // stores and re-keys them exactly as if a producer had written them to Kafka.
-        let mut payload = BytesMut::with_capacity(body.len());
-        for (range, p) in parsed.accepted_lines.iter().zip(&parsed.points) {
-            if tenant.is_some() {
-                payload.extend_from_slice(&serde_json::to_vec(p).expect("points serialise"));
-            } else {
-                payload.extend_from_slice(&body[range.clone()]);
-            }
-            payload.extend_from_slice(b"\n");
-        }
-        if let Err(r) = forward(s, payload).await {
-            return r;
-        }
-    }
-    let status = if parsed.rejected.is_empty() {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    metrics::REJECTED.inc_by(parsed.rejected.len() as u64);
-    let rejected: Vec<Rejection> = parsed.rejected;
+/// The answer to a request with refused lines: what was accepted, the first refusals
+/// (at most `ingest.max_rejections_listed`) and how many there were in all.
+fn partial(parsed: &Parsed, accepted: usize) -> Response {
     (
-        status,
-        Json(json!({ "accepted": accepted, "rejected": rejected })),
+        StatusCode::BAD_REQUEST,
+        Json(json!({
+            "accepted": accepted,
+            "rejected": parsed.rejected,
+            "rejected_count": parsed.rejected_count,
+        })),
     )
         .into_response()
 }
 
+/// Accepts JSON lines of `MetricPoint`, plain or gzip. Valid lines are published even when
+/// others are refused (a partial write): the answer is 202 when every line was accepted,
+/// 400 with `accepted`, the first numbered `rejected` lines and `rejected_count`
+/// otherwise, 503 when the bus is full, 413 beyond a request limit, 429 beyond the
+/// caller's quota.
+async fn ingest_points(
+    State(s): State<IngestHttp>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = caller.as_ref().map(|c| &c.0);
+    let r = ingest_points_inner(&s, caller, &headers, body).await;
+    count("points", r.unwrap_or_else(IntoResponse::into_response))
+}
+
+async fn ingest_points_inner(
+    s: &IngestHttp,
+    caller: Option<&Caller>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let cfg = s.limits.config();
+    let tenant = request_tenant(caller, headers)?;
+    let body = decoded_body(headers, body, cfg.max_decompressed_bytes)?;
+    check_line_count(&body, cfg.max_points_per_request).map_err(too_large)?;
+    let now = now_ms();
+    // Parsed a chunk at a time, keeping only the byte ranges of accepted lines: a request
+    // then holds its body and one chunk of points, not ten times its body in points.
+    let mut parsed = Parsed::new(cfg.max_rejections_listed);
+    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut accepted = 0;
+    parse_lines_chunked(
+        &body,
+        tenant.as_deref(),
+        s.limits.parse_limits(now).window.as_ref(),
+        PARSE_CHUNK_LINES,
+        &mut parsed,
+        |chunk| {
+            s.limits.admit_series(chunk, now);
+            accepted += chunk.points.len();
+            for r in chunk.accepted_lines.drain(..) {
+                match kept.last_mut() {
+                    Some(last) if last.end + 1 == r.start => last.end = r.end,
+                    _ => kept.push(r),
+                }
+            }
+            chunk.points.clear();
+            chunk.origins.clear();
+        },
+    );
+    parsed.count_refusals();
+    if accepted > 0 {
+        take_quota(caller, accepted as u64)?;
+        // Forward the accepted lines unchanged as one record, with the tenant in a header
+        // for the lines that name none, so ingest's runner stores and re-keys them exactly
+        // as if a producer had written them to Kafka. When every line was accepted the
+        // body itself is forwarded, uncopied.
+        let payload = if parsed.rejected_count == 0 {
+            body.clone()
+        } else {
+            let mut payload = BytesMut::with_capacity(kept.iter().map(|r| r.len() + 1).sum());
+            for r in &kept {
+                payload.extend_from_slice(&body[r.clone()]);
+                payload.extend_from_slice(b"\n");
+            }
+            payload.freeze()
+        };
+        let mut record = OutRecord::new(Bytes::new(), payload);
+        if let Some(t) = &tenant {
+            record = record.header("tenant", t.clone());
+        }
+        forward(s, record).await?;
+    }
+    if parsed.rejected_count > 0 {
+        return Ok(partial(&parsed, accepted));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": accepted, "rejected": [], "rejected_count": 0 })),
+    )
+        .into_response())
+}
+
+/// Lines parsed at a time by the JSON-lines endpoint (a few MB of points at most).
+const PARSE_CHUNK_LINES: usize = 4096;
+
 /// Publishes accepted points (JSON lines) to `seismo.metrics` as one record, all or
 /// nothing within the publish timeout; the error is the response to give.
-async fn forward(s: &IngestHttp, payload: BytesMut) -> Result<(), Response> {
-    let record = OutRecord::new(Bytes::new(), payload.freeze());
+async fn forward(s: &IngestHttp, record: OutRecord) -> Result<(), Refusal> {
     s.producer
         .try_send_all(topics::METRICS, vec![record], s.publish_timeout)
         .await
@@ -136,82 +344,103 @@ async fn forward(s: &IngestHttp, payload: BytesMut) -> Result<(), Response> {
 }
 
 /// Accepts a Prometheus remote_write request. It is validated here, so Prometheus learns
-/// of bad series in the response (400 is not retried by Prometheus, 5xx is), and the
-/// accepted points are forwarded as JSON lines like every other point.
+/// of bad series in the response (400 and 413 are not retried by Prometheus, 5xx and 429
+/// are), and the accepted points are forwarded as JSON lines like every other point.
 async fn ingest_remote_write(
     State(s): State<IngestHttp>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    count("remote_write", remote_write_inner(&s, &headers, body).await)
+    let caller = caller.as_ref().map(|c| &c.0);
+    let r = remote_write_inner(&s, caller, &headers, body).await;
+    count(
+        "remote_write",
+        r.unwrap_or_else(IntoResponse::into_response),
+    )
 }
 
-async fn remote_write_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -> Response {
-    let tenant = match tenant_of(headers) {
-        Ok(t) => t,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
-    };
-    let (parsed, _stale) = match crate::remote_write::decode(&body, tenant.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
+async fn remote_write_inner(
+    s: &IngestHttp,
+    caller: Option<&Caller>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let tenant = request_tenant(caller, headers)?;
+    let now = now_ms();
+    let (mut parsed, _stale) =
+        crate::remote_write::decode(&body, tenant.as_deref(), &s.limits.parse_limits(now))
+            .map_err(|e| match e {
+                DecodeError::TooLarge(t) => too_large(t),
+                DecodeError::Malformed(m) => Refusal::new(StatusCode::BAD_REQUEST, m),
+            })?;
+    s.limits.admit_series(&mut parsed, now);
+    parsed.count_refusals();
     let accepted = parsed.points.len();
     if accepted > 0 {
+        take_quota(caller, accepted as u64)?;
         let mut payload = BytesMut::new();
         for p in &parsed.points {
             payload.extend_from_slice(&serde_json::to_vec(p).expect("points serialise"));
             payload.extend_from_slice(b"\n");
         }
-        if let Err(r) = forward(s, payload).await {
-            return r;
-        }
+        forward(s, OutRecord::new(Bytes::new(), payload.freeze())).await?;
     }
-    metrics::REJECTED.inc_by(parsed.rejected.len() as u64);
-    let status = if parsed.rejected.is_empty() {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    if status == StatusCode::NO_CONTENT {
-        return status.into_response();
+    if parsed.rejected_count > 0 {
+        return Ok(partial(&parsed, accepted));
     }
-    (
-        status,
-        Json(json!({ "accepted": accepted, "rejected": parsed.rejected })),
-    )
-        .into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Accepts an Alertmanager webhook (version 4) and publishes one canonical alert per entry.
+/// Accepts an Alertmanager webhook (version 4) and publishes one canonical alert per
+/// entry, all of them in one all-or-nothing send (so a large webhook is admitted whole
+/// whenever the bus has room, and a retry cannot duplicate part of it).
 async fn ingest_alertmanager(
     State(s): State<IngestHttp>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let caller = caller.as_ref().map(|c| &c.0);
+    let r = ingest_alertmanager_inner(&s, caller, &headers, body).await;
     count(
         "alertmanager",
-        ingest_alertmanager_inner(&s, &headers, body).await,
+        r.unwrap_or_else(IntoResponse::into_response),
     )
 }
 
-async fn ingest_alertmanager_inner(s: &IngestHttp, headers: &HeaderMap, body: Bytes) -> Response {
-    let tenant = match tenant_of(headers) {
-        Ok(t) => t,
-        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
-    };
-    let hook: AlertmanagerWebhook = match serde_json::from_slice(&body) {
-        Ok(h) => h,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("not an Alertmanager v4 payload: {e}"),
-            );
-        }
-    };
-    let alerts = match hook.into_alerts(Some(tenant.as_deref().unwrap_or(DEFAULT_TENANT))) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
+async fn ingest_alertmanager_inner(
+    s: &IngestHttp,
+    caller: Option<&Caller>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let tenant = request_tenant(caller, headers)?;
+    let hook: AlertmanagerWebhook = serde_json::from_slice(&body).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("not an Alertmanager v4 payload: {e}"),
+        )
+    })?;
+    let max = s.limits.config().max_alerts_per_request;
+    if hook.alerts.len() > max {
+        return Err(too_large(TooLarge {
+            limit: Limit::MaxAlertsPerRequest,
+            message: format!(
+                "the webhook holds {} alerts, more than {max} (ingest.max_alerts_per_request); lower max_alerts in Alertmanager's webhook_config",
+                hook.alerts.len()
+            ),
+        }));
+    }
+    let alerts = hook
+        .into_alerts(Some(tenant.as_deref().unwrap_or(DEFAULT_TENANT)))
+        .map_err(|e| {
+            if let Some(l) = e.limit().and_then(Limit::of_alert) {
+                l.count(1);
+            }
+            Refusal::new(StatusCode::BAD_REQUEST, e.to_string())
+        })?;
+    take_quota(caller, alerts.len() as u64)?;
     let records: Vec<OutRecord> = alerts
         .iter()
         .map(|a| {
@@ -226,12 +455,9 @@ async fn ingest_alertmanager_inner(s: &IngestHttp, headers: &HeaderMap, body: By
         })
         .collect();
     let n = records.len();
-    if let Err(e) = s
-        .producer
+    s.producer
         .try_send_all(topics::ALERTS, records, s.publish_timeout)
         .await
-    {
-        return publish_error(e);
-    }
-    (StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response()
+        .map_err(publish_error)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response())
 }

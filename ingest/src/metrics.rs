@@ -12,6 +12,14 @@ pub static REJECTED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("seismo_ingest_rejected_total", "Lines refused by ingest")
         .expect("metric")
 });
+pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seismo_ingest_refused_total",
+        "Refusals by the ingest limit that refused: points for per-point limits (time window, series), requests or records for the others",
+        &["limit"]
+    )
+    .expect("metric")
+});
 pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "seismo_ingest_http_requests_total",

@@ -13,9 +13,11 @@ mod incident;
 mod point;
 pub mod topics;
 
-pub use alert::{Alert, AlertStatus, AlertmanagerAlert, AlertmanagerWebhook};
-pub use auth::{Caller, Quota, Role};
+pub use alert::{
+    Alert, AlertError, AlertProblem, AlertStatus, AlertmanagerAlert, AlertmanagerWebhook,
+};
 pub use anomaly::{Anomaly, AnomalyKind, DetectorPart, Explanation, FeatureContribution, Severity};
+pub use auth::{Caller, Quota, Role};
 pub use forecast::Forecast;
 pub use incident::{
     Incident, IncidentEvent, IncidentEventKind, IncidentStatus, RootCauseCandidate, TransitionError,

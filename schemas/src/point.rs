@@ -194,6 +194,10 @@ pub fn series_id(tenant: &str, name: &str, labels: &Labels) -> SeriesId {
 }
 
 impl MetricPoint {
+    /// Most labels one point may carry ([`PointError::TooManyLabels`] beyond), for
+    /// decoders that check it before building points.
+    pub const MAX_LABELS: usize = MAX_LABELS;
+
     /// The stable id of this point's series.
     pub fn series_id(&self) -> SeriesId {
         series_id(&self.tenant, &self.name, &self.labels)

@@ -81,10 +81,14 @@ pub struct Summary {
     pub unexplained_incident_ids: Vec<String>,
 }
 
-/// The configuration the demo runs with: defaults plus the fleet's dependency graph.
+/// The configuration the demo runs with: defaults plus the fleet's dependency graph, with
+/// ingest backfilling.
 pub fn demo_config(base: &Config, fleet: &Fleet) -> Config {
     let mut cfg = base.clone();
     cfg.correlate.dependencies = fleet.dependencies();
+    // The fleet's clock starts at a fixed date (2026-01-05) so every run is the same;
+    // those points are history by now, which ingest refuses unless told to backfill.
+    cfg.ingest.backfill = true;
     cfg
 }
 

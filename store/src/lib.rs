@@ -3,12 +3,14 @@
 //! Every write is idempotent, keyed by the deterministic ids of the canonical types, so a
 //! record delivered twice by the bus takes effect once.
 
+pub mod access;
 pub mod checkpoint;
 mod postgres;
 mod sqlite;
 pub mod testing;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,6 +19,7 @@ use seismo_schemas::{
     TransitionError,
 };
 
+pub use access::{AccessStore, ApiToken, AuditEntry, AuditQuery, AuditRecord};
 pub use checkpoint::{CheckpointStore, PartitionCheckpoint, Position, StoredPartition};
 pub use postgres::{Layout, PgStore, TimescaleMode};
 pub use sqlite::SqliteStore;
@@ -139,16 +142,55 @@ pub(crate) fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {v}"))
 }
 
-/// A page of `limit` items from a listing that fetched `limit + 1` rows to learn whether
-/// another page exists.
-pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Cursor) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|t| key(t).encode())
+static SKIPPED_ROWS: AtomicU64 = AtomicU64::new(0);
+
+/// Stored rows that listings skipped because they could not be decoded, since the process
+/// started (exported as a metric by the API).
+pub fn skipped_rows() -> u64 {
+    SKIPPED_ROWS.load(Ordering::Relaxed)
+}
+
+/// The rows that decode. One bad row (written by an older version, or by hand) must not
+/// turn a whole listing into an error; it is logged and counted instead.
+pub(crate) fn skip_undecodable<T>(
+    table: &'static str,
+    rows: impl IntoIterator<Item = Result<T>>,
+) -> Vec<T> {
+    rows.into_iter()
+        .filter_map(|r| match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                SKIPPED_ROWS.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(table, error = %e, "skipping a stored row that cannot be read");
+                None
+            }
+        })
+        .collect()
+}
+
+/// A page of at most `limit` items from a listing that fetched `limit + 1` rows to learn
+/// whether another page exists. Rows that do not decode are skipped, but the cursor comes
+/// from the last row read (by `key`, which reads only its sort columns), so a skipped row
+/// can neither end the walk early nor make it repeat itself.
+pub(crate) fn page_skipping<R, T>(
+    mut rows: Vec<R>,
+    limit: usize,
+    table: &'static str,
+    decode: impl Fn(&R) -> Result<T>,
+    key: impl Fn(&R) -> Result<Cursor>,
+) -> Result<Page<T>> {
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|r| key(r).map(|c| c.encode()))
+            .transpose()?
     } else {
         None
     };
-    Page { items, next_cursor }
+    Ok(Page {
+        items: skip_undecodable(table, rows.iter().map(decode)),
+        next_cursor,
+    })
 }
 
 /// The timeline entry of a lifecycle step; `seq` (the incident's event count) keeps its id
@@ -202,9 +244,9 @@ pub struct TableCounts {
     pub incidents: u64,
 }
 
-/// The result tables.
+/// The result tables, with the checkpoints and the API's tokens and audit log beside them.
 #[async_trait]
-pub trait Store: CheckpointStore + Send + Sync + 'static {
+pub trait Store: CheckpointStore + AccessStore + Send + Sync + 'static {
     /// Creates or upgrades the tables.
     async fn migrate(&self) -> Result<()>;
 

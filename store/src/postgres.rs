@@ -16,7 +16,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use crate::{
     AnomalyQuery, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store, StoreError,
-    TableCounts, corrupt, count_slots, page, status_changed_event,
+    TableCounts, corrupt, count_slots, page_skipping, skip_undecodable, status_changed_event,
 };
 
 /// PostgreSQL accepts at most 65535 bound parameters per statement.
@@ -649,14 +649,12 @@ impl Store for PgStore {
         qb.push(" ORDER BY time DESC, id DESC LIMIT ")
             .push_bind(q.limit as i64 + 1);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        let items = rows
-            .iter()
-            .map(anomaly_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, |a| Cursor {
-            ts_ms: a.ts.timestamp_millis(),
-            id: a.id.clone(),
-        }))
+        page_skipping(rows, q.limit, "anomalies", anomaly_from_row, |r| {
+            Ok(Cursor {
+                ts_ms: r.try_get::<DateTime<Utc>, _>("time")?.timestamp_millis(),
+                id: r.try_get("id")?,
+            })
+        })
     }
 
     async fn anomalies_by_id(&self, tenant: &str, ids: &[String]) -> Result<Vec<Anomaly>> {
@@ -667,7 +665,10 @@ impl Store for PgStore {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(anomaly_from_row).collect()
+        Ok(skip_undecodable(
+            "anomalies",
+            rows.iter().map(anomaly_from_row),
+        ))
     }
 
     async fn list_incidents(&self, q: &IncidentQuery) -> Result<Page<Incident>> {
@@ -702,14 +703,14 @@ impl Store for PgStore {
         qb.push(" ORDER BY started_at DESC, id DESC LIMIT ")
             .push_bind(q.limit as i64 + 1);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        let items = rows
-            .iter()
-            .map(incident_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, |i| Cursor {
-            ts_ms: i.started_at.timestamp_millis(),
-            id: i.id.clone(),
-        }))
+        page_skipping(rows, q.limit, "incidents", incident_from_row, |r| {
+            Ok(Cursor {
+                ts_ms: r
+                    .try_get::<DateTime<Utc>, _>("started_at")?
+                    .timestamp_millis(),
+                id: r.try_get("id")?,
+            })
+        })
     }
 
     async fn get_incident(&self, tenant: &str, id: &str) -> Result<Incident> {
@@ -731,7 +732,10 @@ impl Store for PgStore {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        Ok(skip_undecodable(
+            "incident_events",
+            rows.iter().map(event_from_row),
+        ))
     }
 
     async fn incident_statuses(&self, ids: &[String]) -> Result<HashMap<String, IncidentStatus>> {
@@ -822,3 +826,4 @@ impl Store for PgStore {
 }
 
 crate::checkpoint::checkpoint_store!(PgStore, sqlx::Postgres);
+crate::access::access_store!(PgStore, sqlx::Postgres);

@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
     AnomalyQuery, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store, StoreError,
-    TableCounts, corrupt, count_slots, page, status_changed_event,
+    TableCounts, corrupt, count_slots, page_skipping, skip_undecodable, status_changed_event,
 };
 
 /// SQLite accepts at most 32766 bound parameters per statement; stay well below.
@@ -420,14 +420,12 @@ impl Store for SqliteStore {
         qb.push(" ORDER BY time DESC, id DESC LIMIT ")
             .push_bind(q.limit as i64 + 1);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        let items = rows
-            .iter()
-            .map(anomaly_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, |a| Cursor {
-            ts_ms: ms(a.ts),
-            id: a.id.clone(),
-        }))
+        page_skipping(rows, q.limit, "anomalies", anomaly_from_row, |r| {
+            Ok(Cursor {
+                ts_ms: r.try_get("time")?,
+                id: r.try_get("id")?,
+            })
+        })
     }
 
     async fn anomalies_by_id(&self, tenant: &str, ids: &[String]) -> Result<Vec<Anomaly>> {
@@ -440,9 +438,11 @@ impl Store for SqliteStore {
                 sep.push_bind(id);
             }
             qb.push(") ORDER BY time, id");
-            for r in qb.build().fetch_all(&self.pool).await? {
-                out.push(anomaly_from_row(&r)?);
-            }
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            out.extend(skip_undecodable(
+                "anomalies",
+                rows.iter().map(anomaly_from_row),
+            ));
         }
         out.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
         Ok(out)
@@ -478,14 +478,12 @@ impl Store for SqliteStore {
         qb.push(" ORDER BY started_at DESC, id DESC LIMIT ")
             .push_bind(q.limit as i64 + 1);
         let rows = qb.build().fetch_all(&self.pool).await?;
-        let items = rows
-            .iter()
-            .map(incident_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, |i| Cursor {
-            ts_ms: ms(i.started_at),
-            id: i.id.clone(),
-        }))
+        page_skipping(rows, q.limit, "incidents", incident_from_row, |r| {
+            Ok(Cursor {
+                ts_ms: r.try_get("started_at")?,
+                id: r.try_get("id")?,
+            })
+        })
     }
 
     async fn get_incident(&self, tenant: &str, id: &str) -> Result<Incident> {
@@ -507,7 +505,10 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        Ok(skip_undecodable(
+            "incident_events",
+            rows.iter().map(event_from_row),
+        ))
     }
 
     async fn incident_statuses(&self, ids: &[String]) -> Result<HashMap<String, IncidentStatus>> {
@@ -540,6 +541,14 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Incident> {
         let mut tx = self.pool.begin().await?;
+        // Take the write lock first (a no-op write waits for it under the busy timeout):
+        // a transaction that reads and then writes fails at once, instead of waiting,
+        // when another writer commits in between.
+        sqlx::query("UPDATE incidents SET updated_at = updated_at WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let status: String =
             sqlx::query_scalar("SELECT status FROM incidents WHERE tenant = ? AND id = ?")
                 .bind(tenant)
@@ -607,6 +616,7 @@ impl Store for SqliteStore {
 }
 
 crate::checkpoint::checkpoint_store!(SqliteStore, sqlx::Sqlite);
+crate::access::access_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {

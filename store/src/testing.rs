@@ -4,7 +4,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::Connection;
 
-use crate::{CheckpointStore, PartitionCheckpoint, PgStore, Position, Store, TimescaleMode};
+use chrono::{DateTime, TimeZone, Utc};
+use seismo_schemas::Role;
+
+use crate::access::{ACTION_INCIDENT_TRANSITION, ACTION_TOKEN_CREATE, ACTION_TOKEN_REVOKE};
+use crate::{
+    AccessStore, ApiToken, AuditQuery, AuditRecord, CheckpointStore, Cursor, PartitionCheckpoint,
+    PgStore, Position, Store, StoreError, TimescaleMode,
+};
 
 /// The environment variable naming the test server (`scripts/services.sh start` prints it).
 pub const PG_URL_ENV: &str = "SEISMO_TEST_PG_URL";
@@ -140,5 +147,174 @@ pub async fn checkpoint_conformance(store: &dyn CheckpointStore) {
             .unwrap()
             .positions
             .is_empty()
+    );
+}
+
+/// The tokens and audit contract, run against every store: tokens come back as stored,
+/// listings and revocations stay within their tenant, a revocation happens (and is
+/// recorded) once, and the audit log pages newest first within one tenant.
+pub async fn access_conformance(store: &dyn AccessStore) {
+    let at = |s: i64| -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_767_225_600_000 + s * 1000)
+            .unwrap()
+    };
+    let token = |id: &str, tenant: &str, role: Role, rate: Option<f64>, s: i64| ApiToken {
+        id: id.into(),
+        tenant: tenant.into(),
+        role,
+        name: format!("{id} of {tenant}"),
+        secret_sha256: format!("{id:0>64}"),
+        rate_per_sec: rate,
+        created_at: at(s),
+        revoked_at: None,
+    };
+    assert!(!store.has_tokens().await.unwrap());
+    assert_eq!(store.token("000000000001").await.unwrap(), None);
+    let a_admin = token("0000000000a1", "acme", Role::Admin, None, 1);
+    let a_ingest = token("0000000000a2", "acme", Role::Ingest, Some(250.5), 2);
+    let b_read = token("0000000000b1", "bravo", Role::Read, None, 3);
+    for t in [&a_admin, &a_ingest, &b_read] {
+        store.create_token(t, "cli:test").await.unwrap();
+    }
+    assert!(store.has_tokens().await.unwrap());
+    // Ids are unique: a second token with a taken id is refused, not merged.
+    assert!(store.create_token(&a_admin, "cli:test").await.is_err());
+    assert_eq!(
+        store.token(&a_ingest.id).await.unwrap().as_ref(),
+        Some(&a_ingest)
+    );
+    let ids = |v: Vec<ApiToken>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_tokens(Some("acme")).await.unwrap()),
+        [a_admin.id.as_str(), a_ingest.id.as_str()]
+    );
+    assert_eq!(
+        ids(store.list_tokens(Some("bravo")).await.unwrap()),
+        [b_read.id.as_str()]
+    );
+    assert_eq!(store.list_tokens(None).await.unwrap().len(), 3);
+
+    // A revocation confined to another tenant finds nothing; an unknown id neither.
+    let err = store
+        .revoke_token(Some("bravo"), &a_ingest.id, "token:x", at(10))
+        .await;
+    assert!(matches!(err, Err(StoreError::NotFound)), "{err:?}");
+    let err = store
+        .revoke_token(None, "00000000dead", "token:x", at(10))
+        .await;
+    assert!(matches!(err, Err(StoreError::NotFound)), "{err:?}");
+    let revoked = store
+        .revoke_token(Some("acme"), &a_ingest.id, "token:0000000000a1", at(10))
+        .await
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(10)));
+    // Again: nothing changes, nothing more is recorded.
+    let again = store
+        .revoke_token(None, &a_ingest.id, "cli:test", at(20))
+        .await
+        .unwrap();
+    assert_eq!(again.revoked_at, Some(at(10)));
+    assert_eq!(
+        store.token(&a_ingest.id).await.unwrap().unwrap().revoked_at,
+        Some(at(10))
+    );
+
+    store
+        .append_audit(&AuditRecord {
+            time: at(30),
+            tenant: "acme".into(),
+            actor: "token:0000000000a1".into(),
+            action: ACTION_INCIDENT_TRANSITION.into(),
+            target: "inc1".into(),
+            detail: serde_json::json!({ "from": "DETECTED", "to": "ACKNOWLEDGED" }),
+        })
+        .await
+        .unwrap();
+    let q = |limit: usize, cursor: Option<Cursor>| AuditQuery {
+        tenant: "acme".into(),
+        limit,
+        cursor,
+        ..Default::default()
+    };
+    let all = store.list_audit(&q(100, None)).await.unwrap();
+    assert_eq!(all.next_cursor, None);
+    let seen: Vec<(&str, &str, &str)> = all
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.record.action.as_str(),
+                e.record.target.as_str(),
+                e.record.actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (ACTION_INCIDENT_TRANSITION, "inc1", "token:0000000000a1"),
+            (ACTION_TOKEN_REVOKE, "0000000000a2", "token:0000000000a1"),
+            (ACTION_TOKEN_CREATE, "0000000000a2", "cli:test"),
+            (ACTION_TOKEN_CREATE, "0000000000a1", "cli:test"),
+        ]
+    );
+    assert_eq!(all.items[0].record.detail["to"], "ACKNOWLEDGED");
+    assert_eq!(all.items[2].record.detail["rate_per_sec"], 250.5);
+    assert_eq!(all.items[2].record.time, at(2));
+    // Pages of one walk the same entries in the same order.
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store.list_audit(&q(1, cursor)).await.unwrap();
+        walked.extend(p.items.iter().map(|e| e.id));
+        match p.next_cursor {
+            Some(c) => cursor = Some(Cursor::decode(&c).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(walked, all.items.iter().map(|e| e.id).collect::<Vec<_>>());
+    // Time bounds, and tenants apart.
+    let window = store
+        .list_audit(&AuditQuery {
+            from: Some(at(2)),
+            to: Some(at(30)),
+            ..q(100, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.items.len(), 2);
+    let bravo = store
+        .list_audit(&AuditQuery {
+            tenant: "bravo".into(),
+            ..q(100, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(bravo.items.len(), 1);
+    assert_eq!(bravo.items[0].record.target, b_read.id);
+    let bad = Cursor {
+        ts_ms: 0,
+        id: "abc".into(),
+    };
+    assert!(matches!(
+        store.list_audit(&q(10, Some(bad))).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Revoked tokens still count as tokens having been created.
+    for t in [&a_admin, &b_read] {
+        store
+            .revoke_token(None, &t.id, "cli:test", at(40))
+            .await
+            .unwrap();
+    }
+    assert!(store.has_tokens().await.unwrap());
+    assert!(
+        store
+            .list_tokens(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.revoked_at.is_some())
     );
 }

@@ -1,5 +1,5 @@
 //! PostgreSQL store tests on a real server: migrations, native partitions, COPY idempotence,
-//! checkpoints, and the TimescaleDB branch up to its extension check.
+//! checkpoints, tokens and audit, and the TimescaleDB branch up to its extension check.
 
 use chrono::{TimeZone, Utc};
 use seismo_schemas::{Labels, MetricPoint};
@@ -121,4 +121,10 @@ async fn points_are_copied_once_into_daily_partitions() {
 async fn checkpoints_are_incremental_and_never_move_backwards() {
     let store = fresh_postgres().await;
     seismo_store::testing::checkpoint_conformance(&store).await;
+}
+
+#[tokio::test]
+async fn tokens_and_audit_follow_the_contract() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::access_conformance(&store).await;
 }

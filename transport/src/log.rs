@@ -47,8 +47,10 @@ pub struct DiskBusConfig {
 const FRAME_HEADER: usize = 12;
 /// Largest frame accepted when reading; anything larger is corruption.
 const MAX_FRAME: usize = 1 << 30;
-/// Most bytes one `next_batch` returns (beyond a single large record).
-const MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Most bytes one `next_batch` returns (beyond a single large record). Stages parse a
+/// batch whole and parsed points take about ten times their JSON size, so this bounds
+/// each stage's working memory (4 MiB: about 40 MB of points) as much as the I/O size.
+const MAX_BATCH_BYTES: u64 = 4 << 20;
 /// How long a consumer waits on a quiet bus before returning an empty batch, so stages
 /// can do periodic work (checkpoints, idle timeouts).
 const IDLE_TICK: Duration = Duration::from_millis(500);
