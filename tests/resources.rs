@@ -37,14 +37,39 @@ impl Proc {
 
     /// Resident memory of the process, from /proc.
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .unwrap()
+        rss_of(self.0.id())
     }
+
+    /// Samples the resident memory every 10 ms until the returned flag is set; the handle
+    /// gives the highest sample.
+    fn peak_sampler(
+        &self,
+    ) -> (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<u64>,
+    ) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pid, flag) = (self.0.id(), stop.clone());
+        let h = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                peak = peak.max(rss_of(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        (stop, h)
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap()
 }
 
 impl Drop for Proc {
@@ -144,6 +169,57 @@ async fn idle_sockets_do_not_starve_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_mib_of_junk_gets_a_small_answer_and_little_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &[]);
+    let addr = p.addr();
+    settle(&p, &addr).await;
+    let before = p.rss();
+    let client = reqwest::Client::new();
+    // Two shapes of 8 MiB (http.max_body_bytes) of junk: many short bad lines, each echoed
+    // in a refusal if nothing capped them, and one huge line.
+    let many: String = (0..)
+        .map(|i| format!("{{\"name\":\"junk{i}\",\"ts\":[{i}],\"value\":\"x\"}}\n"))
+        .scan(0usize, |len, l| {
+            *len += l.len();
+            (*len <= 8 * MB as usize).then_some(l)
+        })
+        .collect();
+    let one = format!("{{\"name\":\"{}\"}}", "x".repeat(8 * MB as usize - 12));
+    let (stop, sampler) = p.peak_sampler();
+    for (what, body) in [("short bad lines", many), ("one 8 MiB line", one)] {
+        let len = body.len();
+        let r = client
+            .post(format!("http://{addr}/api/v1/ingest/points"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+        let answer = r.bytes().await.unwrap();
+        println!(
+            "8 MiB of junk ({what}, {len} bytes): a {} byte answer",
+            answer.len()
+        );
+        assert!(answer.len() <= 64 * 1024, "{what}: {} bytes", answer.len());
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(v["accepted"], 0);
+        assert!(v["rejected_count"].as_u64().unwrap() >= 1);
+    }
+    settle(&p, &addr).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let after = sampler.join().unwrap().max(p.rss());
+    let growth = after.saturating_sub(before);
+    println!(
+        "8 MiB of junk: RSS {} MB -> peak {} MB (growth {:.1} MB)",
+        before / MB,
+        after / MB,
+        growth as f64 / MB as f64
+    );
+    assert!(growth <= 50 * MB, "grew {growth} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_century_of_gaps_costs_little_memory() {
     let dir = tempfile::tempdir().unwrap();
     let p = start(dir.path(), &[("SEISMO_INGEST__BACKFILL", "true")]);
@@ -159,6 +235,7 @@ async fn a_century_of_gaps_costs_little_memory() {
             ));
         }
     }
+    let (stop, sampler) = p.peak_sampler();
     let r = reqwest::Client::new()
         .post(format!("http://{addr}/api/v1/ingest/points"))
         .body(body)
@@ -168,10 +245,11 @@ async fn a_century_of_gaps_costs_little_memory() {
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
     settle(&p, &addr).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = p.rss();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let after = sampler.join().unwrap().max(p.rss());
     let growth = after.saturating_sub(before);
     println!(
-        "100-year gaps: RSS {} MB -> {} MB (growth {:.1} MB)",
+        "100-year gaps: RSS {} MB -> peak {} MB (growth {:.1} MB)",
         before / MB,
         after / MB,
         growth as f64 / MB as f64
