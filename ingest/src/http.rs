@@ -277,7 +277,7 @@ async fn ingest_points_inner(
     // Parsed a chunk at a time, keeping only the byte ranges of accepted lines: a request
     // then holds its body and one chunk of points, not ten times its body in points.
     let mut parsed = Parsed::new(cfg.max_rejections_listed);
-    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut kept: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new(); FORWARD_KEYS as usize];
     let mut accepted = 0;
     parse_lines_chunked(
         &body,
@@ -288,10 +288,11 @@ async fn ingest_points_inner(
         |chunk| {
             s.limits.admit_series(chunk, now);
             accepted += chunk.points.len();
-            for r in chunk.accepted_lines.drain(..) {
-                match kept.last_mut() {
+            for (p, r) in chunk.points.iter().zip(chunk.accepted_lines.drain(..)) {
+                let lines = &mut kept[forward_key(p) as usize];
+                match lines.last_mut() {
                     Some(last) if last.end + 1 == r.start => last.end = r.end,
-                    _ => kept.push(r),
+                    _ => lines.push(r),
                 }
             }
             chunk.points.clear();
@@ -301,25 +302,31 @@ async fn ingest_points_inner(
     parsed.count_refusals();
     if accepted > 0 {
         take_quota(caller, accepted as u64)?;
-        // Forward the accepted lines unchanged as one record, with the tenant in a header
-        // for the lines that name none, so ingest's runner stores and re-keys them exactly
-        // as if a producer had written them to Kafka. When every line was accepted the
-        // body itself is forwarded, uncopied.
-        let payload = if parsed.rejected_count == 0 {
-            body.clone()
-        } else {
-            let mut payload = BytesMut::with_capacity(kept.iter().map(|r| r.len() + 1).sum());
-            for r in &kept {
-                payload.extend_from_slice(&body[r.clone()]);
-                payload.extend_from_slice(b"\n");
-            }
-            payload.freeze()
-        };
-        let mut record = OutRecord::new(Bytes::new(), payload);
-        if let Some(t) = &tenant {
-            record = record.header("tenant", t.clone());
-        }
-        forward(s, record).await?;
+        // Forward the accepted lines unchanged, with the tenant in a header for the lines
+        // that name none, so ingest's runner stores and re-keys them exactly as if a
+        // producer had written them to Kafka. Lines are grouped by forward key, so a series'
+        // points always take the same partition and reach detect in order. A request whose
+        // lines all share a key and were all accepted is forwarded uncopied.
+        let used: Vec<usize> = (0..kept.len()).filter(|k| !kept[*k].is_empty()).collect();
+        let records = used
+            .iter()
+            .map(|&k| {
+                let payload = if used.len() == 1 && parsed.rejected_count == 0 {
+                    body.clone()
+                } else {
+                    let lines = &kept[k];
+                    let mut payload =
+                        BytesMut::with_capacity(lines.iter().map(|r| r.len() + 1).sum());
+                    for r in lines {
+                        payload.extend_from_slice(&body[r.clone()]);
+                        payload.extend_from_slice(b"\n");
+                    }
+                    payload.freeze()
+                };
+                forward_record(k as u32, payload, tenant.as_deref())
+            })
+            .collect();
+        forward(s, records).await?;
     }
     if parsed.rejected_count > 0 {
         return Ok(partial(&parsed, accepted));
@@ -334,11 +341,30 @@ async fn ingest_points_inner(
 /// Lines parsed at a time by the JSON-lines endpoint (a few MB of points at most).
 const PARSE_CHUNK_LINES: usize = 4096;
 
+/// Keys HTTP ingest forwards points under. Each point's key is a hash of its `points_key`
+/// (host or series), so one series always takes one `seismo.metrics` partition and its
+/// points reach detect in order (spread over partitions, a later minute could overtake an
+/// earlier one, which detect would then refuse as late); 64 keys bound the records per
+/// request and still spread the load over up to 64 partitions.
+const FORWARD_KEYS: u32 = 64;
+
+fn forward_key(p: &seismo_schemas::MetricPoint) -> u32 {
+    seismo_transport::partition_for(p.points_key().as_bytes(), FORWARD_KEYS)
+}
+
+fn forward_record(key: u32, payload: Bytes, tenant: Option<&str>) -> OutRecord {
+    let r = OutRecord::new(Bytes::from(format!("fwd-{key:02}")), payload);
+    match tenant {
+        Some(t) => r.header("tenant", t.to_string()),
+        None => r,
+    }
+}
+
 /// Publishes accepted points (JSON lines) to `seismo.metrics` as one record, all or
 /// nothing within the publish timeout; the error is the response to give.
-async fn forward(s: &IngestHttp, record: OutRecord) -> Result<(), Refusal> {
+async fn forward(s: &IngestHttp, records: Vec<OutRecord>) -> Result<(), Refusal> {
     s.producer
-        .try_send_all(topics::METRICS, vec![record], s.publish_timeout)
+        .try_send_all(topics::METRICS, records, s.publish_timeout)
         .await
         .map_err(publish_error)
 }
@@ -379,12 +405,19 @@ async fn remote_write_inner(
     let accepted = parsed.points.len();
     if accepted > 0 {
         take_quota(caller, accepted as u64)?;
-        let mut payload = BytesMut::new();
+        let mut payloads: Vec<BytesMut> = vec![BytesMut::new(); FORWARD_KEYS as usize];
         for p in &parsed.points {
+            let payload = &mut payloads[forward_key(p) as usize];
             payload.extend_from_slice(&serde_json::to_vec(p).expect("points serialise"));
             payload.extend_from_slice(b"\n");
         }
-        forward(s, OutRecord::new(Bytes::new(), payload.freeze())).await?;
+        let records = payloads
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(k, p)| forward_record(k as u32, p.freeze(), None))
+            .collect();
+        forward(s, records).await?;
     }
     if parsed.rejected_count > 0 {
         return Ok(partial(&parsed, accepted));

@@ -93,6 +93,19 @@ async fn post(app: &axum::Router, uri: &str, body: &str, tenant: Option<&str>) -
     send(app, request(uri, body.to_string(), tenant)).await
 }
 
+/// Every point forwarded in `batch`, each record read with the tenant its header names.
+fn points_of(batch: &[seismo_transport::Message]) -> Vec<seismo_schemas::MetricPoint> {
+    batch
+        .iter()
+        .flat_map(|m| {
+            let tenant = m
+                .header("tenant")
+                .map(|t| String::from_utf8(t.to_vec()).unwrap());
+            parse_lines(&m.payload, tenant.as_deref()).points
+        })
+        .collect()
+}
+
 /// A minute ago: inside the default time window.
 fn recent() -> i64 {
     now_ms() - 60_000
@@ -133,9 +146,9 @@ async fn accepted_lines_reach_the_bus_and_bad_lines_are_numbered() {
         batch[0].header("tenant").map(|t| &t[..]),
         Some(&b"acme"[..])
     );
-    let parsed = parse_lines(&batch[0].payload, Some("acme"));
-    assert_eq!(parsed.points.len(), 2);
-    assert!(parsed.points.iter().all(|p| p.tenant == "acme"));
+    let points = points_of(&batch);
+    assert_eq!(points.len(), 2);
+    assert!(points.iter().all(|p| p.tenant == "acme"));
 
     let a = post(&app, "/api/v1/ingest/points", &line(3), None).await;
     assert_eq!(
@@ -207,7 +220,7 @@ async fn points_outside_the_time_window_are_refused_unless_backfilling() {
     assert!(a.reason(0).contains("backfill"), "{}", a.json);
     assert!(a.reason(1).contains("ingest.max_future_secs"), "{}", a.json);
     let batch = consumer.next_batch(10).await.unwrap().unwrap();
-    assert_eq!(parse_lines(&batch[0].payload, None).points.len(), 2);
+    assert_eq!(points_of(&batch).len(), 2);
 
     // Backfilling takes any age (within 2000..2100).
     let old = [line_at(1, 1_700_000_000_000), line_at(3, now + 20 * 60_000)].join("\n");
@@ -347,7 +360,7 @@ async fn gzip_bodies_are_accepted_and_gzip_bombs_refused() {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["accepted"], 5);
     let batch = consumer.next_batch(10).await.unwrap().unwrap();
-    assert_eq!(parse_lines(&batch[0].payload, None).points.len(), 5);
+    assert_eq!(points_of(&batch).len(), 5);
 
     // 40 MiB of newlines compress to about 40 KiB: refused while decompressing.
     let bomb = gzip(&vec![b'\n'; 40 << 20]);
@@ -438,7 +451,8 @@ async fn snappy_bombs_are_refused_before_decompressing() {
 
 #[tokio::test]
 async fn requests_with_too_many_points_are_refused_whole() {
-    let bus = InProcBus::new(1, 8);
+    // Room for one request's records: up to one per forward key.
+    let bus = InProcBus::new(1, 64);
     let mut consumer = bus.subscribe(topics::METRICS, "ingest", 1).remove(0);
     let app = app_cfg(
         &bus,
@@ -460,7 +474,10 @@ async fn requests_with_too_many_points_are_refused_whole() {
     );
     let a = post(&app, "/api/v1/ingest/points", &lines(10), None).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
-    assert_eq!(consumer.next_batch(10).await.unwrap().unwrap().len(), 1);
+    assert_eq!(
+        points_of(&consumer.next_batch(64).await.unwrap().unwrap()).len(),
+        10
+    );
 
     let t = recent();
     let samples: Vec<i64> = (0..11).map(|i| t + i).collect();
@@ -731,7 +748,7 @@ async fn the_callers_tenant_and_quota_apply() {
         batch[0].header("tenant").map(|t| &t[..]),
         Some(&b"acme"[..])
     );
-    let points = parse_lines(&batch[0].payload, Some("acme")).points;
+    let points = points_of(&batch);
     assert_eq!(points.len(), 1);
     assert_eq!(points[0].tenant, "acme");
     assert_eq!(*quota.asked.lock().unwrap(), [1]);
@@ -751,10 +768,7 @@ async fn the_callers_tenant_and_quota_apply() {
         batch[0].header("tenant").map(|t| &t[..]),
         Some(&b"bravo"[..])
     );
-    assert_eq!(
-        parse_lines(&batch[0].payload, Some("bravo")).points[0].tenant,
-        "bravo"
-    );
+    assert_eq!(points_of(&batch)[0].tenant, "bravo");
 
     // Beyond the quota: 429 with Retry-After rounded up, and nothing published.
     let a = post(&acme, uri, &[line(1), line(2)].join("\n"), None).await;
@@ -778,10 +792,7 @@ async fn the_callers_tenant_and_quota_apply() {
     let a = send(&admin, remote_write_request(encode(&req))).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let batch = consumer.next_batch(10).await.unwrap().unwrap();
-    assert_eq!(
-        parse_lines(&batch[0].payload, None).points[0].tenant,
-        "acme"
-    );
+    assert_eq!(points_of(&batch)[0].tenant, "acme");
     let hook = webhook(&[alert("X", &[("tenant".into(), "bravo".into())])]);
     let a = post(&acme, "/api/v1/ingest/alertmanager", &hook, None).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
@@ -848,4 +859,35 @@ async fn prometheus_remote_write_is_accepted_as_points() {
     let (code, body) = send(b"not snappy".to_vec()).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(body.contains("snappy"), "{body}");
+}
+
+#[tokio::test]
+async fn a_series_is_always_forwarded_under_one_key() {
+    // Spread over partitions, a later minute of a series could overtake an earlier one on
+    // the way to detect; one key per series keeps them on one partition, in order.
+    let bus = InProcBus::new(4, 1024);
+    let mut consumer = bus.subscribe(topics::METRICS, "ingest", 1).remove(0);
+    let app = app(&bus, 1 << 20);
+    bus.seal();
+    let mut key_of: std::collections::HashMap<String, bytes::Bytes> = Default::default();
+    let mut records = 0;
+    for minute in 0..3 {
+        let body = (0..40)
+            .map(|h| line_at(h, recent() - 180_000 + minute * 60_000))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let a = post(&app, "/api/v1/ingest/points", &body, None).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+        let batch = consumer.next_batch(1024).await.unwrap().unwrap();
+        records = records.max(batch.len());
+        for m in &batch {
+            for p in parse_lines(&m.payload, None).points {
+                let host = p.labels["host"].clone();
+                let k = key_of.entry(host.clone()).or_insert_with(|| m.key.clone());
+                assert_eq!(*k, m.key, "host {host} forwarded under two keys");
+            }
+        }
+    }
+    assert_eq!(key_of.len(), 40);
+    assert!(records > 1 && records <= 40, "{records} records");
 }
