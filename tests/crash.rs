@@ -6,10 +6,14 @@
 //! Needs `SEISMO_TEST_KAFKA` and `SEISMO_TEST_PG_URL` (scripts/test.sh starts both); without
 //! them the distributed half fails with instructions, never skips.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Proc;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -70,78 +74,6 @@ fn body(points: &[MetricPoint]) -> String {
         .iter()
         .map(|p| serde_json::to_string(p).unwrap() + "\n")
         .collect()
-}
-
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    /// "running" lines the log held before this process started (the log is appended to
-    /// across restarts).
-    earlier_starts: usize,
-}
-
-impl Proc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        // SIGKILL: no shutdown path runs, exactly like a crash or an OOM kill.
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-
-    fn sigterm(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no exit on SIGTERM:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The HTTP address the process logged.
-    fn addr(&self) -> String {
-        let start = Instant::now();
-        loop {
-            let text = self.log_text();
-            for key in ["addr=", "http="] {
-                // This process's own start line, not an earlier process's.
-                if let Some(a) = text
-                    .lines()
-                    .filter(|l| l.contains("running"))
-                    .skip(self.earlier_starts)
-                    .find_map(|l| l.split(key).nth(1))
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    return a.to_string();
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the process did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {

@@ -3,11 +3,15 @@
 //! telemetry keeps arriving. Nothing acknowledged may be lost, the stages must recover by
 //! themselves, and `/readyz` must report the outage while it lasts.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use common::Proc;
 
 use bytes::Bytes;
 use seismo_kafka::{KafkaConfig, KafkaProducer};
@@ -16,43 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const OUTAGE: Duration = Duration::from_secs(60);
 const T0: i64 = 1_767_571_200_000;
-
-struct Proc(Child, std::path::PathBuf);
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-
-    fn addr(&self) -> String {
-        let start = Instant::now();
-        loop {
-            let text = self.log();
-            for key in ["addr=", "http="] {
-                if let Some(a) = text
-                    .lines()
-                    .filter(|l| l.contains("running"))
-                    .find_map(|l| l.split(key).nth(1))
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    return a.to_string();
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
     let file = std::fs::File::create(log).unwrap();
@@ -66,7 +33,7 @@ fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
         .stderr(file)
         .spawn()
         .unwrap();
-    Proc(child, log.to_path_buf())
+    Proc::new(child, log.to_path_buf())
 }
 
 /// Minute `m` of 40 series as JSON lines.
@@ -203,7 +170,7 @@ async fn embedded_survives_a_locked_database() {
             pool.close().await;
             n == total
         },
-        || p.log(),
+        || p.log_text(),
     )
     .await;
     until(
@@ -216,14 +183,18 @@ async fn embedded_survives_a_locked_database() {
                 .await
                 .is_ok_and(|r| r.status() == 200)
         },
-        || p.log(),
+        || p.log_text(),
     )
     .await;
     done.store(true, Ordering::Release);
     let (saw_503, report) = watcher.await.unwrap();
-    assert!(saw_503, "/readyz never reported the outage:\n{}", p.log());
+    assert!(
+        saw_503,
+        "/readyz never reported the outage:\n{}",
+        p.log_text()
+    );
     assert!(report.contains("locked"), "{report}");
-    assert!(p.log().contains("recovered"), "{}", p.log());
+    assert!(p.log_text().contains("recovered"), "{}", p.log_text());
 }
 
 /// A TCP proxy that can cut every connection and refuse new ones.
@@ -348,8 +319,8 @@ async fn distributed_survives_an_unreachable_database() {
         format!(
             "expected {total}, stored and detected {:?}\n{}\n----\n{}",
             seen.lock().unwrap(),
-            ingest.log(),
-            detect.log()
+            ingest.log_text(),
+            detect.log_text()
         )
     };
     until(
@@ -370,7 +341,7 @@ async fn distributed_survives_an_unreachable_database() {
     done.store(true, Ordering::Release);
     let (saw_503, _) = watcher.await.unwrap();
     assert!(saw_503, "/readyz never reported the outage:\n{}", logs());
-    assert!(ingest.log().contains("recovered"), "{}", logs());
+    assert!(ingest.log_text().contains("recovered"), "{}", logs());
     let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 }

@@ -2,82 +2,15 @@
 //! can make it hold. Each case measures the process's resident memory (VmRSS) before and
 //! after and prints the figures (`cargo test --test resources -- --nocapture`).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Proc;
+
 const MB: u64 = 1 << 20;
-
-struct Proc(Child, std::path::PathBuf);
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-
-    fn addr(&self) -> String {
-        let start = Instant::now();
-        loop {
-            let text = self.log();
-            if let Some(a) = text
-                .lines()
-                .filter(|l| l.contains("running"))
-                .find_map(|l| l.split("addr=").nth(1))
-                .and_then(|r| r.split_whitespace().next())
-            {
-                return a.to_string();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Resident memory of the process, from /proc.
-    fn rss(&self) -> u64 {
-        rss_of(self.0.id())
-    }
-
-    /// Samples the resident memory every 10 ms until the returned flag is set; the handle
-    /// gives the highest sample.
-    fn peak_sampler(
-        &self,
-    ) -> (
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-        std::thread::JoinHandle<u64>,
-    ) {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (pid, flag) = (self.0.id(), stop.clone());
-        let h = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(std::sync::atomic::Ordering::Acquire) {
-                peak = peak.max(rss_of(pid));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            peak
-        });
-        (stop, h)
-    }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap()
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start(dir: &Path, extra: &[(&str, &str)]) -> Proc {
     let log = dir.join("seismo.log");
@@ -96,7 +29,7 @@ fn start(dir: &Path, extra: &[(&str, &str)]) -> Proc {
         .stderr(file)
         .spawn()
         .unwrap();
-    Proc(child, log)
+    Proc::new(child, log)
 }
 
 async fn settle(p: &Proc, addr: &str) {
@@ -113,7 +46,7 @@ async fn settle(p: &Proc, addr: &str) {
                 return;
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "{}", p.log());
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", p.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
