@@ -62,6 +62,26 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Rank the likely root causes of a symptom from the stored points (storage.url): the
+    /// services whose metrics changed most around AT, with latency explained along
+    /// `[correlate.dependencies]`.
+    Investigate {
+        /// The service showing the symptom (a value of correlate.service_label).
+        #[arg(long)]
+        service: Option<String>,
+        /// Or a label the symptom series carries, as name=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// When the symptom began (RFC 3339).
+        #[arg(long)]
+        at: chrono::DateTime<chrono::Utc>,
+        /// The tenant whose data to read.
+        #[arg(long, default_value = seismo_schemas::DEFAULT_TENANT)]
+        tenant: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Quality harnesses on a data folder.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -90,6 +110,19 @@ pub enum EvalCommand {
         #[arg(long, default_value = "seismo")]
         name: String,
         /// Also write the scores as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Root-cause ranking on microservice fault cases (the layout of ../shared/data/rca:
+    /// per system graph.json and cases/*/{metrics.csv,truth.json}); prints AC@1, AC@3 and
+    /// Avg@5 per system, fault type and day, for `investigate` and for the incidents of each
+    /// case streamed through the embedded pipeline.
+    Rca {
+        dir: PathBuf,
+        /// Only rank with `investigate` (skips streaming every case, which takes minutes).
+        #[arg(long)]
+        investigate_only: bool,
+        /// Also write every case's rank as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -122,6 +155,12 @@ pub enum TokenCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not name=value"))
 }
 
 fn parse_role(s: &str) -> Result<seismo_schemas::Role, String> {

@@ -121,7 +121,9 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         }
         None => {
             router = router.merge(seismo_api::router(
-                seismo_api::ApiState::new(store.clone()).with_auth(auth.clone()),
+                seismo_api::ApiState::new(store.clone())
+                    .with_auth(auth.clone())
+                    .with_correlate(cfg.correlate.clone()),
             ));
             let h = health.stage("api");
             h.running();

@@ -74,7 +74,9 @@ pub fn router(
     let auth = auth_store.map(|s| authenticator(cfg, s));
     if let Some(store) = store {
         r = r.merge(seismo_api::router(
-            seismo_api::ApiState::new(store).with_auth(auth.clone()),
+            seismo_api::ApiState::new(store)
+                .with_auth(auth.clone())
+                .with_correlate(cfg.correlate.clone()),
         ));
     }
     if let Some(p) = pipeline {

@@ -149,6 +149,8 @@ pub fn need(method: &Method, path: &str) -> Need {
             Need::Read
         }
         ["api", "v1", "incidents", _, "transition"] if *method == Method::POST => Need::Write,
+        // Reads the stored points and writes nothing.
+        ["api", "v1", "investigate"] if *method == Method::POST => Need::Read,
         _ => Need::Admin,
     }
 }
@@ -614,6 +616,8 @@ mod tests {
             (&post, "/api/v1/incidents/abc/transition", Need::Write),
             (&get, "/api/v1/incidents/abc/transition", Need::Admin),
             (&post, "/api/v1/anomalies", Need::Admin),
+            (&post, "/api/v1/investigate", Need::Read),
+            (&get, "/api/v1/investigate", Need::Admin),
             (&get, "/api/v1/tokens", Need::Admin),
             (&delete, "/api/v1/tokens/abc", Need::Admin),
             (&get, "/api/v1/audit", Need::Admin),

@@ -94,13 +94,24 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
+    /// The service label, dependency graph and metric roles investigations use.
+    pub correlate: Arc<seismo_correlate::CorrelateConfig>,
     /// The authenticator in front of the API, told of revocations so they apply at once.
     pub auth: Option<Arc<Authenticator>>,
 }
 
 impl ApiState {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        ApiState { store, auth: None }
+        ApiState {
+            store,
+            correlate: Arc::default(),
+            auth: None,
+        }
+    }
+
+    pub fn with_correlate(mut self, cfg: seismo_correlate::CorrelateConfig) -> Self {
+        self.correlate = Arc::new(cfg);
+        self
     }
 
     pub fn with_auth(mut self, auth: Option<Arc<Authenticator>>) -> Self {
@@ -144,6 +155,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
+        .route("/api/v1/investigate", post(investigate))
         .route(
             "/api/v1/tokens",
             get(admin::list_tokens).post(admin::create_token),
@@ -427,6 +439,25 @@ struct TransitionBody {
 
 /// The actor of an API call without authentication and without a named person.
 const DEFAULT_ACTOR: &str = "api";
+
+/// `POST /api/v1/investigate {service | labels, at}`: root-cause candidates for a symptom
+/// the caller names, ranked from the stored points.
+async fn investigate(
+    State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<seismo_correlate::investigate::Answer>> {
+    use seismo_correlate::investigate::{InvestigateError, Question, investigate};
+    let who = caller(found, &headers)?;
+    let q: Question = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    match investigate(s.store.as_ref(), &s.correlate, &who.tenant, &q).await {
+        Ok(a) => Ok(Json(a)),
+        Err(InvestigateError::Invalid(m)) => Err(ApiError::BadRequest(m)),
+        Err(InvestigateError::Store(e)) => Err(e.into()),
+    }
+}
 
 async fn transition(
     State(s): State<ApiState>,

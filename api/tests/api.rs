@@ -496,6 +496,99 @@ async fn listings_skip_rows_that_cannot_be_read_on_postgres() {
     .await;
 }
 
+/// A shop of three services (front calls cart and ads, cart calls db) sampled every minute
+/// for 75 minutes; from minute 60, db's CPU is pinned and cart's and front's latency follow.
+async fn investigate_ranks_the_starved_database_first(store: Arc<dyn Store>) {
+    use seismo_schemas::MetricPoint;
+    let t0 = 1_700_000_000_000i64;
+    let mut points = Vec::new();
+    let mut rng = 7u64;
+    for i in 0..75i64 {
+        let hot = (60..65).contains(&i);
+        for (svc, name, base, hot_v) in [
+            ("db", "cpu_usage", 5.0, 97.0),
+            ("db", "server_latency_seconds", 0.01, 0.2),
+            ("cart", "server_latency_seconds", 0.02, 0.21),
+            ("front", "server_latency_seconds", 0.05, 0.25),
+            ("ads", "cpu_usage", 3.0, 3.0),
+            ("ads", "server_latency_seconds", 0.01, 0.01),
+        ] {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let wobble = 1.0 + ((rng >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.1;
+            points.push(MetricPoint {
+                tenant: "default".into(),
+                name: name.into(),
+                labels: [("service".to_string(), svc.to_string())].into(),
+                ts: t0 + i * 60_000,
+                value: if hot { hot_v } else { base } * wobble,
+            });
+        }
+    }
+    store.insert_points(&points).await.unwrap();
+    let cfg = seismo_correlate::CorrelateConfig {
+        dependencies: [
+            (
+                "front".to_string(),
+                vec!["cart".to_string(), "ads".to_string()],
+            ),
+            ("cart".to_string(), vec!["db".to_string()]),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let app = router(ApiState::new(store).with_correlate(cfg));
+    let at = chrono::DateTime::from_timestamp_millis(t0 + 60 * 60_000)
+        .unwrap()
+        .to_rfc3339();
+    let (code, v) = call(
+        &app,
+        "POST",
+        "/api/v1/investigate",
+        &format!(r#"{{"service":"front","at":"{at}"}}"#),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["candidates"][0]["target"], "service=db", "{v:#}");
+    assert_eq!(v["series_examined"], 6);
+    assert_eq!(v["bucket_secs"], 60.0);
+    // The symptom named by a series' labels instead.
+    let (code, v) = call(
+        &app,
+        "POST",
+        "/api/v1/investigate",
+        &format!(r#"{{"labels":{{"service":"cart"}},"at":"{at}"}}"#),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["symptom"], "cart");
+    assert_eq!(v["candidates"][0]["target"], "service=db", "{v:#}");
+    // What cart does not call cannot be its cause.
+    assert!(
+        v["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["target"] != "service=ads")
+    );
+    for (body, want) in [
+        (r#"{"service":"front"}"#.to_string(), "missing field `at`"),
+        (
+            format!(r#"{{"labels":{{"service":"nope"}},"at":"{at}"}}"#),
+            "no series matches",
+        ),
+        (
+            format!(r#"{{"srvice":"front","at":"{at}"}}"#),
+            "unknown field",
+        ),
+    ] {
+        let (code, v) = call(&app, "POST", "/api/v1/investigate", &body).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
@@ -526,5 +619,6 @@ on_every_store!(
     tenants_do_not_see_each_other,
     health_and_metrics_answer,
     transitions_are_bounded_in_size_and_number,
-    one_incident_answers_with_at_most_a_thousand_anomalies
+    one_incident_answers_with_at_most_a_thousand_anomalies,
+    investigate_ranks_the_starved_database_first
 );

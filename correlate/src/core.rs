@@ -8,6 +8,8 @@ use seismo_schemas::{
     Labels, RootCauseCandidate, Severity, correlation_key, stable_hash,
 };
 use seismo_store::IncidentWrite;
+
+use crate::rank::{self, Change, Evidence, Graph, MetricRole};
 use serde::{Deserialize, Serialize};
 
 /// Correlation settings.
@@ -34,6 +36,10 @@ pub struct CorrelateConfig {
     pub scope_label: Option<String>,
     /// The service dependency graph: each service and the services it calls.
     pub dependencies: BTreeMap<String, Vec<String>>,
+    /// How root-cause ranking reads a metric, by exact name, where the name misleads:
+    /// `resource`, `server_latency`, `client_latency`, `errors`, `success` or `other`
+    /// (see `rank::MetricRole::of` for what names say on their own).
+    pub metric_roles: BTreeMap<String, crate::rank::MetricRole>,
 }
 
 impl Default for CorrelateConfig {
@@ -47,6 +53,7 @@ impl Default for CorrelateConfig {
             host_label: "host".into(),
             scope_label: None,
             dependencies: BTreeMap::new(),
+            metric_roles: BTreeMap::new(),
         }
     }
 }
@@ -64,6 +71,37 @@ struct ServiceFacts {
     max_score: f64,
     strongest: String,
     count: usize,
+    /// The largest change of each kind of metric, which ranking weighs.
+    changes: BTreeMap<MetricRole, Strongest>,
+}
+
+/// The largest change of one kind seen on a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Strongest {
+    metric: String,
+    size: f64,
+    expected: f64,
+    observed: f64,
+}
+
+/// How far outside its expected band an anomaly lies, in half-band widths, in the direction
+/// its role calls bad: unlike the score, it does not saturate, so it can rank. 1 is the band
+/// edge.
+fn magnitude(a: &Anomaly, role: MetricRole) -> f64 {
+    let half = ((a.upper - a.lower) / 2.0)
+        .abs()
+        .max(1e-9 * a.expected.abs().max(1e-9));
+    let d = (a.observed - a.expected) / half;
+    let sized = match role {
+        MetricRole::Success => -d,
+        MetricRole::Other => d.abs(),
+        _ => d,
+    };
+    if sized.is_finite() {
+        sized.max(0.0)
+    } else {
+        0.0
+    }
 }
 
 /// What an incident learns from one signal.
@@ -74,6 +112,8 @@ struct Noted<'a> {
     score: f64,
     what: &'a str,
     severity: Severity,
+    /// The kind of metric and the change's size, expected and observed values.
+    change: Option<(MetricRole, f64, f64, f64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,9 +135,9 @@ pub struct Correlator {
     /// Undirected adjacency, for "related".
     #[serde(skip)]
     adjacent: HashMap<String, HashSet<String>>,
-    /// For each service, every service that calls it directly or indirectly.
+    /// The dependency graph, for ranking.
     #[serde(skip)]
-    callers: HashMap<String, HashSet<String>>,
+    graph: Graph,
     open: Vec<Open>,
     pending: Vec<Anomaly>,
     /// Which incident each alert (tenant, fingerprint) joined.
@@ -121,30 +161,11 @@ impl Correlator {
                 adjacent.entry(to.clone()).or_default().insert(from.clone());
             }
         }
-        // Transitive callers by a walk up the reversed graph from every service.
-        let mut direct_callers: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (from, tos) in &cfg.dependencies {
-            for to in tos {
-                direct_callers.entry(to).or_default().push(from);
-            }
-        }
-        let mut callers = HashMap::new();
-        for s in adjacent.keys() {
-            let mut seen = HashSet::new();
-            let mut stack = vec![s.as_str()];
-            while let Some(x) = stack.pop() {
-                for c in direct_callers.get(x).into_iter().flatten() {
-                    if c != s && seen.insert(c.to_string()) {
-                        stack.push(c);
-                    }
-                }
-            }
-            callers.insert(s.clone(), seen);
-        }
+        let graph = Graph::new(&cfg.dependencies);
         Correlator {
             cfg,
             adjacent,
-            callers,
+            graph,
             open: Vec::new(),
             pending: Vec::new(),
             alerts: HashMap::new(),
@@ -436,6 +457,7 @@ impl Correlator {
             score,
             what,
             severity,
+            change,
         } = sig;
         let o = &mut self.open[i];
         if let Some(s) = service {
@@ -444,7 +466,24 @@ impl Correlator {
                 max_score: score,
                 strongest: what.to_string(),
                 count: 0,
+                changes: BTreeMap::new(),
             });
+            if let Some((role, size, expected, observed)) = change {
+                let slot = f.changes.entry(role).or_insert(Strongest {
+                    metric: what.to_string(),
+                    size,
+                    expected,
+                    observed,
+                });
+                if size > slot.size {
+                    *slot = Strongest {
+                        metric: what.to_string(),
+                        size,
+                        expected,
+                        observed,
+                    };
+                }
+            }
             f.count += 1;
             if at < f.first {
                 f.first = at;
@@ -465,6 +504,12 @@ impl Correlator {
 
     fn absorb(&mut self, i: usize, a: &Anomaly) {
         let (service, host) = self.service_and_host(&a.labels);
+        let role = self
+            .cfg
+            .metric_roles
+            .get(&a.name)
+            .copied()
+            .unwrap_or_else(|| MetricRole::of(&a.name));
         self.note(
             i,
             Noted {
@@ -474,6 +519,7 @@ impl Correlator {
                 score: a.score,
                 what: &a.name,
                 severity: a.severity,
+                change: Some((role, magnitude(a, role), a.expected, a.observed)),
             },
         );
         self.open[i].incident.anomaly_ids.push(a.id.clone());
@@ -580,6 +626,8 @@ impl Correlator {
                 score: 1.0,
                 what: &name,
                 severity,
+                // A firing alert is as strong as a change at the edge of normal.
+                change: Some((MetricRole::Other, 1.0, 0.0, 1.0)),
             },
         );
         self.open[i]
@@ -590,66 +638,58 @@ impl Correlator {
         vec![self.write(i, vec![], vec![a.fingerprint], events)]
     }
 
-    /// Ranks the incident's services as root-cause candidates: a service that the other
-    /// affected services depend on, that went wrong first and most strongly, ranks first.
+    /// Ranks the incident's services as root-cause candidates with [`rank::rank`], the
+    /// function `investigate` uses, fed with each service's largest change of each kind;
+    /// among equal scores the service that went wrong first ranks first.
     fn rank(&self, o: &Open) -> Vec<RootCauseCandidate> {
-        let first_all = o.services.values().map(|f| f.first).min();
-        let last_all = o.services.values().map(|f| f.first).max();
-        let span = match (first_all, last_all) {
-            (Some(a), Some(b)) => (b - a).num_milliseconds().max(0) as f64,
-            _ => 0.0,
-        };
-        let others = o.services.len().saturating_sub(1);
-        let mut out: Vec<RootCauseCandidate> = o
+        let evidence: Vec<Evidence> = o
             .services
             .iter()
-            .map(|(s, f)| {
-                let lead = (f.first - first_all.unwrap_or(f.first)).num_milliseconds() as f64;
-                let earliness = if span > 0.0 { 1.0 - lead / span } else { 1.0 };
-                let dependents = self
-                    .callers
-                    .get(s)
-                    .map(|c| o.services.keys().filter(|t| c.contains(*t)).count())
-                    .unwrap_or(0);
-                let depended = if others > 0 {
-                    dependents as f64 / others as f64
-                } else {
-                    1.0
-                };
-                let score = 0.45 * depended + 0.35 * earliness + 0.2 * f.max_score.clamp(0.0, 1.0);
-                let mut evidence = vec![format!(
-                    "first signal at {}{}",
-                    short_time(f.first),
-                    if lead == 0.0 && span > 0.0 {
-                        " (earliest of the incident)".to_string()
-                    } else if lead > 0.0 {
-                        format!(" ({:.0} s after the earliest)", lead / 1000.0)
-                    } else {
-                        String::new()
-                    }
-                )];
-                if others > 0 {
-                    evidence.push(format!(
-                        "{dependents} of the {others} other affected services depend on it"
-                    ));
-                }
-                evidence.push(format!(
-                    "{} signals; strongest {} (score {:.2})",
-                    f.count, f.strongest, f.max_score
-                ));
-                RootCauseCandidate {
-                    target: format!("{}={s}", self.cfg.service_label),
-                    score,
-                    evidence,
-                }
+            .flat_map(|(s, f)| {
+                f.changes.iter().map(move |(role, c)| Evidence {
+                    service: s.clone(),
+                    metric: c.metric.clone(),
+                    role: *role,
+                    change: Change {
+                        size: c.size,
+                        before: c.expected,
+                        after: c.observed,
+                        onset_ms: Some(f.first.timestamp_millis()),
+                    },
+                })
             })
             .collect();
+        let first_all = o.services.values().map(|f| f.first).min();
+        let mut out = rank::rank(&self.graph, &evidence, None);
+        let first = |c: &RootCauseCandidate| o.services.get(&c.target).map(|f| f.first);
         out.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
+                .then_with(|| first(a).cmp(&first(b)))
                 .then_with(|| a.target.cmp(&b.target))
         });
         out.truncate(5);
+        for c in &mut out {
+            if let Some(f) = o.services.get(&c.target) {
+                let lead = first_all.map(|t| (f.first - t).num_seconds()).unwrap_or(0);
+                c.evidence.insert(
+                    0,
+                    format!(
+                        "first signal at {}{}; {} signals, strongest {} (score {:.2})",
+                        short_time(f.first),
+                        if lead > 0 {
+                            format!(" ({lead} s after the earliest)")
+                        } else {
+                            String::new()
+                        },
+                        f.count,
+                        f.strongest,
+                        f.max_score
+                    ),
+                );
+            }
+            c.target = format!("{}={}", self.cfg.service_label, c.target);
+        }
         out
     }
 

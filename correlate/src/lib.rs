@@ -6,7 +6,9 @@
 //! `seismo.incidents`) through the generic stage runner.
 
 mod core;
+pub mod investigate;
 mod merge;
+pub mod rank;
 mod stage;
 
 pub use crate::core::{CorrelateConfig, Correlator, Signal};

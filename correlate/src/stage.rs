@@ -156,7 +156,8 @@ impl CorrelateStage {
 #[async_trait]
 impl Stage for CorrelateStage {
     type Out = CorrelateOut;
-    const FORMAT: u32 = 1;
+    /// 2: services keep their largest change per kind of metric, for ranking.
+    const FORMAT: u32 = 2;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {

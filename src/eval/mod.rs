@@ -2,6 +2,7 @@
 
 pub mod nab;
 pub mod odds;
+pub mod rca;
 pub mod series;
 
 use std::path::Path;

@@ -281,4 +281,15 @@ pub trait Store: CheckpointStore + AccessStore + Send + Sync + 'static {
 
     /// Stored points of one series in [from, to), oldest first.
     async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>>;
+
+    /// A tenant's series (id, metric name, labels), at most `limit`, by id.
+    async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<SeriesInfo>>;
+}
+
+/// One stored series.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SeriesInfo {
+    pub series_id: SeriesId,
+    pub name: String,
+    pub labels: seismo_schemas::Labels,
 }

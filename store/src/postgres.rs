@@ -823,6 +823,25 @@ impl Store for PgStore {
             })
             .collect()
     }
+
+    async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<crate::SeriesInfo>> {
+        let rows = sqlx::query(
+            "SELECT series_id, name, labels FROM series WHERE tenant = $1 ORDER BY series_id LIMIT $2",
+        )
+        .bind(tenant)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::SeriesInfo {
+                    series_id: r.try_get::<i64, _>("series_id")? as SeriesId,
+                    name: r.try_get("name")?,
+                    labels: r.try_get::<Json<_>, _>("labels")?.0,
+                })
+            })
+            .collect()
+    }
 }
 
 crate::checkpoint::checkpoint_store!(PgStore, sqlx::Postgres);

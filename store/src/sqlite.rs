@@ -613,6 +613,35 @@ impl Store for SqliteStore {
             .map(|r| Ok((r.try_get("time")?, r.try_get("value")?)))
             .collect()
     }
+
+    async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<crate::SeriesInfo>> {
+        self.series_of(tenant, limit).await
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn series_of(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::SeriesInfo>> {
+        let rows = sqlx::query(
+            "SELECT series_id, name, labels FROM series WHERE tenant = ? ORDER BY series_id LIMIT ?",
+        )
+        .bind(tenant)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::SeriesInfo {
+                    series_id: r.try_get::<i64, _>("series_id")? as SeriesId,
+                    name: r.try_get("name")?,
+                    labels: parse_json("series labels", &r.try_get::<String, _>("labels")?)?,
+                })
+            })
+            .collect()
+    }
 }
 
 crate::checkpoint::checkpoint_store!(SqliteStore, sqlx::Sqlite);
