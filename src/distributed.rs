@@ -120,10 +120,13 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
             stages::spawn(stage, &ctx, Box::new(input), producer)
         }
         None => {
+            let producer =
+                Arc::new(KafkaProducer::new(&cfg.kafka).context("creating the Kafka producer")?);
             router = router.merge(seismo_api::router(
                 seismo_api::ApiState::new(store.clone())
                     .with_auth(auth.clone())
-                    .with_correlate(cfg.correlate.clone()),
+                    .with_correlate(cfg.correlate.clone())
+                    .with_changes(Some(producer as Arc<dyn Producer>)),
             ));
             let h = health.stage("api");
             h.running();

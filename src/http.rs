@@ -76,7 +76,10 @@ pub fn router(
         r = r.merge(seismo_api::router(
             seismo_api::ApiState::new(store)
                 .with_auth(auth.clone())
-                .with_correlate(cfg.correlate.clone()),
+                .with_correlate(cfg.correlate.clone())
+                .with_changes(pipeline.map(|p| {
+                    Arc::new(p.incident_changes.clone()) as Arc<dyn seismo_transport::Producer>
+                })),
         ));
     }
     if let Some(p) = pipeline {

@@ -80,6 +80,8 @@ pub struct Embedded {
     /// Where producers put raw metrics (`seismo.metrics`) and alerts (`seismo.alerts`).
     /// [`Embedded::finish`] drains the pipeline once every clone of it is dropped.
     pub source: DiskProducer,
+    /// Where the API announces status changes (`seismo.incidents`).
+    pub incident_changes: DiskProducer,
     tasks: Vec<(&'static str, JoinHandle<Result<PipelineStats, StageError>>)>,
     stop: watch::Sender<bool>,
     failed: watch::Receiver<Option<String>>,
@@ -115,6 +117,7 @@ impl Embedded {
             outputs.push(Arc::new(bus.producer(spec.outputs)?) as Arc<dyn Producer>);
         }
         let source = bus.producer(&[topics::METRICS, topics::ALERTS])?;
+        let incident_changes = bus.producer(&[topics::INCIDENTS])?;
         bus.seal();
         let (failed_tx, failed) = watch::channel(None);
         let failed_tx = Arc::new(failed_tx);
@@ -145,6 +148,7 @@ impl Embedded {
             bus,
             health,
             source,
+            incident_changes,
             tasks,
             stop,
             failed,

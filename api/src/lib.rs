@@ -98,6 +98,8 @@ pub struct ApiState {
     pub correlate: Arc<seismo_correlate::CorrelateConfig>,
     /// The authenticator in front of the API, told of revocations so they apply at once.
     pub auth: Option<Arc<Authenticator>>,
+    /// Where status changes are announced (`seismo.incidents`), for notifiers.
+    pub changes: Option<Arc<dyn seismo_transport::Producer>>,
 }
 
 impl ApiState {
@@ -106,7 +108,13 @@ impl ApiState {
             store,
             correlate: Arc::default(),
             auth: None,
+            changes: None,
         }
+    }
+
+    pub fn with_changes(mut self, producer: Option<Arc<dyn seismo_transport::Producer>>) -> Self {
+        self.changes = producer;
+        self
     }
 
     pub fn with_correlate(mut self, cfg: seismo_correlate::CorrelateConfig) -> Self {
@@ -542,5 +550,28 @@ async fn transition(
                 "incident {id} went to {to} but its audit record failed: {e}"
             ))
         })?;
+    if let Some(p) = &s.changes {
+        let change = seismo_schemas::IncidentChange::new(
+            &inc,
+            seismo_schemas::ChangeKind::of_transition(before.status, inc.status),
+            &format!("{id}-{}-{}", inc.status, now.timestamp_millis()),
+            now,
+            &actor,
+            format!("{} → {}", before.status, inc.status),
+        );
+        let record = seismo_transport::OutRecord::new(
+            id.clone(),
+            serde_json::to_vec(&change).expect("changes serialise"),
+        );
+        // Notifiers act on this record; a change they never hear of is a page that never
+        // follows the incident, so the client is told (the status itself is stored).
+        p.send(seismo_schemas::topics::INCIDENTS, vec![record])
+            .await
+            .map_err(|e| {
+                ApiError::Internal(format!(
+                    "incident {id} went to {to} but announcing the change failed: {e}"
+                ))
+            })?;
+    }
     Ok(Json(inc))
 }

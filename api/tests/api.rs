@@ -589,6 +589,50 @@ async fn investigate_ranks_the_starved_database_first(store: Arc<dyn Store>) {
     }
 }
 
+/// Every status change through the API is announced on `seismo.incidents` as one
+/// canonical change, with the incident as it stands after it.
+async fn transitions_are_announced_on_the_bus(store: Arc<dyn Store>) {
+    use seismo_schemas::{ChangeKind, IncidentChange, topics};
+    use seismo_transport::{Consumer, InProcBus};
+    let bus = InProcBus::new(1, 100);
+    let mut consumer = bus.subscribe(topics::INCIDENTS, "test", 1).remove(0);
+    let producer: Arc<dyn seismo_transport::Producer> =
+        Arc::new(bus.producer(&[topics::INCIDENTS]));
+    seeded(store.clone()).await;
+    let app = router(ApiState::new(store).with_changes(Some(producer)));
+    for (to, kind) in [
+        ("ACKNOWLEDGED", ChangeKind::Acknowledged),
+        ("RESOLVED", ChangeKind::Resolved),
+        ("INVESTIGATING", ChangeKind::Reopened),
+    ] {
+        let (code, v) = call(
+            &app,
+            "POST",
+            "/api/v1/incidents/inc1/transition",
+            &format!(r#"{{"status":"{to}","actor":"ann"}}"#),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        let batch = consumer.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(&batch[0].key[..], b"inc1");
+        let change: IncidentChange = serde_json::from_slice(&batch[0].payload).unwrap();
+        assert_eq!(change.kind, kind);
+        assert_eq!(change.incident.status.as_str(), to);
+        assert_eq!(change.actor, "ann");
+    }
+    // A refused transition announces nothing.
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/api/v1/incidents/inc1/transition",
+        r#"{"status":"DETECTED"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_eq!(consumer.lag(), 0);
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
@@ -620,5 +664,6 @@ on_every_store!(
     health_and_metrics_answer,
     transitions_are_bounded_in_size_and_number,
     one_incident_answers_with_at_most_a_thousand_anomalies,
-    investigate_ranks_the_starved_database_first
+    investigate_ranks_the_starved_database_first,
+    transitions_are_announced_on_the_bus
 );

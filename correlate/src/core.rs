@@ -123,6 +123,8 @@ struct Open {
     services: BTreeMap<String, ServiceFacts>,
     hosts: BTreeSet<String>,
     last: DateTime<Utc>,
+    /// The severity last written, so a rise is announced once.
+    announced: Severity,
 }
 
 /// The correlate core. Its learned part (open incidents, waiting anomalies, alert
@@ -431,6 +433,7 @@ impl Correlator {
             services: BTreeMap::new(),
             hosts: BTreeSet::new(),
             last: at,
+            announced: severity,
         });
         self.open.len() - 1
     }
@@ -698,10 +701,33 @@ impl Correlator {
         i: usize,
         anomaly_ids: Vec<String>,
         fingerprints: Vec<String>,
-        events: Vec<IncidentEvent>,
+        mut events: Vec<IncidentEvent>,
     ) -> IncidentWrite {
         let ranked = self.rank(&self.open[i]);
         let o = &mut self.open[i];
+        let created = events.iter().any(|e| e.kind == IncidentEventKind::Created);
+        if !created && o.incident.severity > o.announced {
+            // Severity only rises, so one event per level: its id is stable on replay.
+            events.push(IncidentEvent {
+                id: format!(
+                    "{}-escalated-{}",
+                    o.incident.id,
+                    o.incident.severity.as_str()
+                ),
+                incident_id: o.incident.id.clone(),
+                ts: o.last,
+                kind: IncidentEventKind::Escalated,
+                actor: "seismo".into(),
+                message: format!(
+                    "severity rose from {} to {}",
+                    o.announced.as_str(),
+                    o.incident.severity.as_str()
+                ),
+                from_status: None,
+                to_status: None,
+            });
+        }
+        o.announced = o.incident.severity;
         let services: Vec<&String> = o.services.keys().collect();
         o.incident.scope = Labels::new();
         if !services.is_empty() {
@@ -939,6 +965,64 @@ mod tests {
         alert.ends_at = Some(starts + Duration::minutes(5));
         let r = c.process(Signal::Alert(alert));
         assert_eq!(r[0].events[0].kind, IncidentEventKind::AlertResolved);
+    }
+
+    #[test]
+    fn changes_announce_opening_growth_escalation_and_alert_resolution() {
+        use seismo_schemas::ChangeKind;
+        let mut c = Correlator::new(cfg());
+        let mut writes = Vec::new();
+        for (svc, m, sev) in [
+            ("db", 0, Severity::Warning),
+            ("catalog", 0, Severity::Warning),
+            ("db", 2, Severity::Warning),
+            ("db", 3, Severity::Critical),
+        ] {
+            writes.extend(c.process(Signal::Anomaly(anomaly(svc, "h", m, sev))));
+        }
+        let kinds: Vec<Vec<ChangeKind>> = writes
+            .iter()
+            .map(|w| {
+                crate::changes::changes_of(w)
+                    .iter()
+                    .map(|c| c.kind)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                vec![ChangeKind::Opened],
+                vec![ChangeKind::SignalAdded],
+                vec![ChangeKind::Escalated, ChangeKind::SignalAdded],
+            ],
+            "{writes:#?}"
+        );
+        let last = crate::changes::changes_of(writes.last().unwrap());
+        assert_eq!(last[0].incident.severity, Severity::Critical);
+        assert!(
+            last[0].incident.anomaly_ids.is_empty(),
+            "member lists stay out"
+        );
+        assert_eq!(last[0].incident.id, writes[0].incident.id);
+        // A replay announces the same change ids.
+        let mut again = Correlator::new(cfg());
+        let mut replayed = Vec::new();
+        for (svc, m, sev) in [
+            ("db", 0, Severity::Warning),
+            ("catalog", 0, Severity::Warning),
+            ("db", 2, Severity::Warning),
+            ("db", 3, Severity::Critical),
+        ] {
+            replayed.extend(again.process(Signal::Anomaly(anomaly(svc, "h", m, sev))));
+        }
+        let ids = |w: &[IncidentWrite]| -> Vec<String> {
+            w.iter()
+                .flat_map(crate::changes::changes_of)
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(ids(&writes), ids(&replayed));
     }
 
     #[test]

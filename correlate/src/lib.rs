@@ -5,6 +5,7 @@
 //! runs both on the bus (`seismo.anomalies` + `seismo.alerts` → incident tables +
 //! `seismo.incidents`) through the generic stage runner.
 
+pub mod changes;
 mod core;
 pub mod investigate;
 mod merge;

@@ -1,6 +1,7 @@
 //! The correlate stage: per partition of `seismo.anomalies` (and of `seismo.alerts`, keyed
 //! the same way), an event-time [`Merger`] in front of a [`Correlator`], behind the generic
-//! runner; incident changes go to the store and to `seismo.incidents`.
+//! runner; incident changes go to the store and, as canonical `IncidentChange`s, to
+//! `seismo.incidents`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
@@ -287,13 +288,14 @@ impl Stage for CorrelateStage {
             return Ok(());
         }
         self.store.write_incidents(&out.writes).await?;
-        let records = out
+        let records: Vec<OutRecord> = out
             .writes
             .iter()
-            .map(|w| {
+            .flat_map(crate::changes::changes_of)
+            .map(|c| {
                 OutRecord::new(
-                    Bytes::from(w.incident.id.clone()),
-                    Bytes::from(serde_json::to_vec(&w.incident).expect("incidents serialise")),
+                    Bytes::from(c.incident.id.clone()),
+                    Bytes::from(serde_json::to_vec(&c).expect("changes serialise")),
                 )
             })
             .collect();

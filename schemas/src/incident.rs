@@ -147,6 +147,8 @@ pub enum IncidentEventKind {
     AlertResolved,
     StatusChanged,
     Note,
+    /// The incident's severity rose.
+    Escalated,
 }
 
 impl IncidentEventKind {
@@ -158,6 +160,7 @@ impl IncidentEventKind {
             IncidentEventKind::AlertResolved => "alert_resolved",
             IncidentEventKind::StatusChanged => "status_changed",
             IncidentEventKind::Note => "note",
+            IncidentEventKind::Escalated => "escalated",
         }
     }
 
@@ -170,6 +173,7 @@ impl IncidentEventKind {
             AlertResolved,
             StatusChanged,
             Note,
+            Escalated,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -191,6 +195,84 @@ pub struct IncidentEvent {
     pub from_status: Option<IncidentStatus>,
     #[serde(default)]
     pub to_status: Option<IncidentStatus>,
+}
+
+/// What happened to an incident, as `seismo.incidents` carries it (keyed by incident id)
+/// for notifiers and other consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The incident opened.
+    Opened,
+    /// Its severity rose.
+    Escalated,
+    /// Anomalies or a firing alert joined it.
+    SignalAdded,
+    /// One of its alerts resolved.
+    AlertResolved,
+    /// Someone acknowledged it.
+    Acknowledged,
+    /// It was resolved (by a person or because its signals cleared).
+    Resolved,
+    /// A resolved incident went back to investigating.
+    Reopened,
+    /// Any other status change (investigating, mitigated, learned, inconclusive).
+    StatusChanged,
+}
+
+impl ChangeKind {
+    /// The change a status step amounts to.
+    pub fn of_transition(from: IncidentStatus, to: IncidentStatus) -> ChangeKind {
+        match (from, to) {
+            (_, IncidentStatus::Acknowledged) => ChangeKind::Acknowledged,
+            (_, IncidentStatus::Resolved) => ChangeKind::Resolved,
+            (IncidentStatus::Resolved, _) => ChangeKind::Reopened,
+            _ => ChangeKind::StatusChanged,
+        }
+    }
+}
+
+/// One change of one incident: what changed and the incident as it stands after it, so a
+/// consumer (a pager) needs nothing else to act. The id is deterministic, so a consumer
+/// that sees a change twice (a replay) can tell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentChange {
+    /// Unique per change: the incident id and the timeline event behind it.
+    pub id: String,
+    pub kind: ChangeKind,
+    /// When it happened (event time for the engine's changes, wall time for people's).
+    pub at: DateTime<Utc>,
+    /// `seismo` for the engine, the user otherwise.
+    pub actor: String,
+    /// What the change says, e.g. `3 anomalies joined` or `DETECTED → ACKNOWLEDGED`.
+    pub message: String,
+    /// The incident after the change; its member id lists are left empty (they can be
+    /// long, and the API has them).
+    pub incident: Incident,
+}
+
+impl IncidentChange {
+    /// A change of `incident`, carrying it without its member lists.
+    pub fn new(
+        incident: &Incident,
+        kind: ChangeKind,
+        event_id: &str,
+        at: DateTime<Utc>,
+        actor: &str,
+        message: String,
+    ) -> IncidentChange {
+        let mut incident = incident.clone();
+        incident.anomaly_ids = Vec::new();
+        incident.alert_fingerprints = Vec::new();
+        IncidentChange {
+            id: event_id.to_string(),
+            kind,
+            at,
+            actor: actor.to_string(),
+            message,
+            incident,
+        }
+    }
 }
 
 #[cfg(test)]

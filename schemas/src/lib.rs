@@ -20,7 +20,8 @@ pub use anomaly::{Anomaly, AnomalyKind, DetectorPart, Explanation, FeatureContri
 pub use auth::{Caller, Quota, Role};
 pub use forecast::Forecast;
 pub use incident::{
-    Incident, IncidentEvent, IncidentEventKind, IncidentStatus, RootCauseCandidate, TransitionError,
+    ChangeKind, Incident, IncidentChange, IncidentEvent, IncidentEventKind, IncidentStatus,
+    RootCauseCandidate, TransitionError,
 };
 pub use point::{
     Labels, MetricPoint, PointError, SeriesId, hex_id, parse_point_line, points_of_record,
@@ -68,6 +69,7 @@ pub fn json_schemas() -> Vec<(String, serde_json::Value)> {
         one::<Forecast>("forecast"),
         one::<Incident>("incident"),
         one::<IncidentEvent>("incident_event"),
+        one::<IncidentChange>("incident_change"),
     ]
 }
 
