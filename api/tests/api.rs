@@ -598,7 +598,7 @@ async fn transitions_are_announced_on_the_bus(store: Arc<dyn Store>) {
     let mut consumer = bus.subscribe(topics::INCIDENTS, "test", 1).remove(0);
     let producer: Arc<dyn seismo_transport::Producer> =
         Arc::new(bus.producer(&[topics::INCIDENTS]));
-    seeded(store.clone()).await;
+    let _ = seeded(store.clone()).await;
     let app = router(ApiState::new(store).with_changes(Some(producer)));
     for (to, kind) in [
         ("ACKNOWLEDGED", ChangeKind::Acknowledged),
