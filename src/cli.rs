@@ -187,6 +187,8 @@ pub enum Stage {
     Forecast,
     /// seismo.anomalies + seismo.alerts → incidents + seismo.incidents.
     Correlate,
+    /// seismo.incidents → pages to the [notify] receivers, with a notification log.
+    Notify,
     /// The query API on http.listen.
     Api,
 }
@@ -198,6 +200,7 @@ impl Stage {
             Stage::Detect => "detect",
             Stage::Forecast => "forecast",
             Stage::Correlate => "correlate",
+            Stage::Notify => "notify",
             Stage::Api => "api",
         }
     }

@@ -24,6 +24,7 @@ pub struct Config {
     pub detect: DetectConfig,
     pub forecast: ForecastConfig,
     pub correlate: CorrelateConfig,
+    pub notify: seismo_notify::NotifyConfig,
 }
 
 /// Where results are stored.
@@ -198,7 +199,10 @@ impl Config {
             set_path(&mut doc, &path, parse_env_value(&value))
                 .with_context(|| format!("applying {key}"))?;
         }
-        Ok(toml::Value::Table(doc).try_into()?)
+        let cfg: Config = toml::Value::Table(doc).try_into()?;
+        // Refuse a broken [notify] at start rather than at the first page.
+        cfg.notify.resolve().map_err(anyhow::Error::msg)?;
+        Ok(cfg)
     }
 }
 
@@ -254,6 +258,7 @@ mod tests {
             "[detect]",
             "[forecast]",
             "[correlate]",
+            "[notify]",
         ] {
             assert!(text.contains(section), "{section} missing from the example");
         }

@@ -187,6 +187,8 @@ impl Embedded {
     /// demo, a backfill). Other clones of `source` (an HTTP server's) must be dropped too.
     pub async fn finish(self) -> anyhow::Result<PipelineStats> {
         drop(self.source);
+        // Notify reads seismo.incidents to its end only once every producer of it is gone.
+        drop(self.incident_changes);
         join_all(self.tasks).await
     }
 
@@ -196,6 +198,7 @@ impl Embedded {
     pub async fn stop(self) -> anyhow::Result<PipelineStats> {
         let _ = self.stop.send(true);
         drop(self.source);
+        drop(self.incident_changes);
         join_all(self.tasks).await
     }
 }

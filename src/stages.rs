@@ -29,7 +29,7 @@ pub struct StageSpec {
 }
 
 /// Every stage that reads the bus, in pipeline order.
-pub const STAGES: [StageSpec; 4] = [
+pub const STAGES: [StageSpec; 5] = [
     StageSpec {
         stage: Stage::Ingest,
         inputs: &[topics::METRICS],
@@ -50,6 +50,11 @@ pub const STAGES: [StageSpec; 4] = [
         inputs: &[topics::ANOMALIES, topics::ALERTS],
         outputs: &[topics::INCIDENTS, topics::DLQ],
     },
+    StageSpec {
+        stage: Stage::Notify,
+        inputs: &[topics::INCIDENTS],
+        outputs: &[topics::DLQ],
+    },
 ];
 
 /// The spec of a stage.
@@ -64,6 +69,7 @@ pub struct PipelineStats {
     pub detect: DetectStats,
     pub forecasts: u64,
     pub correlate: CorrelateStats,
+    pub notify: seismo_notify::NotifyStats,
 }
 
 /// What detect did.
@@ -92,6 +98,11 @@ impl PipelineStats {
         self.correlate.alerts += o.correlate.alerts;
         self.correlate.incidents_created += o.correlate.incidents_created;
         self.correlate.refused += o.correlate.refused;
+        self.notify.changes += o.notify.changes;
+        self.notify.delivered += o.notify.delivered;
+        self.notify.failed += o.notify.failed;
+        self.notify.already_sent += o.notify.already_sent;
+        self.notify.refused += o.notify.refused;
     }
 
     /// One log line for a stage's figures.
@@ -112,6 +123,13 @@ impl PipelineStats {
             Stage::Correlate => format!(
                 "correlate: {} anomalies, {} alerts, {} incidents opened",
                 self.correlate.anomalies, self.correlate.alerts, self.correlate.incidents_created
+            ),
+            Stage::Notify => format!(
+                "notify: {} changes, {} pages delivered, {} failed, {} already sent",
+                self.notify.changes,
+                self.notify.delivered,
+                self.notify.failed,
+                self.notify.already_sent
             ),
             Stage::Api => "api: stopped".into(),
         }
@@ -231,6 +249,27 @@ pub fn spawn(
                 seismo_runtime::run(&mut core, io).await?;
                 Ok(PipelineStats {
                     correlate: core.stats,
+                    ..Default::default()
+                })
+            })
+        }
+        Stage::Notify => {
+            let io = io(input);
+            let core =
+                seismo_notify::NotifyStage::new(ctx.cfg.notify.clone(), ctx.store.clone(), output);
+            tokio::spawn(async move {
+                // The configuration was checked when it was loaded.
+                let mut core = core.map_err(|e| {
+                    StageError::new(
+                        seismo_runtime::ErrorDomain::Internal,
+                        false,
+                        "notify configuration",
+                        std::io::Error::other(e),
+                    )
+                })?;
+                seismo_runtime::run(&mut core, io).await?;
+                Ok(PipelineStats {
+                    notify: core.stats(),
                     ..Default::default()
                 })
             })

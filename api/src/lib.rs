@@ -373,6 +373,9 @@ pub struct IncidentDetail {
     /// How many anomalies the incident has in all.
     #[serde(default)]
     pub anomalies_total: usize,
+    /// Pages sent about it (or given up on), oldest first.
+    #[serde(default)]
+    pub notifications: Vec<seismo_store::NotificationRecord>,
 }
 
 async fn get_incident(
@@ -395,11 +398,13 @@ async fn get_incident(
         .store
         .anomalies_by_id(&tenant, &incident.anomaly_ids)
         .await?;
+    let notifications = s.store.incident_notifications(&tenant, &id).await?;
     Ok(Json(IncidentDetail {
         incident,
         timeline,
         anomalies,
         anomalies_total,
+        notifications,
     }))
 }
 

@@ -646,6 +646,7 @@ impl SqliteStore {
 
 crate::checkpoint::checkpoint_store!(SqliteStore, sqlx::Sqlite);
 crate::access::access_store!(SqliteStore, sqlx::Sqlite);
+crate::notify::notify_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,14 @@
+-- The notification log: every page the notify stage finished with (delivered, or given up
+-- on after its retries), so a restart never sends one twice and the incident shows them.
+CREATE TABLE notifications (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    receiver    TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    response    TEXT NOT NULL,
+    at          INTEGER NOT NULL
+);
+CREATE INDEX notifications_incident ON notifications (tenant, incident_id, at);
