@@ -1,5 +1,9 @@
 //! Paging end to end: a firing alert through the embedded pipeline and the real HTTP API to recording PagerDuty, Slack and webhook servers.
 
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -311,4 +315,305 @@ async fn an_incident_pages_once_then_acknowledges_and_resolves_in_step() {
         "a replay pages nobody again"
     );
     again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_and_inhibition_hold_what_they_match_and_nothing_else() {
+    let (pd, pd_url) = Recorder::start(0).await;
+    let (hook, hook_url) = Recorder::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.storage.url = format!("sqlite://{}", dir.path().join("seismo.db").display());
+    cfg.bus.dir = dir.path().join("bus").display().to_string();
+    cfg.stages.idle_release_secs = 1;
+    cfg.notify.group_wait_secs = 1;
+    cfg.notify.repeat_interval_secs = 0;
+    cfg.notify.receivers = vec![
+        receiver("pd", ReceiverKind::Pagerduty, &pd_url),
+        receiver("bot", ReceiverKind::Webhook, &hook_url),
+    ];
+    cfg.notify.routes = vec![RouteConfig {
+        matchers: vec!["severity=critical".into()],
+        receivers: vec!["pd".into()],
+        continue_matching: false,
+    }];
+    cfg.notify.default_receivers = vec!["bot".into()];
+    // While something critical is open in a tenant, its new warnings do not page.
+    cfg.notify.inhibit_rules = vec![seismo_notify::config::InhibitRule {
+        source_matchers: vec!["severity=critical".into()],
+        target_matchers: vec!["severity=warning".into()],
+        equal: vec!["tenant".into()],
+    }];
+    let server = start(&cfg).await;
+    let client = reqwest::Client::new();
+
+    // A silence on search holds search's page, not cart's.
+    let r = client
+        .post(format!("{}/api/v1/silences", server.url))
+        .json(&serde_json::json!({
+            "matchers": ["service=search"],
+            "ends_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            "comment": "reindexing",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let silence: Value = r.json().await.unwrap();
+    let bad = client
+        .post(format!("{}/api/v1/silences", server.url))
+        .json(&serde_json::json!({"matchers": ["service"], "ends_at": "2099-01-01T00:00:00Z", "comment": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "a matcher without = is refused");
+    // Silences are read every 2 s: let the stage see it before the alerts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let source = &server.running.source;
+    source
+        .send(
+            topics::ALERTS,
+            vec![alert("search", "warning"), alert("cart", "warning")],
+        )
+        .await
+        .unwrap();
+    let got = hook.wait_for(1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got_now = hook.got();
+    assert_eq!(
+        got_now.len(),
+        1,
+        "only cart pages: {:?}",
+        got_now
+            .iter()
+            .map(|g| &g.body["incident"]["scope"])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].body["incident"]["scope"]["service"], "cart");
+    // Ending the silence lets search's page out.
+    let r = client
+        .delete(format!(
+            "{}/api/v1/silences/{}",
+            server.url,
+            silence["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = hook.wait_for(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].body["incident"]["scope"]["service"], "search");
+
+    // Inhibition: while checkout's critical incident is open, a new warning elsewhere in
+    // the tenant waits; the critical page itself goes out. Resolving it releases the warning.
+    source
+        .send(topics::ALERTS, vec![alert("checkout", "critical")])
+        .await
+        .unwrap();
+    let crit = pd.wait_for(1).await;
+    let crit_id = crit[0].body["dedup_key"].as_str().unwrap().to_string();
+    source
+        .send(topics::ALERTS, vec![alert("payments", "warning")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        hook.got().len(),
+        2,
+        "payments' warning is held while checkout is critical"
+    );
+    server.transition(&crit_id, "RESOLVED").await;
+    let got = hook.wait_for(3).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2].body["incident"]["scope"]["service"], "payments");
+    server.stop().await;
+}
+
+/// Starts `seismo run` with `config`, its stderr appended to `log`.
+fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> common::Proc {
+    let earlier = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("running"))
+        .count();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_seismo"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("SEISMO_LOG", "warn,seismo=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut p = common::Proc::new(child, log.to_path_buf());
+    p.earlier_starts = earlier;
+    p
+}
+
+/// The status of each incident that PagerDuty heard of, by its dedup key: the actions
+/// and the distinct delivery ids of each action.
+fn pages(pd: &Recorder) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for g in pd.got() {
+        let key = g.body["dedup_key"].as_str().unwrap_or_default().to_string();
+        let action = g.body["event_action"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let id = g.headers["x-seismo-delivery"].to_str().unwrap().to_string();
+        out.entry(key)
+            .or_default()
+            .entry(action)
+            .or_default()
+            .insert(id);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_neither_pages_twice_nor_drops_a_page() {
+    use rand::{Rng, SeedableRng};
+    let (pd, pd_url) = Recorder::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("seismo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[storage]
+url = "sqlite://{db}"
+[bus]
+dir = "{bus}"
+[http]
+listen = "127.0.0.1:0"
+[stages]
+checkpoint_interval_ms = 200
+idle_release_secs = 1
+[notify]
+group_wait_secs = 1
+repeat_interval_secs = 0
+default_receivers = ["pd"]
+[[notify.receivers]]
+name = "pd"
+type = "pagerduty"
+url = "{pd_url}"
+routing_key = "K"
+"#,
+            db = dir.path().join("seismo.db").display(),
+            bus = dir.path().join("bus").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("seismo.log");
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    // Moves every incident PagerDuty knows one step: triggered → acknowledged → resolved.
+    let step = |url: String, known: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>| {
+        let client = client.clone();
+        async move {
+            for id in known.keys() {
+                let detail: Value = match client
+                    .get(format!("{url}/api/v1/incidents/{id}"))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.unwrap_or(Value::Null),
+                    Err(_) => continue,
+                };
+                let next = match detail["incident"]["status"].as_str() {
+                    Some("DETECTED") => "ACKNOWLEDGED",
+                    Some("ACKNOWLEDGED") => "RESOLVED",
+                    _ => continue,
+                };
+                let _ = client
+                    .post(format!("{url}/api/v1/incidents/{id}/transition"))
+                    .json(&serde_json::json!({ "status": next }))
+                    .send()
+                    .await;
+            }
+        }
+    };
+    for round in 0..5 {
+        let mut p = spawn_run(&config, &log);
+        let url = format!("http://{}", p.addr());
+        let hook = serde_json::json!({
+            "version": "4",
+            "status": "firing",
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": "Down", "service": format!("svc{round}"), "severity": "critical"},
+                "startsAt": chrono::Utc::now().to_rfc3339(),
+            }],
+        });
+        let r = client
+            .post(format!("{url}/api/v1/ingest/alertmanager"))
+            .json(&hook)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        step(url.clone(), pages(&pd)).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..2500))).await;
+        p.kill9();
+    }
+    // A last run, not killed, until every incident is triggered, acknowledged and resolved.
+    let mut p = spawn_run(&config, &log);
+    let url = format!("http://{}", p.addr());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = pages(&pd);
+        let done = seen.len() == 5 && seen.values().all(|a| a.contains_key("resolve"));
+        if done || Instant::now() > deadline {
+            break;
+        }
+        step(url.clone(), seen).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut details = String::new();
+    for id in pages(&pd).keys() {
+        let d: Value = client
+            .get(format!("{url}/api/v1/incidents/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        details.push_str(&format!(
+            "{id}: {} timeline {} notifications {}\n",
+            d["incident"]["status"], d["timeline"], d["notifications"]
+        ));
+    }
+    p.sigterm();
+    let seen = pages(&pd);
+    assert_eq!(
+        seen.len(),
+        5,
+        "every incident paged: {seen:#?}\n{}",
+        p.log_text()
+    );
+    for (id, actions) in &seen {
+        for action in ["trigger", "acknowledge", "resolve"] {
+            let n = actions.get(action).map_or(0, |d| d.len());
+            assert_eq!(
+                n,
+                1,
+                "incident {id}: {n} distinct {action} deliveries: {actions:?}\n{details}\n{}",
+                p.log_text()
+            );
+        }
+    }
+    // Requests, as against deliveries: a kill between a receiver's answer and the log
+    // write sends that one page again under the same delivery id (and dedup_key).
+    let requests = pd.got().len();
+    eprintln!("{requests} requests for 15 deliveries over 5 SIGKILLs");
+    assert!(
+        requests <= 15 + 5,
+        "at most one repeat per kill: {requests}"
+    );
 }

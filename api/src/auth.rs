@@ -151,6 +151,9 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["api", "v1", "incidents", _, "transition"] if *method == Method::POST => Need::Write,
         // Reads the stored points and writes nothing.
         ["api", "v1", "investigate"] if *method == Method::POST => Need::Read,
+        ["api", "v1", "silences"] if reads => Need::Read,
+        ["api", "v1", "silences"] if *method == Method::POST => Need::Write,
+        ["api", "v1", "silences", _] if *method == Method::DELETE => Need::Write,
         _ => Need::Admin,
     }
 }
@@ -617,6 +620,10 @@ mod tests {
             (&get, "/api/v1/incidents/abc/transition", Need::Admin),
             (&post, "/api/v1/anomalies", Need::Admin),
             (&post, "/api/v1/investigate", Need::Read),
+            (&get, "/api/v1/silences", Need::Read),
+            (&post, "/api/v1/silences", Need::Write),
+            (&delete, "/api/v1/silences/abc", Need::Write),
+            (&post, "/api/v1/silences/abc", Need::Admin),
             (&get, "/api/v1/investigate", Need::Admin),
             (&get, "/api/v1/tokens", Need::Admin),
             (&delete, "/api/v1/tokens/abc", Need::Admin),

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+pub mod silences;
 
 use std::sync::{Arc, LazyLock};
 
@@ -164,6 +165,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
         .route("/api/v1/investigate", post(investigate))
+        .route(
+            "/api/v1/silences",
+            get(silences::list).post(silences::create),
+        )
+        .route("/api/v1/silences/{id}", delete(silences::expire))
         .route(
             "/api/v1/tokens",
             get(admin::list_tokens).post(admin::create_token),

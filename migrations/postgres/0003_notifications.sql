@@ -7,8 +7,21 @@ CREATE TABLE notifications (
     receiver    TEXT NOT NULL,
     action      TEXT NOT NULL,
     status      TEXT NOT NULL,
-    attempts    INTEGER NOT NULL,
+    attempts    BIGINT NOT NULL,
     response    TEXT NOT NULL,
     at          BIGINT NOT NULL
 );
 CREATE INDEX notifications_incident ON notifications (tenant, incident_id, at);
+
+-- Silences: pages about incidents whose labels match are held while one is active.
+CREATE TABLE silences (
+    id         TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    matchers   TEXT NOT NULL,
+    starts_at  BIGINT NOT NULL,
+    ends_at    BIGINT NOT NULL,
+    author     TEXT NOT NULL,
+    comment    TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX silences_ends ON silences (ends_at);

@@ -12,3 +12,16 @@ CREATE TABLE notifications (
     at          INTEGER NOT NULL
 );
 CREATE INDEX notifications_incident ON notifications (tenant, incident_id, at);
+
+-- Silences: pages about incidents whose labels match are held while one is active.
+CREATE TABLE silences (
+    id         TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    matchers   TEXT NOT NULL,
+    starts_at  INTEGER NOT NULL,
+    ends_at    INTEGER NOT NULL,
+    author     TEXT NOT NULL,
+    comment    TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX silences_ends ON silences (ends_at);

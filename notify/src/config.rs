@@ -35,6 +35,41 @@ pub struct NotifyConfig {
     pub routes: Vec<RouteConfig>,
     /// Receivers of incidents no route matches.
     pub default_receivers: Vec<String>,
+    /// Inhibition: while an open incident matches a rule's source, new pages about
+    /// incidents matching its target (with equal values of the `equal` labels) are held.
+    pub inhibit_rules: Vec<InhibitRule>,
+}
+
+/// One inhibition rule, as Alertmanager has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitRule {
+    pub source_matchers: Vec<String>,
+    pub target_matchers: Vec<String>,
+    /// Labels that must have the same value on both (e.g. `tenant`, `service`).
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
+/// Whether every matcher holds on `labels` (matchers that do not parse never hold).
+pub fn all_match(matchers: &[String], labels: &BTreeMap<String, String>) -> bool {
+    matchers
+        .iter()
+        .all(|m| Matcher::parse(m).is_ok_and(|m| m.matches(labels)))
+}
+
+impl InhibitRule {
+    /// Whether `source` (an open incident's labels) inhibits `target`. An incident never
+    /// inhibits itself: the caller leaves it out of the sources.
+    pub fn inhibits(
+        &self,
+        source: &BTreeMap<String, String>,
+        target: &BTreeMap<String, String>,
+    ) -> bool {
+        all_match(&self.source_matchers, source)
+            && all_match(&self.target_matchers, target)
+            && self.equal.iter().all(|l| source.get(l) == target.get(l))
+    }
 }
 
 impl Default for NotifyConfig {
@@ -49,6 +84,7 @@ impl Default for NotifyConfig {
             receivers: Vec::new(),
             routes: Vec::new(),
             default_receivers: Vec::new(),
+            inhibit_rules: Vec::new(),
         }
     }
 }
@@ -203,6 +239,11 @@ impl NotifyConfig {
                 return Err(format!("notify route {}: no receiver named {n:?}", i + 1));
             }
         }
+        for (i, rule) in self.inhibit_rules.iter().enumerate() {
+            for m in rule.source_matchers.iter().chain(&rule.target_matchers) {
+                Matcher::parse(m).map_err(|e| format!("notify inhibit rule {}: {e}", i + 1))?;
+            }
+        }
         if let Some(n) = self.default_receivers.iter().find(|n| !known(n)) {
             return Err(format!("notify default_receivers: no receiver named {n:?}"));
         }
@@ -214,12 +255,7 @@ impl NotifyConfig {
         let mut out: Vec<String> = Vec::new();
         let mut matched = false;
         for route in &self.routes {
-            let ok = route
-                .matchers
-                .iter()
-                .filter_map(|m| Matcher::parse(m).ok())
-                .all(|m| m.matches(labels));
-            if ok {
+            if all_match(&route.matchers, labels) {
                 matched = true;
                 for r in &route.receivers {
                     if !out.contains(r) {
@@ -300,6 +336,21 @@ mod tests {
         assert_eq!(c.route(&warn), vec!["slack"]);
         let sandbox = labels(&[("tenant", "sandbox"), ("severity", "warning")]);
         assert_eq!(c.route(&sandbox), vec!["hook"]);
+    }
+
+    #[test]
+    fn inhibition_needs_source_target_and_equal_labels() {
+        let rule = InhibitRule {
+            source_matchers: vec!["severity=critical".into()],
+            target_matchers: vec!["severity=warning".into()],
+            equal: vec!["tenant".into()],
+        };
+        let crit = labels(&[("tenant", "t"), ("severity", "critical")]);
+        let warn = labels(&[("tenant", "t"), ("severity", "warning")]);
+        let other = labels(&[("tenant", "u"), ("severity", "warning")]);
+        assert!(rule.inhibits(&crit, &warn));
+        assert!(!rule.inhibits(&crit, &other), "equal labels differ");
+        assert!(!rule.inhibits(&warn, &warn), "not a source");
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! an acknowledgement, RESOLVED, LEARNED and INCONCLUSIVE a resolution. A first trigger waits
 //! `group_wait` (so one fault's burst pages once, with a settled root cause); an escalation
 //! re-triggers at most every `group_interval`; acknowledgements and resolutions go at once;
-//! an incident resolved before its first page never pages; an unacknowledged one is paged
+//! an incident resolved before its first page never pages (its resolution is emitted only on
+//! condition that the trigger is in the notification log, which covers a trigger sent just
+//! before a crash lost the state that counted it); an unacknowledged one is paged
 //! again every `repeat_interval`. Delivery ids count each action per incident and receiver,
 //! so replaying the same changes yields the same ids and the notification log can tell
 //! what was already sent.
 
 use std::collections::BTreeMap;
 
-use seismo_schemas::{Incident, IncidentChange, IncidentStatus, Severity};
+use seismo_schemas::{ChangeKind, Incident, IncidentChange, IncidentStatus, Severity};
 use serde::{Deserialize, Serialize};
 
 /// What a page asks of the receiver.
@@ -67,6 +69,11 @@ pub struct Delivery {
     pub incident: Incident,
     /// The latest change's message, e.g. `severity rose from warning to critical`.
     pub note: String,
+    /// Send only if this delivery is in the notification log. An acknowledgement or
+    /// resolution of an incident this state never saw paged carries the id of the trigger
+    /// that may have gone out just before a crash lost the state that counted it.
+    #[serde(default)]
+    pub only_if_sent: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -78,6 +85,9 @@ struct Sent {
     /// How many of each action went out: the ordinal of the next delivery id.
     counts: BTreeMap<Action, u32>,
     due: Option<(Action, i64)>,
+    /// The due action depends on a trigger this state does not know was sent.
+    #[serde(default)]
+    conditional: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,13 +127,19 @@ impl Dispatcher {
                 seen_ms: now_ms,
                 per: BTreeMap::new(),
             });
-        // Changes of one incident arrive in order on its partition; an older copy (a
-        // replay behind a newer one) must not roll the incident back.
-        if c.incident.updated_at >= track.incident.updated_at
-            || c.incident.status != track.incident.status
-        {
-            track.incident = c.incident.clone();
-        }
+        // Status belongs to people: the engine's changes carry the status correlate knew
+        // when it wrote, which is stale once someone moved the incident (and a restarted
+        // correlate replays old writes after newer status changes). So only status changes
+        // set the status; every change refreshes the rest (title, severity, causes).
+        let status = match c.kind {
+            ChangeKind::Acknowledged
+            | ChangeKind::Resolved
+            | ChangeKind::Reopened
+            | ChangeKind::StatusChanged => c.incident.status,
+            _ => track.incident.status,
+        };
+        track.incident = c.incident.clone();
+        track.incident.status = status;
         track.note = c.message.clone();
         for r in receivers {
             track.per.entry(r.clone()).or_default();
@@ -131,13 +147,16 @@ impl Dispatcher {
         let wanted = Action::wanted(track.incident.status);
         let severity = track.incident.severity;
         for s in track.per.values_mut() {
+            s.conditional = s.last.is_none() && wanted != Action::Trigger;
             s.due = match (s.last, wanted) {
                 // Nothing sent yet: the first trigger waits; anything else is moot.
                 (None, Action::Trigger) => Some((
                     Action::Trigger,
                     s.due.map_or(track.seen_ms + t.group_wait_ms, |d| d.1),
                 )),
-                (None, _) => None,
+                // Nothing sent as far as this state knows; but a crash may have lost the
+                // count of a trigger that went out. The log decides (see `only_if_sent`).
+                (None, w) => Some((w, now_ms)),
                 (Some(Action::Trigger), Action::Trigger) => {
                     if s.severity.is_some_and(|sent| severity > sent) {
                         Some((
@@ -156,10 +175,25 @@ impl Dispatcher {
         }
     }
 
+    /// The incidents it follows.
+    pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.tracks.values().map(|t| &t.incident)
+    }
+
     /// Takes every delivery due by `now_ms` (every pending one when `all`, at the end of
-    /// the input), counting it as sent. Finished incidents are forgotten.
-    pub fn due(&mut self, now_ms: i64, all: bool, t: &Timing) -> Vec<Delivery> {
+    /// the input), counting it as sent. Finished incidents are forgotten. A trigger that
+    /// `muted` holds (a silence, an inhibition) stays due and goes once it no longer is;
+    /// acknowledgements and resolutions are never held, they only quieten what was paged.
+    /// Returns the deliveries and how many triggers were held.
+    pub fn due(
+        &mut self,
+        now_ms: i64,
+        all: bool,
+        t: &Timing,
+        muted: &dyn Fn(&Incident, &str) -> bool,
+    ) -> (Vec<Delivery>, usize) {
         let mut out = Vec::new();
+        let mut held = 0;
         for (id, track) in self.tracks.iter_mut() {
             for (receiver, s) in track.per.iter_mut() {
                 if s.due.is_none()
@@ -173,6 +207,14 @@ impl Dispatcher {
                 if at > now_ms && !all {
                     continue;
                 }
+                if action == Action::Trigger && muted(&track.incident, receiver) {
+                    held += 1;
+                    continue;
+                }
+                let only_if_sent = s.conditional.then(|| {
+                    let n = s.counts.get(&Action::Trigger).copied().unwrap_or(0);
+                    format!("{id}:{receiver}:trigger:{n}")
+                });
                 let n = s.counts.entry(action).or_insert(0);
                 out.push(Delivery {
                     id: format!("{id}:{receiver}:{}:{n}", action.as_str()),
@@ -180,6 +222,7 @@ impl Dispatcher {
                     action,
                     incident: track.incident.clone(),
                     note: track.note.clone(),
+                    only_if_sent,
                 });
                 *n += 1;
                 s.last = Some(action);
@@ -188,6 +231,7 @@ impl Dispatcher {
                     s.severity = Some(track.incident.severity);
                 }
                 s.due = None;
+                s.conditional = false;
             }
         }
         self.tracks.retain(|_, t| {
@@ -195,7 +239,7 @@ impl Dispatcher {
             let settled = t.per.values().all(|s| s.due.is_none());
             !(closed && settled)
         });
-        out
+        (out, held)
     }
 }
 
@@ -203,7 +247,7 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use seismo_schemas::{ChangeKind, Labels};
+    use seismo_schemas::Labels;
 
     const T: Timing = Timing {
         group_wait_ms: 30_000,
@@ -227,8 +271,16 @@ mod tests {
             anomaly_ids: vec![],
             alert_fingerprints: vec![],
         };
-        IncidentChange::new(&inc, ChangeKind::SignalAdded, "e", at, "seismo", "m".into())
+        let kind = match status {
+            IncidentStatus::Detected => ChangeKind::SignalAdded,
+            IncidentStatus::Acknowledged => ChangeKind::Acknowledged,
+            IncidentStatus::Resolved => ChangeKind::Resolved,
+            _ => ChangeKind::StatusChanged,
+        };
+        IncidentChange::new(&inc, kind, "e", at, "seismo", "m".into())
     }
+
+    const NONE: fn(&Incident, &str) -> bool = |_, _| false;
 
     fn rx() -> Vec<String> {
         vec!["pd".into(), "slack".into()]
@@ -244,8 +296,8 @@ mod tests {
         let mut d = Dispatcher::default();
         d.on_change(&change(Detected, Severity::Warning, 0), &rx(), 0, &T);
         d.on_change(&change(Detected, Severity::Warning, 5), &rx(), 5_000, &T);
-        assert!(d.due(29_999, false, &T).is_empty(), "group wait");
-        let first = d.due(30_000, false, &T);
+        assert!(d.due(29_999, false, &T, &NONE).0.is_empty(), "group wait");
+        let first = d.due(30_000, false, &T, &NONE).0;
         assert_eq!(
             actions(&first),
             vec![
@@ -256,8 +308,8 @@ mod tests {
         assert_eq!(first[0].id, "i1:pd:trigger:0");
         // An escalation waits for the group interval since the last page.
         d.on_change(&change(Detected, Severity::Critical, 60), &rx(), 60_000, &T);
-        assert!(d.due(300_000, false, &T).is_empty());
-        let esc = d.due(330_000, false, &T);
+        assert!(d.due(300_000, false, &T, &NONE).0.is_empty());
+        let esc = d.due(330_000, false, &T, &NONE).0;
         assert_eq!(esc.len(), 2);
         assert_eq!(esc[0].id, "i1:pd:trigger:1");
         assert_eq!(esc[0].incident.severity, Severity::Critical);
@@ -268,21 +320,24 @@ mod tests {
             400_000,
             &T,
         );
-        assert!(d.due(400_000, false, &T).is_empty());
+        assert!(d.due(400_000, false, &T, &NONE).0.is_empty());
         d.on_change(
             &change(Acknowledged, Severity::Critical, 500),
             &rx(),
             500_000,
             &T,
         );
-        assert_eq!(d.due(500_000, false, &T)[0].action, Action::Acknowledge);
+        assert_eq!(
+            d.due(500_000, false, &T, &NONE).0[0].action,
+            Action::Acknowledge
+        );
         d.on_change(
             &change(Resolved, Severity::Critical, 600),
             &rx(),
             600_000,
             &T,
         );
-        let r = d.due(600_000, false, &T);
+        let r = d.due(600_000, false, &T, &NONE).0;
         assert_eq!(
             actions(&r),
             vec![
@@ -311,7 +366,12 @@ mod tests {
             10_000,
             &T,
         );
-        assert!(d.due(60_000, true, &T).is_empty());
+        let (sent, _) = d.due(60_000, true, &T, &NONE);
+        assert!(
+            sent.iter().all(|d| d.action == Action::Resolve
+                && d.only_if_sent.as_deref() == Some(&format!("i1:{}:trigger:0", d.receiver))),
+            "only if the log shows a trigger: {sent:?}"
+        );
         assert!(d.is_empty());
     }
 
@@ -325,9 +385,9 @@ mod tests {
             0,
             &T,
         );
-        assert_eq!(d.due(30_000, false, &T).len(), 1);
-        assert!(d.due(3_629_999, false, &T).is_empty());
-        let again = d.due(3_630_000, false, &T);
+        assert_eq!(d.due(30_000, false, &T, &NONE).0.len(), 1);
+        assert!(d.due(3_629_999, false, &T, &NONE).0.is_empty());
+        let again = d.due(3_630_000, false, &T, &NONE).0;
         assert_eq!(again[0].id, "i1:pd:trigger:1");
         d.on_change(
             &change(IncidentStatus::Resolved, Severity::Warning, 4000),
@@ -335,16 +395,82 @@ mod tests {
             4_000_000,
             &T,
         );
-        assert_eq!(d.due(4_000_000, false, &T)[0].action, Action::Resolve);
-        // Reopened (RESOLVED → INVESTIGATING) after it was forgotten: a new track, whose
-        // wanted action is an acknowledgement of something never paged: nothing to say.
+        assert_eq!(
+            d.due(4_000_000, false, &T, &NONE).0[0].action,
+            Action::Resolve
+        );
+        // Reopened (RESOLVED → INVESTIGATING) after it was forgotten: a new track.
         d.on_change(
             &change(IncidentStatus::Investigating, Severity::Warning, 4100),
             &one,
             4_100_000,
             &T,
         );
-        assert!(d.due(5_000_000, true, &T).is_empty());
+        // Its wanted action is an acknowledgement, sent only if the log holds a trigger.
+        let (sent, _) = d.due(5_000_000, true, &T, &NONE);
+        assert_eq!(sent[0].only_if_sent.as_deref(), Some("i1:pd:trigger:0"));
+    }
+
+    #[test]
+    fn muted_triggers_wait_for_the_mute_to_end_but_resolutions_pass() {
+        let mut d = Dispatcher::default();
+        let one = vec!["pd".to_string()];
+        d.on_change(
+            &change(IncidentStatus::Detected, Severity::Warning, 0),
+            &one,
+            0,
+            &T,
+        );
+        let all: fn(&Incident, &str) -> bool = |_, _| true;
+        let (sent, held) = d.due(60_000, false, &T, &all);
+        assert!(sent.is_empty());
+        assert_eq!(held, 1);
+        let (sent, _) = d.due(70_000, false, &T, &NONE);
+        assert_eq!(
+            sent[0].action,
+            Action::Trigger,
+            "sent once the silence ends"
+        );
+        d.on_change(
+            &change(IncidentStatus::Resolved, Severity::Warning, 80),
+            &one,
+            80_000,
+            &T,
+        );
+        let (sent, held) = d.due(80_000, false, &T, &all);
+        assert_eq!((sent[0].action, held), (Action::Resolve, 0));
+    }
+
+    #[test]
+    fn an_engine_change_after_a_resolution_does_not_reopen() {
+        // Correlate, restarted, replays an old write (status DETECTED) after people
+        // resolved the incident: no new page.
+        let mut d = Dispatcher::default();
+        let one = vec!["pd".to_string()];
+        d.on_change(
+            &change(IncidentStatus::Detected, Severity::Warning, 0),
+            &one,
+            0,
+            &T,
+        );
+        assert_eq!(d.due(30_000, false, &T, &NONE).0.len(), 1);
+        d.on_change(
+            &change(IncidentStatus::Resolved, Severity::Warning, 40),
+            &one,
+            40_000,
+            &T,
+        );
+        d.on_change(
+            &change(IncidentStatus::Detected, Severity::Warning, 50),
+            &one,
+            50_000,
+            &T,
+        );
+        let (sent, _) = d.due(90_000, true, &T, &NONE);
+        assert_eq!(
+            sent.iter().map(|d| d.action).collect::<Vec<_>>(),
+            vec![Action::Resolve]
+        );
     }
 
     #[test]
@@ -357,7 +483,8 @@ mod tests {
                 0,
                 &T,
             );
-            d.due(1, true, &T)
+            d.due(1, true, &T, &NONE)
+                .0
                 .into_iter()
                 .map(|d| d.id)
                 .collect::<Vec<_>>()

@@ -242,6 +242,7 @@ mod tests {
                 alert_fingerprints: vec![],
             },
             note: "opened".into(),
+            only_if_sent: None,
         }
     }
 

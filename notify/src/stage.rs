@@ -5,13 +5,13 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use prometheus::{IntCounterVec, register_int_counter_vec};
+use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
 use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
 use seismo_schemas::IncidentChange;
-use seismo_store::{NotificationRecord, NotificationStatus, Store};
+use seismo_store::{NotificationRecord, NotificationStatus, Silence, Store};
 use seismo_transport::{Message, OutRecord, Producer};
 
-use crate::config::{NotifyConfig, ReceiverKind, Resolved};
+use crate::config::{NotifyConfig, ReceiverKind, Resolved, all_match};
 use crate::deliver::{self, KeyLimiter};
 use crate::dispatch::{Delivery, Dispatcher, Timing};
 use crate::receivers;
@@ -21,6 +21,13 @@ static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "seismo_notify_deliveries_total",
         "Notifications finished, by receiver, action and outcome (delivered, failed, skipped as already sent)",
         &["receiver", "action", "outcome"]
+    )
+    .expect("metric")
+});
+static HELD: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_notify_held_total",
+        "Pages held back (and checked again later) because a silence or an inhibition rule matched"
     )
     .expect("metric")
 });
@@ -64,7 +71,14 @@ pub struct NotifyStage {
     limiter: Mutex<KeyLimiter>,
     /// Counts; `write` takes `&self`, hence the lock.
     stats: Mutex<NotifyStats>,
+    /// Current and future silences of every tenant, read every [`SILENCE_REFRESH`].
+    silences: Vec<Silence>,
+    silences_read: Option<Instant>,
 }
+
+/// How often silences are read from the store: a silence made through the API holds new
+/// pages within this long.
+const SILENCE_REFRESH: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -121,6 +135,8 @@ impl NotifyStage {
             client,
             limiter: Mutex::new(KeyLimiter::default()),
             stats: Mutex::new(NotifyStats::default()),
+            silences: Vec::new(),
+            silences_read: None,
         })
     }
 
@@ -130,8 +146,33 @@ impl NotifyStage {
 
     fn release(&mut self, out: &mut NotifyOut, all: bool) {
         let now = now_ms();
+        let now_t = chrono::Utc::now();
+        let rules = &self.cfg.inhibit_rules;
+        // Open incidents inhibit; the view is this process's partitions.
+        let sources: Vec<(String, BTreeMap<String, String>)> = if rules.is_empty() {
+            Vec::new()
+        } else {
+            self.parts
+                .values()
+                .flat_map(|d| d.incidents())
+                .filter(|i| i.status.is_open())
+                .map(|i| (i.id.clone(), routing_labels(i)))
+                .collect()
+        };
+        let silences = &self.silences;
+        let muted = |inc: &seismo_schemas::Incident, _receiver: &str| {
+            let labels = routing_labels(inc);
+            silences.iter().any(|s| {
+                s.tenant == inc.tenant && s.active_at(now_t) && all_match(&s.matchers, &labels)
+            }) || rules.iter().any(|rule| {
+                sources
+                    .iter()
+                    .any(|(id, src)| *id != inc.id && rule.inhibits(src, &labels))
+            })
+        };
         for (p, d) in self.parts.iter_mut() {
-            let due = d.due(now, all, &self.timing);
+            let (due, held) = d.due(now, all, &self.timing, &muted);
+            HELD.inc_by(held as u64);
             if !due.is_empty() {
                 self.dirty.insert(*p);
                 out.deliveries.extend(due);
@@ -225,6 +266,19 @@ impl Stage for NotifyStage {
     }
 
     async fn tick(&mut self, out: &mut NotifyOut, _tick: &Tick) {
+        if self
+            .silences_read
+            .is_none_or(|t| t.elapsed() >= SILENCE_REFRESH)
+        {
+            match self.store.current_silences(chrono::Utc::now()).await {
+                Ok(s) => {
+                    self.silences = s;
+                    self.silences_read = Some(Instant::now());
+                }
+                // Pages go on under the silences last read; the next tick tries again.
+                Err(e) => tracing::warn!(error = %e, "could not read silences; will retry"),
+            }
+        }
         self.release(out, false);
     }
 
@@ -246,7 +300,11 @@ impl Stage for NotifyStage {
         if out.deliveries.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = out.deliveries.iter().map(|d| d.id.clone()).collect();
+        let ids: Vec<String> = out
+            .deliveries
+            .iter()
+            .flat_map(|d| std::iter::once(d.id.clone()).chain(d.only_if_sent.clone()))
+            .collect();
         let done: HashSet<String> = self
             .store
             .notifications_done(&ids)
@@ -262,6 +320,10 @@ impl Stage for NotifyStage {
         // One at a time, recorded as each finishes: a crash loses at most the page in
         // flight, which the receiver can recognise by its delivery id.
         for d in out.deliveries.iter().filter(|d| !done.contains(&d.id)) {
+            if d.only_if_sent.as_ref().is_some_and(|t| !done.contains(t)) {
+                // Acknowledging or resolving what was never paged: nothing to say.
+                continue;
+            }
             let rec = self.deliver(d).await;
             self.store
                 .record_notifications(std::slice::from_ref(&rec))

@@ -22,7 +22,7 @@ use seismo_schemas::{
 
 pub use access::{AccessStore, ApiToken, AuditEntry, AuditQuery, AuditRecord};
 pub use checkpoint::{CheckpointStore, PartitionCheckpoint, Position, StoredPartition};
-pub use notify::{NotificationRecord, NotificationStatus, NotifyStore};
+pub use notify::{NotificationRecord, NotificationStatus, NotifyStore, Silence};
 pub use postgres::{Layout, PgStore, TimescaleMode};
 pub use sqlite::SqliteStore;
 
