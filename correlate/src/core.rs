@@ -125,6 +125,10 @@ struct Open {
     last: DateTime<Utc>,
     /// The severity last written, so a rise is announced once.
     announced: Severity,
+    /// Signals taken in. Members are not listed here: each write carries only the new
+    /// ones and the store keeps the membership, so a long degradation costs the same per
+    /// signal as a short one and its state stays small.
+    signals: u64,
 }
 
 /// The correlate core. Its learned part (open incidents, waiting anomalies, alert
@@ -434,6 +438,7 @@ impl Correlator {
             hosts: BTreeSet::new(),
             last: at,
             announced: severity,
+            signals: 0,
         });
         self.open.len() - 1
     }
@@ -525,7 +530,7 @@ impl Correlator {
                 change: Some((role, magnitude(a, role), a.expected, a.observed)),
             },
         );
-        self.open[i].incident.anomaly_ids.push(a.id.clone());
+        self.open[i].signals += 1;
     }
 
     fn alert(&mut self, a: Alert) -> Vec<IncidentWrite> {
@@ -633,10 +638,7 @@ impl Correlator {
                 change: Some((MetricRole::Other, 1.0, 0.0, 1.0)),
             },
         );
-        self.open[i]
-            .incident
-            .alert_fingerprints
-            .push(a.fingerprint.clone());
+        self.open[i].signals += 1;
         self.alerts.insert(key, self.open[i].incident.id.clone());
         vec![self.write(i, vec![], vec![a.fingerprint], events)]
     }
@@ -761,10 +763,18 @@ impl Correlator {
                 )
             };
         } else {
+            let shown: Vec<&str> = o.hosts.iter().take(5).map(String::as_str).collect();
+            let more = o.hosts.len().saturating_sub(shown.len());
             o.incident.title = format!(
-                "{} signals on hosts {:?}",
-                o.incident.anomaly_ids.len(),
-                o.hosts
+                "{} signals on host{} {}{}",
+                o.signals,
+                if o.hosts.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             );
         }
         o.incident.root_cause_candidates = ranked;
@@ -855,7 +865,8 @@ mod tests {
         let ids: BTreeSet<_> = writes.iter().map(|w| w.incident.id.clone()).collect();
         assert_eq!(ids.len(), 1);
         let last = &writes.last().unwrap().incident;
-        assert_eq!(last.anomaly_ids.len(), 4);
+        let members: usize = writes.iter().map(|w| w.new_anomaly_ids.len()).sum();
+        assert_eq!(members, 4);
         assert_eq!(last.root_cause_candidates[0].target, "service=db");
         assert_eq!(last.scope["service"], "catalog,db,gateway");
         assert!(last.title.contains("on db"), "{}", last.title);
@@ -913,7 +924,8 @@ mod tests {
         let ids: BTreeSet<_> = writes.iter().map(|w| w.incident.id.clone()).collect();
         assert_eq!(ids.len(), 1, "{writes:#?}");
         let inc = &writes.last().unwrap().incident;
-        assert_eq!(inc.anomaly_ids.len(), 5);
+        let members: usize = writes.iter().map(|w| w.new_anomaly_ids.len()).sum();
+        assert_eq!(members, 5);
         assert_eq!(inc.root_cause_candidates[0].target, "service=db");
         let created = writes[0]
             .events
@@ -1023,6 +1035,40 @@ mod tests {
                 .collect()
         };
         assert_eq!(ids(&writes), ids(&replayed));
+    }
+
+    #[test]
+    fn a_long_degradation_stays_one_small_incident() {
+        // 30,000 anomalies on one host over three weeks of minutes: one incident, whose
+        // state and writes do not grow with the number of signals.
+        let mut c = Correlator::new(cfg());
+        let mut sizes = Vec::new();
+        let mut ids = BTreeSet::new();
+        for m in 0..30_000 {
+            let svc = ["db", "catalog", "gateway"][m % 3];
+            for w in c.process(Signal::Anomaly(anomaly(
+                svc,
+                "h1",
+                m as i64,
+                Severity::Warning,
+            ))) {
+                ids.insert(w.incident.id.clone());
+                assert!(
+                    w.new_anomaly_ids.len() <= 2,
+                    "writes carry only new members"
+                );
+            }
+            if m % 10_000 == 9_999 {
+                sizes.push(postcard::to_stdvec(&c).unwrap().len());
+            }
+        }
+        assert_eq!(ids.len(), 1);
+        assert!(
+            sizes.iter().all(|&s| s < 4096),
+            "state stays small: {sizes:?}"
+        );
+        // Flat, but for the varint-encoded counters growing by a byte or two.
+        assert!(sizes[2] - sizes[0] < 32, "and flat: {sizes:?}");
     }
 
     #[test]

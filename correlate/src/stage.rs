@@ -158,7 +158,8 @@ impl CorrelateStage {
 impl Stage for CorrelateStage {
     type Out = CorrelateOut;
     /// 2: services keep their largest change per kind of metric, for ranking.
-    const FORMAT: u32 = 2;
+    /// 3: incidents count their signals instead of listing them.
+    const FORMAT: u32 = 3;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {
