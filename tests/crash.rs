@@ -10,10 +10,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Proc;
+use common::{Proc, spawn};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -74,34 +74,6 @@ fn body(points: &[MetricPoint]) -> String {
         .iter()
         .map(|p| serde_json::to_string(p).unwrap() + "\n")
         .collect()
-}
-
-fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
-    let earlier_starts = std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("running"))
-        .count();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_seismo"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("SEISMO_HTTP__LISTEN", "127.0.0.1:0")
-        .env("SEISMO_LOG", "warn,seismo=info,seismo_runtime=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        log: log.to_path_buf(),
-        earlier_starts,
-    }
 }
 
 /// What a run leaves in its store: anomaly ids, and each incident with its anomalies.

@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Proc;
+use common::spawn;
 
 use bytes::Bytes;
 use seismo_kafka::{KafkaConfig, KafkaProducer};
@@ -20,21 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const OUTAGE: Duration = Duration::from_secs(60);
 const T0: i64 = 1_767_571_200_000;
-
-fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
-    let file = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_seismo"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("SEISMO_HTTP__LISTEN", "127.0.0.1:0")
-        .env("SEISMO_LOG", "warn,seismo=info,seismo_runtime=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Proc::new(child, log.to_path_buf())
-}
 
 /// Minute `m` of 40 series as JSON lines.
 fn minute(m: i64) -> String {

@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -430,31 +429,6 @@ async fn silences_and_inhibition_hold_what_they_match_and_nothing_else() {
     server.stop().await;
 }
 
-/// Starts `seismo run` with `config`, its stderr appended to `log`.
-fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> common::Proc {
-    let earlier = std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("running"))
-        .count();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_seismo"))
-        .args(["--config", config.to_str().unwrap(), "run"])
-        .env("SEISMO_LOG", "warn,seismo=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    let mut p = common::Proc::new(child, log.to_path_buf());
-    p.earlier_starts = earlier;
-    p
-}
-
 /// The status of each incident that PagerDuty heard of, by its dedup key: the actions
 /// and the distinct delivery ids of each action.
 fn pages(pd: &Recorder) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
@@ -488,8 +462,6 @@ async fn sigkill_at_random_moments_neither_pages_twice_nor_drops_a_page() {
 url = "sqlite://{db}"
 [bus]
 dir = "{bus}"
-[http]
-listen = "127.0.0.1:0"
 [stages]
 checkpoint_interval_ms = 200
 idle_release_secs = 1
@@ -538,7 +510,7 @@ routing_key = "K"
         }
     };
     for round in 0..5 {
-        let mut p = spawn_run(&config, &log);
+        let mut p = common::spawn(&["--config", config.to_str().unwrap(), "run"], &[], &log);
         let url = format!("http://{}", p.addr());
         let hook = serde_json::json!({
             "version": "4",
@@ -561,7 +533,7 @@ routing_key = "K"
         p.kill9();
     }
     // A last run, not killed, until every incident is triggered, acknowledged and resolved.
-    let mut p = spawn_run(&config, &log);
+    let mut p = common::spawn(&["--config", config.to_str().unwrap(), "run"], &[], &log);
     let url = format!("http://{}", p.addr());
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

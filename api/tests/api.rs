@@ -633,6 +633,57 @@ async fn transitions_are_announced_on_the_bus(store: Arc<dyn Store>) {
     assert_eq!(consumer.lag(), 0);
 }
 
+/// An incident's scope lists its services and hosts; a filter finds it by any one of them,
+/// and only by a whole one.
+async fn incidents_filter_by_any_of_their_services_and_hosts(store: Arc<dyn Store>) {
+    let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let incident = Incident {
+        id: "multi".into(),
+        tenant: "default".into(),
+        title: "latency anomalous on db, with 1 related service".into(),
+        status: IncidentStatus::Detected,
+        severity: Severity::Warning,
+        started_at: at,
+        updated_at: at,
+        resolved_at: None,
+        scope: [
+            ("service".to_string(), "cart,db".to_string()),
+            ("host".to_string(), "h1,h2".to_string()),
+        ]
+        .into(),
+        root_cause_candidates: vec![],
+        anomaly_ids: vec![],
+        alert_fingerprints: vec![],
+    };
+    store
+        .write_incidents(&[IncidentWrite {
+            incident,
+            new_anomaly_ids: vec![],
+            new_alert_fingerprints: vec![],
+            events: vec![],
+        }])
+        .await
+        .unwrap();
+    let app = router(ApiState::new(store));
+    for (filter, found) in [
+        ("label=service:db", true),
+        ("label=service:cart", true),
+        ("label=host:h2", true),
+        ("label=service:cart&label=host:h1", true),
+        ("label=service:d", false),
+        ("label=service:cart,db", false),
+        ("label=host:h3", false),
+    ] {
+        let (code, v) = call(&app, "GET", &format!("/api/v1/incidents?{filter}"), "").await;
+        assert_eq!(code, StatusCode::OK, "{filter}: {v}");
+        assert_eq!(
+            v["items"].as_array().unwrap().len(),
+            usize::from(found),
+            "{filter}: {v}"
+        );
+    }
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
@@ -665,5 +716,6 @@ on_every_store!(
     transitions_are_bounded_in_size_and_number,
     one_incident_answers_with_at_most_a_thousand_anomalies,
     investigate_ranks_the_starved_database_first,
-    transitions_are_announced_on_the_bus
+    transitions_are_announced_on_the_bus,
+    incidents_filter_by_any_of_their_services_and_hosts
 );

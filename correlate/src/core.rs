@@ -154,6 +154,9 @@ pub struct Correlator {
     alert_time: Option<DateTime<Utc>>,
 }
 
+/// Most hosts an incident's scope names.
+const MAX_SCOPE_HOSTS: usize = 50;
+
 fn short_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
@@ -742,6 +745,19 @@ impl Correlator {
                     .join(","),
             );
         }
+        if !o.hosts.is_empty() {
+            // The first MAX_SCOPE_HOSTS by name: enough to find an incident by host, and
+            // bounded for a fleet-wide one.
+            o.incident.scope.insert(
+                self.cfg.host_label.clone(),
+                o.hosts
+                    .iter()
+                    .take(MAX_SCOPE_HOSTS)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
         if let Some(top) = ranked.first() {
             let svc = top
                 .target
@@ -869,6 +885,7 @@ mod tests {
         assert_eq!(members, 4);
         assert_eq!(last.root_cause_candidates[0].target, "service=db");
         assert_eq!(last.scope["service"], "catalog,db,gateway");
+        assert_eq!(last.scope["host"], "cat-1,db-1,db-2,gw-1");
         assert!(last.title.contains("on db"), "{}", last.title);
     }
 

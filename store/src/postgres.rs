@@ -683,12 +683,15 @@ impl Store for PgStore {
         if let Some(s) = q.status {
             qb.push(" AND status = ").push_bind(s.as_str());
         }
+        // A scope value lists the incident's services (or hosts) comma-separated: a
+        // filter matches any one of them exactly.
         for (k, v) in &q.labels {
             check_label(k)?;
-            qb.push(" AND scope ->> ")
+            qb.push(" AND ")
+                .push_bind(v)
+                .push(" = ANY(string_to_array(scope ->> ")
                 .push_bind(k)
-                .push(" = ")
-                .push_bind(v);
+                .push(", ','))");
         }
         if let Some(c) = &q.cursor {
             let t = from_ms(c.ts_ms);

@@ -460,11 +460,16 @@ impl Store for SqliteStore {
         if let Some(s) = q.status {
             qb.push(" AND status = ").push_bind(s.as_str());
         }
+        // A scope value lists the incident's services (or hosts) comma-separated: a
+        // filter matches any one of them exactly.
         for (k, v) in &q.labels {
-            qb.push(" AND json_extract(scope, ")
+            qb.push(" AND instr(',' || json_extract(scope, ")
                 .push_bind(label_path(k)?)
-                .push(") = ")
-                .push_bind(v);
+                .push(") || ',', ',' || ")
+                .push_bind(v)
+                .push(" || ',') > 0 AND instr(")
+                .push_bind(v)
+                .push(", ',') = 0");
         }
         if let Some(c) = &q.cursor {
             qb.push(" AND (started_at < ")

@@ -2,8 +2,8 @@
 // Each test file uses a part of this module; what one file leaves unused is not dead.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Proc {
@@ -12,6 +12,36 @@ pub struct Proc {
     /// "running" lines the log held before this process started (the log is appended to
     /// across restarts).
     pub earlier_starts: usize,
+}
+
+/// Starts the `seismo` binary with `args` and `env`, listening on a free port, its stderr
+/// appended to `log` (so restarts keep one log; the handle knows its own start line).
+pub fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
+    let earlier_starts = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("running"))
+        .count();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_seismo"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("SEISMO_HTTP__LISTEN", "127.0.0.1:0")
+        .env("SEISMO_LOG", "warn,seismo=info,seismo_runtime=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        log: log.to_path_buf(),
+        earlier_starts,
+    }
 }
 
 impl Proc {
