@@ -433,7 +433,9 @@ async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
     }
     let mut last = outcome_pg(&pool).await;
     let mut stable_since = Instant::now();
-    while stable_since.elapsed() < Duration::from_secs(4) {
+    // Longer than a restarted stage takes to rejoin its group (session timeout 6 s): a
+    // shorter quiet spell can be sampled while correlate is still replaying.
+    while stable_since.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = outcome_pg(&pool).await;
         if now != last {
