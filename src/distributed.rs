@@ -90,7 +90,8 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         points_partitions: cfg.kafka.partitions.max(1) as u32,
         anomaly_partitions: cfg.kafka.partitions.max(1) as u32,
         group: Arc::new(move |s: Stage| kafka.group(s.name())),
-        ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone()),
+        ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone())
+            .with_detect_bucket(cfg.detect.bucket_secs),
     };
     let group = (ctx.group)(stage);
     let mut router = seismo_api::ops_router(

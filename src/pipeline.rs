@@ -103,7 +103,8 @@ impl Embedded {
             points_partitions: cfg.bus.partitions,
             anomaly_partitions: cfg.bus.partitions,
             group: Arc::new(|s: crate::cli::Stage| s.name().to_string()),
-            ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone()),
+            ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone())
+                .with_detect_bucket(cfg.detect.bucket_secs),
         };
         let mut wired = Vec::new();
         for spec in &STAGES {

@@ -211,6 +211,7 @@ pub fn spawn(
                 ctx.store.clone(),
                 output,
                 ctx.anomaly_partitions,
+                Duration::from_secs(ctx.cfg.stages.idle_release_secs),
             );
             tokio::spawn(async move {
                 let r = seismo_runtime::run(&mut core, io).await?;

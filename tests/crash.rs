@@ -315,6 +315,45 @@ async fn pg_count(pool: &sqlx::PgPool, sql: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// What a stuck run needs to be diagnosed: each checkpointed position next to the group's
+/// committed offset and the partition's end, as the broker reports them.
+async fn positions_report(pool: &sqlx::PgPool, brokers: &str, tag: &str) -> String {
+    let group = format!("{tag}-detect");
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT consumer_group, topic, partition, next_offset, records FROM stage_positions \
+         ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &group)
+        .create()
+        .expect("a diagnostic consumer");
+    let mut out = String::from("checkpointed positions | broker committed, end:\n");
+    for (g, topic, part, next, records) in rows {
+        let mut broker = String::new();
+        if g == group {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            let topic = format!("{tag}.{topic}");
+            tpl.add_partition(&topic, part as i32);
+            let committed = consumer
+                .committed_offsets(tpl, Duration::from_secs(5))
+                .ok()
+                .and_then(|t| t.elements().first().map(|e| format!("{:?}", e.offset())));
+            let end = consumer
+                .fetch_watermarks(&topic, part as i32, Duration::from_secs(5))
+                .ok()
+                .map(|w| w.1);
+            broker = format!(" | committed {committed:?}, end {end:?}");
+        }
+        out += &format!("  {g} {topic}[{part}] next {next} records {records}{broker}\n");
+    }
+    out
+}
+
 /// The distributed stages, with SIGKILLs of random stage processes while the input is
 /// produced straight to Kafka (keyed by host, as producers should).
 async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
@@ -362,7 +401,7 @@ async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
     };
     let mut procs: Vec<Proc> = names.iter().map(|n| start(n)).collect();
     let producer = KafkaProducer::new(&KafkaConfig {
-        brokers,
+        brokers: brokers.clone(),
         topic_prefix: format!("{tag}."),
         ..KafkaConfig::default()
     })
@@ -423,12 +462,14 @@ async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
                 eprintln!("readyz: {ready}");
             }
         }
-        let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
-        assert!(
-            t.elapsed() < Duration::from_secs(240),
-            "distributed run did not catch up (detected {detected}, stored {stored}):\n{}",
-            logs.join("\n----\n")
-        );
+        if t.elapsed() >= Duration::from_secs(240) {
+            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            panic!(
+                "distributed run did not catch up (detected {detected}, stored {stored}):\n{}\n{}",
+                positions_report(&pool, &brokers, &tag).await,
+                logs.join("\n----\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut last = outcome_pg(&pool).await;

@@ -161,3 +161,90 @@ async fn graceful_shutdown_stores_every_accepted_point() {
     assert_eq!(stats.ingest.points, accepted);
     assert_eq!(store.counts().await.unwrap().metric_points, accepted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_bucket_is_scored_at_shutdown_and_a_late_point_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, store) = temp_store(&dir).await;
+    let running = Embedded::start(&cfg, store.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let server = tokio::spawn(seismo::http::serve(
+        listener,
+        seismo::http::router(
+            &cfg,
+            Some(&running),
+            Some(store.clone()),
+            running.health.clone(),
+        ),
+        async move { stop.cancelled().await },
+        seismo::http::HttpLimits::from_config(&cfg),
+    ));
+    let t0 = 1_767_571_200_000i64;
+    let line = |minute: i64, value: f64| {
+        format!(
+            "{{\"name\":\"latency_seconds\",\"labels\":{{\"host\":\"h1\"}},\"ts\":{},\"value\":{value}}}\n",
+            t0 + minute * 60_000
+        )
+    };
+    // Five steady hours, then a spike in the very last minute: no later point will ever
+    // close that bucket.
+    let body: String = (0..300)
+        .map(|m| {
+            line(
+                m,
+                if m == 299 {
+                    50.0
+                } else {
+                    0.2 + 0.01 * (m % 5) as f64
+                },
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        client
+            .post(format!("http://{addr}/api/v1/ingest/points"))
+            .body(body)
+            .send()
+    };
+    let resp = post(body).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v.get("late").is_none(), "{v}");
+    // A point for 150.5 minutes now is late: accepted and stored, but the answer says so.
+    let late = line(150, 0.21).replace(
+        &format!("{}", t0 + 150 * 60_000),
+        &format!("{}", t0 + 150 * 60_000 + 30_000),
+    );
+    let resp = post(late).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["accepted"], 1, "{v}");
+    assert_eq!(v["late"], 1, "{v}");
+    assert!(v["late_note"].as_str().unwrap().contains("not be scored"));
+
+    token.cancel();
+    server.await.unwrap().unwrap();
+    running.finish().await.unwrap();
+    let anomalies = store
+        .list_anomalies(&seismo_store::AnomalyQuery {
+            tenant: "default".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let last: Vec<_> = anomalies
+        .iter()
+        .filter(|a| a.ts.timestamp_millis() == t0 + 299 * 60_000)
+        .collect();
+    assert!(
+        !last.is_empty(),
+        "the last minute's spike was never scored: {anomalies:#?}"
+    );
+    assert_eq!(store.counts().await.unwrap().metric_points, 301);
+}

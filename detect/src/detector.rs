@@ -71,6 +71,37 @@ struct SeriesState {
     model: SeriesModel,
     /// The same streaming ensemble that scores files, on this series' buckets.
     ensemble: StreamScorer,
+    /// Who the series is, to raise its anomaly when a bucket closes without a new point.
+    series: SeriesName,
+}
+
+/// A series' identity (tenant, name, labels), kept so event time alone can close its
+/// bucket.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SeriesName {
+    tenant: String,
+    name: String,
+    labels: seismo_schemas::Labels,
+}
+
+impl SeriesName {
+    fn of(p: &MetricPoint) -> Self {
+        SeriesName {
+            tenant: p.tenant.clone(),
+            name: p.name.clone(),
+            labels: p.labels.clone(),
+        }
+    }
+
+    fn point(&self) -> MetricPoint {
+        MetricPoint {
+            tenant: self.tenant.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            ts: 0,
+            value: 0.0,
+        }
+    }
 }
 
 /// Event-time progress of one partition.
@@ -105,6 +136,8 @@ pub struct Detector {
     cfg: DetectConfig,
     stream_cfg: StreamConfig,
     bucket_ms: i64,
+    /// How far behind its partition's newest point a bucket may still take points.
+    lateness_ms: i64,
     partitions: HashMap<u32, HashMap<SeriesId, SeriesState>>,
     /// Per partition, the hosts' isolation forests.
     entities: HashMap<u32, HashMap<String, EntityState>>,
@@ -126,10 +159,14 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 impl Detector {
     pub fn new(cfg: DetectConfig) -> Self {
         let bucket_ms = (cfg.bucket_secs.max(1) * 1000) as i64;
+        let lateness_ms = i64::try_from(cfg.allowed_lateness_secs)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
         Detector {
             cfg,
             stream_cfg: StreamConfig::default(),
             bucket_ms,
+            lateness_ms,
             partitions: HashMap::new(),
             entities: HashMap::new(),
             meta: HashMap::new(),
@@ -286,7 +323,19 @@ impl Detector {
             p.value
         };
         let meta = self.meta.entry(partition).or_default();
+        let before = meta.max_ts;
         meta.max_ts = meta.max_ts.max(p.ts);
+        let now = meta.max_ts;
+        // Event time moved into a new bucket: close the buckets it left more than the
+        // allowed lateness behind, also of series that sent nothing since (their last
+        // bucket would otherwise wait for a point that may never come).
+        let mut out = if before != i64::MIN
+            && now.div_euclid(self.bucket_ms) > before.div_euclid(self.bucket_ms)
+        {
+            self.close_until(partition, now.saturating_sub(self.lateness_ms))
+        } else {
+            Vec::new()
+        };
         let dirty = self.dirty.entry(partition).or_default();
         dirty.meta = true;
         dirty.series.insert(id);
@@ -301,23 +350,95 @@ impl Detector {
                     last_ts: p.ts,
                     model: SeriesModel::new(&self.cfg),
                     ensemble: StreamScorer::staggered(&self.stream_cfg, id),
+                    series: SeriesName::of(p),
                 },
             );
-            return Vec::new();
+            return out;
         };
         if p.ts <= st.last_ts {
             OUT_OF_ORDER.inc();
             self.repeated += 1;
-            return Vec::new();
+            return out;
         }
         st.last_ts = p.ts;
         if bucket == st.bucket {
             st.sum += value;
             st.count += 1;
-            return Vec::new();
+            return out;
         }
         if bucket < st.bucket {
+            // Its bucket was closed (scored) already: stored, counted, not scored.
             LATE.inc();
+            return out;
+        }
+        let open = st.count > 0;
+        if open {
+            out.extend(self.close_bucket(partition, id, p));
+        }
+        let st = self
+            .partitions
+            .get_mut(&partition)
+            .and_then(|s| s.get_mut(&id))
+            .expect("series state exists");
+        st.bucket = bucket;
+        st.sum = value;
+        st.count = 1;
+        out
+    }
+
+    /// Closes and scores the open bucket of every series of `partition` that ends at or
+    /// before `horizon` (UTC ms), in series order (deterministic: host forests see their
+    /// members in the same order on every run).
+    fn close_until(&mut self, partition: u32, horizon: i64) -> Vec<Anomaly> {
+        let Some(series) = self.partitions.get(&partition) else {
+            return Vec::new();
+        };
+        let bucket_ms = self.bucket_ms;
+        let mut due: Vec<(SeriesId, MetricPoint)> = series
+            .iter()
+            .filter(|(_, s)| s.count > 0 && (s.bucket + 1).saturating_mul(bucket_ms) <= horizon)
+            .map(|(id, s)| (*id, s.series.point()))
+            .collect();
+        due.sort_unstable_by_key(|d| d.0);
+        let mut out = Vec::new();
+        for (id, p) in due {
+            out.extend(self.close_bucket(partition, id, &p));
+        }
+        for a in &mut out {
+            a.make_finite();
+        }
+        out
+    }
+
+    /// Closes every open bucket of `partition` that ended at or before `horizon` (UTC ms;
+    /// `i64::MAX` closes them all): for a stream that went quiet, and at the end of input.
+    pub fn flush(&mut self, partition: u32, horizon: i64) -> Vec<Anomaly> {
+        self.close_until(partition, horizon)
+    }
+
+    /// The allowed lateness, in ms.
+    pub fn lateness_ms(&self) -> i64 {
+        self.lateness_ms
+    }
+
+    /// Partitions this detector holds state of, in order.
+    pub fn partitions(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.partitions.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Scores a series' open bucket and leaves it closed: the next point of the series
+    /// opens a later bucket; one of this bucket or older is late. `p` names the series.
+    fn close_bucket(&mut self, partition: u32, id: SeriesId, p: &MetricPoint) -> Vec<Anomaly> {
+        let Some(st) = self
+            .partitions
+            .get_mut(&partition)
+            .and_then(|s| s.get_mut(&id))
+        else {
+            return Vec::new();
+        };
+        if st.count == 0 {
             return Vec::new();
         }
         let closed = st.bucket;
@@ -325,9 +446,11 @@ impl Detector {
         let mean = st.sum / f64::from(st.count);
         let scored = st.model.update(&self.cfg, closed_ts, mean);
         let ens = st.ensemble.update(&self.stream_cfg, closed_ts, mean);
-        st.bucket = bucket;
-        st.sum = value;
-        st.count = 1;
+        st.bucket = closed + 1;
+        st.sum = 0.0;
+        st.count = 0;
+        let dirty = self.dirty.entry(partition).or_default();
+        dirty.series.insert(id);
         let mut out = Vec::new();
         // The host's forest sees this bucket beside its other metrics' buckets.
         if let Some(key) = p.entity() {
@@ -651,5 +774,82 @@ mod tests {
         other.restore(0, entries).unwrap();
         assert_eq!(other.published_watermark(0), Some(69 * 60_000));
         assert!(det.take_dirty(0).is_empty(), "nothing changed since");
+    }
+    /// Buckets of host h1's `a` (steady) and h2's `b`, whose bucket 300 spikes, up to 300.
+    fn two_series_until_a_spike(det: &mut Detector) -> Vec<Anomaly> {
+        let mut found = Vec::new();
+        for i in 0..=300i64 {
+            found.extend(det.process(0, &point("a", "h1", i * 60_000, 10.0 + (i % 5) as f64)));
+            let v = if i == 300 {
+                1000.0
+            } else {
+                10.0 + (i % 3) as f64
+            };
+            found.extend(det.process(0, &point("b", "h2", i * 60_000, v)));
+        }
+        found
+    }
+
+    #[test]
+    fn a_quiet_series_last_bucket_is_scored_once_event_time_passes_its_lateness() {
+        // Lateness 120 s: the spike's bucket [300, 301) closes when the partition's event
+        // time reaches 303 minutes, though b sends nothing more.
+        let mut det = Detector::new(DetectConfig::default());
+        let mut found = two_series_until_a_spike(&mut det);
+        assert!(
+            found.iter().all(|a| a.name != "b"),
+            "the bucket is still open"
+        );
+        found.extend(det.process(0, &point("a", "h1", 302 * 60_000, 11.0)));
+        assert!(
+            found.iter().all(|a| a.name != "b"),
+            "still within its lateness"
+        );
+        found.extend(det.process(0, &point("a", "h1", 303 * 60_000, 11.0)));
+        let b: Vec<&Anomaly> = found.iter().filter(|a| a.name == "b").collect();
+        assert_eq!(b.len(), 1, "{b:#?}");
+        assert_eq!(b[0].ts.timestamp_millis(), 300 * 60_000);
+        assert_eq!(b[0].labels["host"], "h2");
+        assert_eq!(b[0].observed, 1000.0);
+        // The watermark no longer waits for b.
+        assert_eq!(det.advance_watermark(0), Some(301 * 60_000));
+        // A point for the closed bucket is late: not scored, nothing raised.
+        let late = det.process(0, &point("b", "h2", 300 * 60_000 + 30_000, 5000.0));
+        assert!(late.is_empty(), "{late:#?}");
+        // b resumes in a later bucket as usual.
+        det.process(0, &point("b", "h2", 304 * 60_000, 11.0));
+        assert_eq!(det.advance_watermark(0), Some(303 * 60_000));
+    }
+
+    #[test]
+    fn a_flush_scores_every_open_bucket_once_and_survives_a_checkpoint() {
+        let mut det = Detector::new(DetectConfig::default());
+        let found = two_series_until_a_spike(&mut det);
+        assert!(found.iter().all(|a| a.ts.timestamp_millis() < 300 * 60_000));
+        let entries = det.take_dirty(0);
+        let flushed = det.flush(0, i64::MAX);
+        assert_eq!(flushed.len(), 1, "{flushed:#?}");
+        assert_eq!(flushed[0].name, "b");
+        assert_eq!(flushed[0].ts.timestamp_millis(), 300 * 60_000);
+        assert!(det.flush(0, i64::MAX).is_empty(), "closed once");
+        // A flush up to a horizon leaves buckets that end after it open.
+        let mut other = Detector::new(DetectConfig::default());
+        other.restore(0, entries).unwrap();
+        assert!(other.flush(0, 300 * 60_000).is_empty());
+        let again = other.flush(0, 301 * 60_000);
+        assert_eq!(
+            again.iter().map(|a| &a.id).collect::<Vec<_>>(),
+            vec![&flushed[0].id]
+        );
+        // The closed state is checkpointed: a restored detector counts the bucket's
+        // stragglers as late too.
+        let mut third = Detector::new(DetectConfig::default());
+        third.restore(0, other.take_dirty(0)).unwrap();
+        assert!(
+            third
+                .process(0, &point("b", "h2", 300 * 60_000 + 1, 9e9))
+                .is_empty()
+        );
+        assert!(third.flush(0, i64::MAX).is_empty());
     }
 }

@@ -38,6 +38,11 @@ pub struct DetectConfig {
     /// only onsets are raised: at 6, 20,000 rows of noise (two weeks of minutes) raise at
     /// most 3, also when the noise is autocorrelated (see the entity tests).
     pub entity_threshold: f64,
+    /// How long after a bucket ends, in its partition's event time (the newest point's
+    /// time), it still takes points. Then it is scored even if its series sent nothing
+    /// newer; a point that arrives for it later is late: stored and counted
+    /// (`seismo_detect_late_points_total`), but not scored.
+    pub allowed_lateness_secs: u64,
 }
 
 impl Default for DetectConfig {
@@ -53,6 +58,7 @@ impl Default for DetectConfig {
             min_relative_scale: 0.002,
             ensemble_threshold: 0.1,
             entity_threshold: 6.0,
+            allowed_lateness_secs: 120,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -46,6 +47,9 @@ pub struct DetectOut {
     pub watermarks: Vec<(u32, i64)>,
 }
 
+/// Sequence indexes of anomalies raised by a flush start here, above any one record's.
+const FLUSH_SEQ_BASE: u32 = 1 << 31;
+
 /// The detect stage.
 pub struct DetectStage {
     det: Detector,
@@ -61,17 +65,55 @@ pub struct DetectStage {
     /// Points scored and anomalies raised by this process.
     pub points: u64,
     pub raised: u64,
+    /// After this long without input, open buckets that ended `allowed_lateness` ago (by
+    /// the wall clock) are scored: a stream that stopped still has its last bucket seen.
+    idle_flush: Duration,
+    /// Per partition, the last input offset and how many flushes followed it: anomalies
+    /// raised without a record get sequence numbers after that record's.
+    flush_seq: HashMap<u32, (i64, u32)>,
+    last_idle_flush: Instant,
 }
 
 impl DetectStage {
+    /// Scores the open buckets that ended at or before `horizon` in every partition this
+    /// process has read a record of (a flushed anomaly needs a sequence number after it).
+    fn flush(&mut self, horizon: i64, out: &mut DetectOut) {
+        for p in self.det.partitions() {
+            let Some((offset, flushes)) = self.flush_seq.get_mut(&p) else {
+                continue;
+            };
+            let anomalies = self.det.flush(p, horizon);
+            if anomalies.is_empty() {
+                continue;
+            }
+            self.touched.insert(p);
+            let wm = self.det.published_watermark(p).unwrap_or(i64::MIN);
+            for a in anomalies {
+                // After the record's own anomalies (indexes from 0) and earlier flushes.
+                *flushes += 1;
+                out.sources.push(Source {
+                    partition: p,
+                    seq: (*offset, FLUSH_SEQ_BASE + *flushes),
+                    merge_at_ms: a.ts.timestamp_millis().max(wm),
+                });
+                out.anomalies.push(a);
+                self.raised += 1;
+            }
+        }
+    }
+
     pub fn new(
         cfg: DetectConfig,
         scope_label: Option<String>,
         store: Arc<dyn Store>,
         output: Arc<dyn Producer>,
         anomaly_partitions: u32,
+        idle_flush: Duration,
     ) -> Self {
         DetectStage {
+            idle_flush,
+            flush_seq: HashMap::new(),
+            last_idle_flush: Instant::now(),
             det: Detector::new(cfg),
             store,
             output,
@@ -88,14 +130,16 @@ impl DetectStage {
 #[async_trait]
 impl Stage for DetectStage {
     type Out = DetectOut;
-    /// 2: postcard entries per series, host and partition (1 was one JSON document).
-    const FORMAT: u32 = 2;
+    /// 3: series entries carry the series' name and labels (2 did not; 1 was one JSON
+    /// document).
+    const FORMAT: u32 = 3;
 
     fn process(&mut self, m: &Message, out: &mut DetectOut) -> u64 {
         let mut folded = 0;
         let repeated_before = self.det.repeated;
         let mut index = 0u32;
         self.touched.insert(m.partition);
+        self.flush_seq.insert(m.partition, (m.offset, 0));
         for point in seismo_schemas::points_of_record(&m.payload) {
             match point {
                 Ok(p) => {
@@ -128,6 +172,15 @@ impl Stage for DetectStage {
     }
 
     async fn tick(&mut self, out: &mut DetectOut, tick: &Tick) {
+        // Again every idle period while the quiet lasts: buckets still within their
+        // lateness at one flush are due at a later one.
+        if tick.idle_for >= self.idle_flush && self.last_idle_flush.elapsed() >= self.idle_flush {
+            self.last_idle_flush = Instant::now();
+            let horizon = chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(self.det.lateness_ms());
+            self.flush(horizon, out);
+        }
         for p in std::mem::take(&mut self.touched) {
             if let Some(wm) = self.det.advance_watermark(p) {
                 out.watermarks.push((p, wm));
@@ -148,6 +201,16 @@ impl Stage for DetectStage {
                     self.empty_published.insert(p, wm);
                     out.watermarks.push((p, wm));
                 }
+            }
+        }
+    }
+
+    /// The input ended (a file run): every open bucket is scored and announced.
+    fn finish(&mut self, out: &mut DetectOut) {
+        self.flush(i64::MAX, out);
+        for p in std::mem::take(&mut self.touched) {
+            if let Some(wm) = self.det.advance_watermark(p) {
+                out.watermarks.push((p, wm));
             }
         }
     }

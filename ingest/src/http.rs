@@ -235,17 +235,35 @@ fn publish_error(e: TransportError) -> Refusal {
 
 /// The answer to a request with refused lines: what was accepted, the first refusals
 /// (at most `ingest.max_rejections_listed`) and how many there were in all.
-fn partial(parsed: &Parsed, accepted: usize) -> Response {
+fn partial(parsed: &Parsed, accepted: usize, late: usize) -> Response {
     (
         StatusCode::BAD_REQUEST,
-        Json(json!({
-            "accepted": accepted,
-            "rejected": parsed.rejected,
-            "rejected_count": parsed.rejected_count,
-        })),
+        Json(with_late(
+            json!({
+                "accepted": accepted,
+                "rejected": parsed.rejected,
+                "rejected_count": parsed.rejected_count,
+            }),
+            late,
+        )),
     )
         .into_response()
 }
+
+/// Says in an answer how many accepted points were late (see [`LATE_HEADER`]).
+fn with_late(mut body: serde_json::Value, late: usize) -> serde_json::Value {
+    if late > 0 {
+        body["late"] = json!(late);
+        body["late_note"] = json!(
+            "points older than their series' newest bucket are stored but will not be scored; send each series' points in time order"
+        );
+    }
+    body
+}
+
+/// Header of a remote_write answer (which has no body) counting late points: accepted
+/// and stored, but older than their series' newest bucket, so never scored.
+pub const LATE_HEADER: &str = "x-seismo-late-points";
 
 /// Accepts JSON lines of `MetricPoint`, plain or gzip. Valid lines are published even when
 /// others are refused (a partial write): the answer is 202 when every line was accepted,
@@ -279,6 +297,7 @@ async fn ingest_points_inner(
     let mut parsed = Parsed::new(cfg.max_rejections_listed);
     let mut kept: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new(); FORWARD_KEYS as usize];
     let mut accepted = 0;
+    let mut late = 0;
     parse_lines_chunked(
         &body,
         tenant.as_deref(),
@@ -286,7 +305,7 @@ async fn ingest_points_inner(
         PARSE_CHUNK_LINES,
         &mut parsed,
         |chunk| {
-            s.limits.admit_series(chunk, now);
+            late += s.limits.admit_series(chunk, now);
             accepted += chunk.points.len();
             for (p, r) in chunk.points.iter().zip(chunk.accepted_lines.drain(..)) {
                 let lines = &mut kept[forward_key(p) as usize];
@@ -300,6 +319,7 @@ async fn ingest_points_inner(
         },
     );
     parsed.count_refusals();
+    crate::metrics::LATE.inc_by(late as u64);
     if accepted > 0 {
         take_quota(caller, accepted as u64)?;
         // Forward the accepted lines unchanged, with the tenant in a header for the lines
@@ -329,11 +349,14 @@ async fn ingest_points_inner(
         forward(s, records).await?;
     }
     if parsed.rejected_count > 0 {
-        return Ok(partial(&parsed, accepted));
+        return Ok(partial(&parsed, accepted, late));
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "accepted": accepted, "rejected": [], "rejected_count": 0 })),
+        Json(with_late(
+            json!({ "accepted": accepted, "rejected": [], "rejected_count": 0 }),
+            late,
+        )),
     )
         .into_response())
 }
@@ -400,7 +423,8 @@ async fn remote_write_inner(
                 DecodeError::TooLarge(t) => too_large(t),
                 DecodeError::Malformed(m) => Refusal::new(StatusCode::BAD_REQUEST, m),
             })?;
-    s.limits.admit_series(&mut parsed, now);
+    let late = s.limits.admit_series(&mut parsed, now);
+    crate::metrics::LATE.inc_by(late as u64);
     parsed.count_refusals();
     let accepted = parsed.points.len();
     if accepted > 0 {
@@ -420,7 +444,10 @@ async fn remote_write_inner(
         forward(s, records).await?;
     }
     if parsed.rejected_count > 0 {
-        return Ok(partial(&parsed, accepted));
+        return Ok(partial(&parsed, accepted, late));
+    }
+    if late > 0 {
+        return Ok((StatusCode::NO_CONTENT, [(LATE_HEADER, late.to_string())]).into_response());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

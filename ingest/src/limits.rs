@@ -247,6 +247,14 @@ impl Limits {
         }
     }
 
+    /// Reports points older than their series' newest bucket of `secs` (detect's buckets):
+    /// detect will not score them. Call before the limits are shared.
+    pub fn with_detect_bucket(mut self, secs: u64) -> Limits {
+        let inner = Arc::get_mut(&mut self.inner).expect("limits not shared yet");
+        inner.series.bucket_ms = i64::try_from(secs).unwrap_or(0).saturating_mul(1000);
+        self
+    }
+
     pub fn config(&self) -> &IngestConfig {
         &self.inner.config
     }
@@ -263,16 +271,19 @@ impl Limits {
     }
 
     /// Refuses the points of `parsed` whose series would exceed the series limits at
-    /// `now_ms` (wall clock, UTC ms): they move to its refusals, with a reason.
-    pub fn admit_series(&self, parsed: &mut Parsed, now_ms: i64) {
+    /// `now_ms` (wall clock, UTC ms): they move to its refusals, with a reason. Returns
+    /// how many admitted points are late: older than the newest bucket this process has
+    /// seen of their series, so detect will store them but not score them.
+    pub fn admit_series(&self, parsed: &mut Parsed, now_ms: i64) -> usize {
         if parsed.points.is_empty() {
-            return;
+            return 0;
         }
         // Series ids are hashed before taking the lock, which is then held only for the
         // map look-ups.
         let ids: Vec<SeriesId> = parsed.points.iter().map(MetricPoint::series_id).collect();
         let verdicts = self.inner.series.admit(&parsed.points, &ids, now_ms);
         let c = &self.inner.config;
+        let late = verdicts.iter().filter(|v| matches!(v, Ok(true))).count();
         let refused: Vec<(usize, String)> = verdicts
             .into_iter()
             .enumerate()
@@ -296,6 +307,7 @@ impl Limits {
             })
             .collect();
         parsed.refuse_points(refused);
+        late
     }
 
     /// Active series of `tenant` now, for tests and diagnostics.
@@ -305,9 +317,11 @@ impl Limits {
 }
 
 /// The per-tenant active-series limiter: series id → when its last point arrived (wall
-/// clock), swept of idle series every `sweep_every_ms`. Memory is bounded by the limits:
-/// at most `max_tenants` maps of at most `max_series` entries.
+/// clock) and its newest bucket, swept of idle series every `sweep_every_ms`. Memory is
+/// bounded by the limits: at most `max_tenants` maps of at most `max_series` entries.
 struct SeriesLimiter {
+    /// Detect's bucket width (0: lateness is not reported).
+    bucket_ms: i64,
     max_series: usize,
     max_tenants: usize,
     idle_ms: i64,
@@ -319,7 +333,8 @@ struct SeriesLimiter {
 
 #[derive(Default)]
 struct SeriesState {
-    tenants: HashMap<String, HashMap<SeriesId, i64>>,
+    /// Per tenant, per series: (wall-clock ms of its last point, its newest bucket).
+    tenants: HashMap<String, HashMap<SeriesId, (i64, i64)>>,
     last_sweep_ms: i64,
 }
 
@@ -329,6 +344,7 @@ impl SeriesLimiter {
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
         SeriesLimiter {
+            bucket_ms: 0,
             max_series: cfg.max_series_per_tenant,
             max_tenants: cfg.max_tenants,
             idle_ms,
@@ -340,19 +356,19 @@ impl SeriesLimiter {
         }
     }
 
-    /// Admits each point's series (`ids[i]` is `points[i]`'s), in order; a refusal names
-    /// the limit that refused it.
+    /// Admits each point's series (`ids[i]` is `points[i]`'s), in order, saying whether
+    /// the point is late; a refusal names the limit that refused it.
     fn admit(
         &self,
         points: &[MetricPoint],
         ids: &[SeriesId],
         now_ms: i64,
-    ) -> Vec<Result<(), Limit>> {
+    ) -> Vec<Result<bool, Limit>> {
         let mut s = self.state.lock().expect("series limiter lock");
         if now_ms.saturating_sub(s.last_sweep_ms) >= self.sweep_every_ms {
             let oldest = now_ms.saturating_sub(self.idle_ms);
             s.tenants.retain(|_, series| {
-                series.retain(|_, seen| *seen >= oldest);
+                series.retain(|_, seen| seen.0 >= oldest);
                 !series.is_empty()
             });
             s.last_sweep_ms = now_ms;
@@ -370,16 +386,23 @@ impl SeriesLimiter {
                 }
                 let series = tenants.get_mut(&p.tenant).expect("inserted above");
                 let full = series.len() >= self.max_series;
+                let bucket = if self.bucket_ms > 0 {
+                    p.ts.div_euclid(self.bucket_ms)
+                } else {
+                    0
+                };
                 match series.entry(*id) {
                     Entry::Occupied(mut seen) => {
-                        let t = seen.get_mut();
+                        let (t, newest) = seen.get_mut();
                         *t = (*t).max(now_ms);
-                        Ok(())
+                        let late = bucket < *newest;
+                        *newest = (*newest).max(bucket);
+                        Ok(late)
                     }
                     Entry::Vacant(_) if full => Err(Limit::MaxSeriesPerTenant),
                     Entry::Vacant(v) => {
-                        v.insert(now_ms);
-                        Ok(())
+                        v.insert((now_ms, bucket));
+                        Ok(false)
                     }
                 }
             })
@@ -445,6 +468,34 @@ mod tests {
         limits.admit_series(&mut p, t0 + 95_000);
         assert_eq!((p.points.len(), p.rejected_count), (1, 0));
         assert_eq!(limits.active_series("a"), 1);
+    }
+
+    #[test]
+    fn points_older_than_their_series_newest_bucket_are_counted_late() {
+        let limits = Limits::new(IngestConfig::default()).with_detect_bucket(60);
+        // h1 at minutes 5 and 7, h2 at minute 3: nothing is late yet.
+        let mut p = parsed(vec![
+            point("a", 1, 5 * 60_000),
+            point("a", 1, 7 * 60_000),
+            point("a", 2, 3 * 60_000),
+        ]);
+        assert_eq!(limits.admit_series(&mut p, 0), 0);
+        // h1 in its newest bucket (7:30) is on time; at 6:59 it is late; h2 moves on.
+        let mut p = parsed(vec![
+            point("a", 1, 7 * 60_000 + 30_000),
+            point("a", 1, 7 * 60_000 - 1),
+            point("a", 2, 4 * 60_000),
+        ]);
+        assert_eq!(limits.admit_series(&mut p, 1_000), 1);
+        assert_eq!(
+            p.points.len(),
+            3,
+            "late points are still accepted (and stored)"
+        );
+        // Without detect's bucket width nothing is reported.
+        let off = Limits::new(IngestConfig::default());
+        let mut p = parsed(vec![point("a", 1, 7 * 60_000), point("a", 1, 0)]);
+        assert_eq!(off.admit_series(&mut p, 0), 0);
     }
 
     #[test]

@@ -12,6 +12,13 @@ pub static REJECTED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("seismo_ingest_rejected_total", "Lines refused by ingest")
         .expect("metric")
 });
+pub static LATE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_ingest_late_points_total",
+        "Points accepted over HTTP though older than their series' newest bucket: stored, not scored (reported in the answer)"
+    )
+    .expect("metric")
+});
 pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "seismo_ingest_refused_total",

@@ -7,6 +7,7 @@
 //! at-least-once, and the stages' idempotent writes make it effectively exactly-once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -250,6 +251,8 @@ impl Producer for KafkaProducer {
 #[derive(Default)]
 struct GroupContext {
     revoked: Arc<Mutex<HashSet<u32>>>,
+    /// Revocations so far: a batch must not carry records from both sides of one.
+    revocations: Arc<AtomicU64>,
 }
 
 impl ClientContext for GroupContext {}
@@ -265,6 +268,7 @@ impl ConsumerContext for GroupContext {
             for e in tpl.elements() {
                 r.insert(e.partition() as u32);
             }
+            self.revocations.fetch_add(1, Ordering::SeqCst);
             tracing::info!(partitions = tpl.count(), "partitions revoked");
         }
     }
@@ -288,6 +292,9 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 pub struct KafkaConsumer {
     inner: StreamConsumer<GroupContext>,
     revoked: Arc<Mutex<HashSet<u32>>>,
+    revocations: Arc<AtomicU64>,
+    /// A record received after a revocation, kept for the next batch (see `next_batch`).
+    held: Option<Message>,
     shutdown: watch::Receiver<bool>,
     topic_prefix: String,
     /// Longest wait for more records once a batch has its first one.
@@ -311,6 +318,7 @@ impl KafkaConsumer {
     ) -> Result<Self, TransportError> {
         let ctx = GroupContext::default();
         let revoked = ctx.revoked.clone();
+        let revocations = ctx.revocations.clone();
         let inner: StreamConsumer<GroupContext> = cfg
             .client()
             .set("group.id", group)
@@ -330,6 +338,8 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             inner,
             revoked,
+            revocations,
+            held: None,
             shutdown,
             topic_prefix: cfg.topic_prefix.clone(),
             linger: Duration::from_millis(20),
@@ -368,31 +378,59 @@ impl KafkaConsumer {
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
+    /// Rebalances run inside `recv`, and the stage applies the revocations they report
+    /// after the batch (its records were fetched while the partitions were ours). So a
+    /// batch never holds a record received after a revocation: that record is held back
+    /// and opens the next batch. Otherwise, when a partition comes straight back, the
+    /// records re-fetched from its committed offset would meet the old position, be
+    /// skipped as replays, and the progress past the last checkpoint would be dropped
+    /// with the revoked state without ever being redone.
     async fn next_batch(&mut self, max: usize) -> Option<Result<Vec<Message>, TransportError>> {
         let mut out = Vec::new();
-        // The first record: wait until one comes, shutdown, or the idle tick, which
-        // returns an empty batch so stages get to do periodic work (checkpoints) on a
-        // quiet stream. Nothing is ever pulled and then dropped here.
-        let idle = tokio::time::sleep(IDLE_TICK);
-        tokio::pin!(idle);
-        loop {
-            if *self.shutdown.borrow() {
-                return None;
-            }
-            tokio::select! {
-                r = self.inner.recv() => match r {
-                    Ok(m) => { out.push(self.owned(&m)); break; }
-                    Err(e) => return Some(Err(other(e))),
-                },
-                _ = self.shutdown.changed() => {}
-                _ = &mut idle => return Some(Ok(Vec::new())),
+        let revocations = self.revocations.load(Ordering::SeqCst);
+        let revoked_since = |c: &Self| c.revocations.load(Ordering::SeqCst) != revocations;
+        if let Some(m) = self.held.take() {
+            out.push(m);
+        } else {
+            // The first record: wait until one comes, shutdown, or the idle tick, which
+            // returns an empty batch so stages get to do periodic work (checkpoints) on a
+            // quiet stream. Nothing is ever pulled and then dropped here.
+            let idle = tokio::time::sleep(IDLE_TICK);
+            tokio::pin!(idle);
+            loop {
+                if *self.shutdown.borrow() {
+                    return None;
+                }
+                tokio::select! {
+                    r = self.inner.recv() => match r {
+                        Ok(m) => {
+                            let m = self.owned(&m);
+                            if revoked_since(self) {
+                                self.held = Some(m);
+                                return Some(Ok(Vec::new()));
+                            }
+                            out.push(m);
+                            break;
+                        }
+                        Err(e) => return Some(Err(other(e))),
+                    },
+                    _ = self.shutdown.changed() => {}
+                    _ = &mut idle => return Some(Ok(Vec::new())),
+                }
             }
         }
         // Then whatever else arrives shortly, up to `max`, so stores get big batches.
         let until = tokio::time::Instant::now() + self.linger;
         while out.len() < max.max(1) {
             match tokio::time::timeout_at(until, self.inner.recv()).await {
-                Ok(Ok(m)) => out.push(self.owned(&m)),
+                Ok(Ok(m)) => {
+                    let m = self.owned(&m);
+                    if revoked_since(self) {
+                        self.held = Some(m);
+                        break;
+                    }
+                    out.push(m);
+                }
                 Ok(Err(e)) => return Some(Err(other(e))),
                 Err(_) => break,
             }

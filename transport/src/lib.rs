@@ -149,7 +149,9 @@ pub trait Consumer: Send {
 
     /// Partitions taken away from this member (by a group rebalance) since the last call.
     /// A stage that keeps state per partition must drop it: the next owner may advance
-    /// the partition, so the state could be stale if the partition comes back.
+    /// the partition, so the state could be stale if the partition comes back. Revocations
+    /// taken after a batch happened after all of its records were received: no batch mixes
+    /// records from before and after one.
     fn take_revoked(&mut self) -> Vec<u32> {
         Vec::new()
     }
