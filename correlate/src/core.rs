@@ -40,6 +40,13 @@ pub struct CorrelateConfig {
     /// `resource`, `server_latency`, `client_latency`, `errors`, `success` or `other`
     /// (see `rank::MetricRole::of` for what names say on their own).
     pub metric_roles: BTreeMap<String, crate::rank::MetricRole>,
+    /// An incident whose signals stay quiet for `quiet_secs` of event time, with none of
+    /// its alerts still firing, resolves itself, unless people moved it beyond DETECTED
+    /// or ACKNOWLEDGED (then it is theirs to close).
+    pub auto_resolve: bool,
+    /// A related signal within this long after an incident resolved itself reopens it
+    /// (DETECTED again, so it pages again) instead of opening a new one. In seconds.
+    pub reopen_secs: u64,
 }
 
 impl Default for CorrelateConfig {
@@ -54,6 +61,8 @@ impl Default for CorrelateConfig {
             scope_label: None,
             dependencies: BTreeMap::new(),
             metric_roles: BTreeMap::new(),
+            auto_resolve: true,
+            reopen_secs: 900,
         }
     }
 }
@@ -129,7 +138,28 @@ struct Open {
     /// ones and the store keeps the membership, so a long degradation costs the same per
     /// signal as a short one and its state stays small.
     signals: u64,
+    /// Fingerprints of its alerts still firing: it does not resolve itself while any is.
+    firing: BTreeSet<String>,
+    /// When it last resolved itself (event time), while it may still reopen.
+    resolved_at: Option<DateTime<Utc>>,
 }
+
+/// A status step the engine takes on its own; the store applies it only from `from`
+/// (see `Store::engine_transition`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusStep {
+    pub tenant: String,
+    pub incident_id: String,
+    pub from: &'static [IncidentStatus],
+    pub to: IncidentStatus,
+    pub event: IncidentEvent,
+}
+
+/// Statuses an incident resolves itself from: nobody has said they are working on it.
+const AUTO_RESOLVE_FROM: &[IncidentStatus] =
+    &[IncidentStatus::Detected, IncidentStatus::Acknowledged];
+/// An incident reopens itself only from RESOLVED (a person's LEARNED or INCONCLUSIVE stays).
+const REOPEN_FROM: &[IncidentStatus] = &[IncidentStatus::Resolved];
 
 /// The correlate core. Its learned part (open incidents, waiting anomalies, alert
 /// membership, clocks) serialises for checkpoints; the configuration and the graph derived
@@ -145,11 +175,16 @@ pub struct Correlator {
     #[serde(skip)]
     graph: Graph,
     open: Vec<Open>,
+    /// Incidents that resolved themselves within `reopen_secs`, which may reopen.
+    resolved: Vec<Open>,
+    /// Status steps taken and not yet handed out.
+    #[serde(skip)]
+    steps: Vec<StatusStep>,
     pending: Vec<Anomaly>,
     /// Which incident each alert (tenant, fingerprint) joined.
     alerts: HashMap<(String, String), String>,
-    /// Newest event time seen on each input. The inputs are separate streams that may lag
-    /// each other (detect runs behind alerting), so each keeps its own clock.
+    /// Newest event time seen on each input: grouping waits by the anomaly clock, and
+    /// incidents go quiet by the later of the two.
     anomaly_time: Option<DateTime<Utc>>,
     alert_time: Option<DateTime<Utc>>,
 }
@@ -159,6 +194,39 @@ const MAX_SCOPE_HOSTS: usize = 50;
 
 fn short_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// The engine's status step of `o` at event time `at`; the event id is deterministic, so a
+/// replay repeats the step harmlessly.
+fn step(
+    o: &Open,
+    from: &'static [IncidentStatus],
+    to: IncidentStatus,
+    at: DateTime<Utc>,
+    why: String,
+) -> StatusStep {
+    let id = &o.incident.id;
+    let verb = if to == IncidentStatus::Resolved {
+        "resolved"
+    } else {
+        "reopened"
+    };
+    StatusStep {
+        tenant: o.incident.tenant.clone(),
+        incident_id: id.clone(),
+        from,
+        to,
+        event: IncidentEvent {
+            id: format!("{id}-{verb}-{}", at.timestamp_millis()),
+            incident_id: id.clone(),
+            ts: at,
+            kind: IncidentEventKind::StatusChanged,
+            actor: "seismo".into(),
+            message: why,
+            from_status: None,
+            to_status: Some(to),
+        },
+    }
 }
 
 impl Correlator {
@@ -176,6 +244,8 @@ impl Correlator {
             adjacent,
             graph,
             open: Vec::new(),
+            resolved: Vec::new(),
+            steps: Vec::new(),
             pending: Vec::new(),
             alerts: HashMap::new(),
             anomaly_time: None,
@@ -187,6 +257,7 @@ impl Correlator {
     pub fn restored(cfg: CorrelateConfig, state: Correlator) -> Self {
         Correlator {
             open: state.open,
+            resolved: state.resolved,
             pending: state.pending,
             alerts: state.alerts,
             anomaly_time: state.anomaly_time,
@@ -198,6 +269,11 @@ impl Correlator {
     /// Signals held: anomalies waiting for company and incidents collecting.
     pub fn held(&self) -> usize {
         self.pending.len() + self.open.len()
+    }
+
+    /// The status steps taken since the last call, in order.
+    pub fn take_steps(&mut self) -> Vec<StatusStep> {
+        std::mem::take(&mut self.steps)
     }
 
     /// The service and host a signal's labels name, if any.
@@ -222,19 +298,42 @@ impl Correlator {
     /// Stops collecting into an incident that people closed through the API.
     pub fn mark_closed(&mut self, id: &str) {
         self.open.retain(|o| o.incident.id != id);
+        self.resolved.retain(|o| o.incident.id != id);
     }
 
     /// Forgets incidents that no input can still add to: an incident stops collecting once
-    /// both streams' clocks are `quiet_secs` past its last signal. Pending anomalies expire
-    /// by the anomaly clock.
+    /// the streams' clock is `quiet_secs` past its last signal (and resolves itself, see
+    /// `auto_resolve`). Pending anomalies expire by the anomaly clock.
     fn expire(&mut self) {
         let quiet = Duration::seconds(self.cfg.quiet_secs as i64);
         let window = Duration::seconds(self.cfg.window_secs as i64);
-        let watermark = match (self.anomaly_time, self.alert_time) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or_default(),
-        };
-        self.open.retain(|o| watermark - o.last <= quiet);
+        // The stage merges both inputs into one event-time order (alerts wait for detect's
+        // watermarks), so the later clock is the time: a stream that is merely quiet (an
+        // alert a day) must not hold every incident open.
+        let watermark = self.anomaly_time.max(self.alert_time).unwrap_or_default();
+        let (live, quieted): (Vec<Open>, Vec<Open>) = std::mem::take(&mut self.open)
+            .into_iter()
+            // An incident with an alert still firing is ongoing however quiet it is.
+            .partition(|o| watermark - o.last <= quiet || !o.firing.is_empty());
+        self.open = live;
+        for mut o in quieted {
+            // Quiet since its last signal: resolved as of then plus the quiet period.
+            if self.cfg.auto_resolve && o.firing.is_empty() {
+                let at = o.last + quiet;
+                self.steps.push(step(
+                    &o,
+                    AUTO_RESOLVE_FROM,
+                    IncidentStatus::Resolved,
+                    at,
+                    format!("its signals cleared: none for {} s", self.cfg.quiet_secs),
+                ));
+                o.resolved_at = Some(at);
+                self.resolved.push(o);
+            }
+        }
+        let reopen = Duration::seconds(self.cfg.reopen_secs as i64);
+        self.resolved
+            .retain(|o| o.resolved_at.is_some_and(|r| watermark - r <= reopen));
         if let Some(now) = self.anomaly_time {
             self.pending.retain(|a| now - a.ts <= window);
         }
@@ -248,6 +347,46 @@ impl Correlator {
         }
     }
 
+    /// An open incident the signal belongs to, else one that resolved itself within
+    /// `reopen_secs` before `now` and is related, which reopens.
+    fn find_or_reopen(
+        &mut self,
+        scope: &str,
+        service: Option<&str>,
+        host: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Option<usize> {
+        if let Some(i) = self.find_open(scope, service, host, now) {
+            return Some(i);
+        }
+        let reopen = Duration::seconds(self.cfg.reopen_secs as i64);
+        let j = self
+            .resolved
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| {
+                o.scope_key == scope && o.resolved_at.is_some_and(|r| now >= r && now - r <= reopen)
+            })
+            .filter(|(_, o)| {
+                service.is_some_and(|s| o.services.keys().any(|t| self.related(s, t)))
+                    || host.is_some_and(|h| o.hosts.contains(h))
+            })
+            .max_by_key(|(_, o)| o.last)
+            .map(|(j, _)| j)?;
+        let mut o = self.resolved.remove(j);
+        o.resolved_at = None;
+        o.last = now;
+        self.steps.push(step(
+            &o,
+            REOPEN_FROM,
+            IncidentStatus::Detected,
+            now,
+            "its signals recurred".into(),
+        ));
+        self.open.push(o);
+        Some(self.open.len() - 1)
+    }
+
     fn find_open(
         &self,
         scope: &str,
@@ -255,16 +394,19 @@ impl Correlator {
         host: Option<&str>,
         now: DateTime<Utc>,
     ) -> Option<usize> {
-        // Symmetric in time, so a signal that arrives late (its stream lagging the other)
-        // still finds the incident it belongs to.
+        // Up to `window_secs` before its start, so a signal that arrives late (its stream
+        // lagging the other) still finds the incident it belongs to; and for as long as it
+        // collects after its last signal (`quiet_secs`): a degradation that detect re-raises
+        // every `repeat_every` buckets stays one incident.
         let window = Duration::seconds(self.cfg.window_secs as i64);
+        let collects = Duration::seconds(self.cfg.quiet_secs.max(self.cfg.window_secs) as i64);
         self.open
             .iter()
             .enumerate()
             .filter(|(_, o)| {
                 o.scope_key == scope
                     && now >= o.incident.started_at - window
-                    && now <= o.last + window
+                    && now <= o.last + collects
             })
             .filter(|(_, o)| {
                 service.is_some_and(|s| o.services.keys().any(|t| self.related(s, t)))
@@ -281,7 +423,7 @@ impl Correlator {
         let mut writes = self.ripen(false);
         self.expire();
         let (service, host) = self.service_and_host(&a.labels);
-        if let Some(i) = self.find_open(&scope, service.as_deref(), host.as_deref(), a.ts) {
+        if let Some(i) = self.find_or_reopen(&scope, service.as_deref(), host.as_deref(), a.ts) {
             let event = self.attach_event(&self.open[i].incident.id, &a);
             self.absorb(i, &a);
             writes.push(self.write(i, vec![a.id.clone()], vec![], vec![event]));
@@ -442,6 +584,8 @@ impl Correlator {
             last: at,
             announced: severity,
             signals: 0,
+            firing: BTreeSet::new(),
+            resolved_at: None,
         });
         self.open.len() - 1
     }
@@ -589,6 +733,7 @@ impl Correlator {
                 "resolved",
             );
             self.open[i].last = self.open[i].last.max(at);
+            self.open[i].firing.remove(&a.fingerprint);
             return vec![self.write(i, vec![], vec![], vec![e])];
         }
         if let Some(i) = known {
@@ -596,33 +741,33 @@ impl Correlator {
             self.open[i].last = self.open[i].last.max(at);
             return Vec::new();
         }
-        let (i, mut events) = match self.find_open(&scope, service.as_deref(), host.as_deref(), at)
-        {
-            Some(i) => (i, Vec::new()),
-            None => {
-                let id = format!(
-                    "{:016x}",
-                    stable_hash(&[
-                        a.tenant.as_bytes(),
-                        b"incident-alert",
-                        a.fingerprint.as_bytes(),
-                        &a.starts_at.timestamp_millis().to_le_bytes()
-                    ])
-                );
-                let i = self.create(id.clone(), scope, &a.tenant, at, severity);
-                let created = IncidentEvent {
-                    id: format!("{id}-created"),
-                    incident_id: id,
-                    ts: at,
-                    kind: IncidentEventKind::Created,
-                    actor: "seismo".into(),
-                    message: format!("opened by alert {name}"),
-                    from_status: None,
-                    to_status: Some(IncidentStatus::Detected),
-                };
-                (i, vec![created])
-            }
-        };
+        let (i, mut events) =
+            match self.find_or_reopen(&scope, service.as_deref(), host.as_deref(), at) {
+                Some(i) => (i, Vec::new()),
+                None => {
+                    let id = format!(
+                        "{:016x}",
+                        stable_hash(&[
+                            a.tenant.as_bytes(),
+                            b"incident-alert",
+                            a.fingerprint.as_bytes(),
+                            &a.starts_at.timestamp_millis().to_le_bytes()
+                        ])
+                    );
+                    let i = self.create(id.clone(), scope, &a.tenant, at, severity);
+                    let created = IncidentEvent {
+                        id: format!("{id}-created"),
+                        incident_id: id,
+                        ts: at,
+                        kind: IncidentEventKind::Created,
+                        actor: "seismo".into(),
+                        message: format!("opened by alert {name}"),
+                        from_status: None,
+                        to_status: Some(IncidentStatus::Detected),
+                    };
+                    (i, vec![created])
+                }
+            };
         events.push(event(
             &self.open[i].incident.id,
             IncidentEventKind::AlertFiring,
@@ -642,6 +787,7 @@ impl Correlator {
             },
         );
         self.open[i].signals += 1;
+        self.open[i].firing.insert(a.fingerprint.clone());
         self.alerts.insert(key, self.open[i].incident.id.clone());
         vec![self.write(i, vec![], vec![a.fingerprint], events)]
     }
@@ -915,6 +1061,107 @@ mod tests {
         let w = c.flush();
         assert_eq!(w.len(), 1);
         assert!(w[0].incident.id != later && w[0].incident.id != first);
+    }
+
+    #[test]
+    fn a_quiet_incident_resolves_itself_and_reopens_when_its_signals_recur() {
+        let mut c = Correlator::new(cfg());
+        let db = |m| Signal::Anomaly(anomaly("db", "db-1", m, Severity::Critical));
+        let elsewhere = |m| Signal::Anomaly(anomaly("search", "s-1", m, Severity::Warning));
+        assert!(c.process(db(0)).is_empty());
+        let w = c.process(db(2));
+        let id = w[0].incident.id.clone();
+        assert!(w.iter().all(|w| w.incident.id == id));
+        // Half an hour (quiet_secs) after its last signal, as the clock passes it.
+        c.process(elsewhere(20));
+        assert!(c.take_steps().is_empty(), "not quiet long enough yet");
+        c.process(elsewhere(35));
+        let steps = c.take_steps();
+        assert_eq!(steps.len(), 1, "{steps:#?}");
+        assert_eq!(
+            (steps[0].incident_id.as_str(), steps[0].to),
+            (id.as_str(), IncidentStatus::Resolved)
+        );
+        assert_eq!(steps[0].from, AUTO_RESOLVE_FROM);
+        assert_eq!(
+            steps[0].event.ts,
+            Utc.timestamp_opt(1_700_000_000 + 2 * 60 + 1800, 0).unwrap()
+        );
+        // db again within reopen_secs (13 min after it resolved): the same incident
+        // reopens and takes the signal.
+        let w = c.process(db(45));
+        let steps = c.take_steps();
+        assert_eq!(steps.len(), 1, "{steps:#?}");
+        assert_eq!(steps[0].to, IncidentStatus::Detected);
+        assert_eq!(steps[0].from, REOPEN_FROM);
+        // (The other write opens the two `search` warnings' own incident.)
+        let mine: Vec<_> = w.iter().filter(|w| w.incident.id == id).collect();
+        assert_eq!(mine.len(), 1, "{w:#?}");
+        assert_eq!(mine[0].new_anomaly_ids, ["db-db-1-45"]);
+        // Quiet again, resolved again (at minute 75); this recurrence comes long after
+        // reopen_secs: a new incident.
+        c.process(elsewhere(100));
+        let steps: Vec<StatusStep> = c
+            .take_steps()
+            .into_iter()
+            .filter(|s| s.incident_id == id)
+            .collect();
+        assert_eq!(steps.len(), 1, "{steps:#?}");
+        assert_eq!(steps[0].to, IncidentStatus::Resolved);
+        // Each cycle's step has its own id (the event time), so replays repeat none.
+        let at_ms = (1_700_000_000i64 + 75 * 60) * 1000;
+        assert_eq!(steps[0].event.id, format!("{id}-resolved-{at_ms}"));
+        assert!(c.process(db(200)).is_empty(), "waits as a new group");
+        let w = c.process(db(203));
+        assert!(!w.is_empty());
+        assert_ne!(w[0].incident.id, id);
+        assert!(c.take_steps().is_empty());
+    }
+
+    #[test]
+    fn an_incident_with_a_firing_alert_does_not_resolve_itself() {
+        let mut c = Correlator::new(cfg());
+        let t = |m: i64| Utc.timestamp_opt(1_700_000_000 + m * 60, 0).unwrap();
+        let alert = |fp: &str, service: &str, status, start: i64, end: i64| Alert {
+            tenant: "default".into(),
+            fingerprint: fp.into(),
+            status,
+            labels: [
+                ("alertname".to_string(), format!("{service}Down")),
+                ("service".to_string(), service.to_string()),
+            ]
+            .into(),
+            annotations: Default::default(),
+            starts_at: t(start),
+            ends_at: (status == AlertStatus::Resolved).then(|| t(end)),
+            source: "alertmanager".into(),
+        };
+        let firing = AlertStatus::Firing;
+        let w = c.process(Signal::Alert(alert("f1", "db", firing, 0, 0)));
+        assert_eq!(w.len(), 1);
+        let id = w[0].incident.id.clone();
+        let elsewhere = |m| Signal::Anomaly(anomaly("search", "s-1", m, Severity::Warning));
+        // Both clocks move far past the quiet period; the alert still fires: it stays.
+        c.process(Signal::Alert(alert("f2", "mail", firing, 45, 0)));
+        c.process(elsewhere(45));
+        c.process(elsewhere(90));
+        assert!(c.take_steps().is_empty());
+        // It resolves at minute 50; half an hour on, the incident resolves itself.
+        c.process(Signal::Alert(alert(
+            "f1",
+            "db",
+            AlertStatus::Resolved,
+            0,
+            50,
+        )));
+        c.process(Signal::Alert(alert("f3", "queue", firing, 85, 0)));
+        c.process(elsewhere(100));
+        let steps = c.take_steps();
+        assert_eq!(steps.len(), 1, "{steps:#?}");
+        assert_eq!(
+            (steps[0].incident_id.as_str(), steps[0].to),
+            (id.as_str(), IncidentStatus::Resolved)
+        );
     }
 
     #[test]

@@ -12,6 +12,6 @@ mod merge;
 pub mod rank;
 mod stage;
 
-pub use crate::core::{CorrelateConfig, Correlator, Signal};
+pub use crate::core::{CorrelateConfig, Correlator, Signal, StatusStep};
 pub use merge::Merger;
 pub use stage::{CorrelateOut, CorrelateStage, CorrelateStats};

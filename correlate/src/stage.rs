@@ -12,7 +12,10 @@ use bytes::Bytes;
 use prometheus::{IntCounter, register_int_counter};
 use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
 use seismo_schemas::topics::{self, headers};
-use seismo_schemas::{Alert, AlertStatus, AlertmanagerWebhook, Anomaly, IncidentEventKind};
+use seismo_schemas::{
+    Alert, AlertStatus, AlertmanagerWebhook, Anomaly, ChangeKind, IncidentChange,
+    IncidentEventKind, IncidentStatus,
+};
 use seismo_store::{IncidentWrite, Store};
 use seismo_transport::{Message, OutRecord, Producer};
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,20 @@ static INCIDENTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "seismo_correlate_incidents_created_total",
         "Incidents opened"
+    )
+    .expect("metric")
+});
+static AUTO_RESOLVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_correlate_auto_resolved_total",
+        "Incidents that resolved themselves when their signals cleared"
+    )
+    .expect("metric")
+});
+static REOPENED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seismo_correlate_reopened_total",
+        "Incidents that reopened when their signals recurred within correlate.reopen_secs"
     )
     .expect("metric")
 });
@@ -93,6 +110,8 @@ struct Part {
 #[derive(Debug, Default)]
 pub struct CorrelateOut {
     pub writes: Vec<IncidentWrite>,
+    /// Incidents resolving or reopening themselves, applied after `writes`.
+    pub steps: Vec<crate::core::StatusStep>,
     pub alerts: Vec<Alert>,
     pub dlq: Vec<OutRecord>,
 }
@@ -151,6 +170,7 @@ impl CorrelateStage {
         for s in signals {
             out.writes.extend(part.core.process(s));
         }
+        out.steps.extend(part.core.take_steps());
     }
 }
 
@@ -159,7 +179,8 @@ impl Stage for CorrelateStage {
     type Out = CorrelateOut;
     /// 2: services keep their largest change per kind of metric, for ranking.
     /// 3: incidents count their signals instead of listing them.
-    const FORMAT: u32 = 3;
+    /// 4: incidents know their firing alerts and which resolved themselves.
+    const FORMAT: u32 = 4;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {
@@ -269,13 +290,17 @@ impl Stage for CorrelateStage {
             let released = part.merge.release_all();
             Self::feed(part, released, out);
             out.writes.extend(part.core.flush());
+            out.steps.extend(part.core.take_steps());
             self.dirty.insert(*p);
         }
         self.stats.incidents_created += created(&out.writes);
     }
 
     fn has_output(out: &CorrelateOut) -> bool {
-        !out.writes.is_empty() || !out.alerts.is_empty() || !out.dlq.is_empty()
+        !out.writes.is_empty()
+            || !out.steps.is_empty()
+            || !out.alerts.is_empty()
+            || !out.dlq.is_empty()
     }
 
     async fn write(&self, out: &CorrelateOut) -> Result<(), StageError> {
@@ -285,14 +310,45 @@ impl Stage for CorrelateStage {
         if !out.alerts.is_empty() {
             self.store.insert_alerts(&out.alerts).await?;
         }
-        if out.writes.is_empty() {
+        if out.writes.is_empty() && out.steps.is_empty() {
             return Ok(());
         }
-        self.store.write_incidents(&out.writes).await?;
-        let records: Vec<OutRecord> = out
+        if !out.writes.is_empty() {
+            self.store.write_incidents(&out.writes).await?;
+        }
+        let mut changes: Vec<IncidentChange> = out
             .writes
             .iter()
             .flat_map(crate::changes::changes_of)
+            .collect();
+        // After the writes: a reopening's signal is stored before the status moves.
+        for st in &out.steps {
+            let Some(incident) = self
+                .store
+                .engine_transition(&st.tenant, &st.incident_id, st.from, st.to, &st.event)
+                .await?
+            else {
+                // People moved it on (investigating, learned...): theirs to close.
+                continue;
+            };
+            let kind = if st.to == IncidentStatus::Resolved {
+                AUTO_RESOLVED.inc();
+                ChangeKind::Resolved
+            } else {
+                REOPENED.inc();
+                ChangeKind::Reopened
+            };
+            changes.push(IncidentChange::new(
+                &incident,
+                kind,
+                &st.event.id,
+                st.event.ts,
+                "seismo",
+                st.event.message.clone(),
+            ));
+        }
+        let records: Vec<OutRecord> = changes
+            .into_iter()
             .map(|c| {
                 OutRecord::new(
                     Bytes::from(c.incident.id.clone()),

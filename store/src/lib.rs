@@ -279,6 +279,20 @@ pub trait Store: CheckpointStore + AccessStore + NotifyStore + Send + Sync + 'st
         now: DateTime<Utc>,
     ) -> Result<Incident>;
 
+    /// A status step the engine takes on its own (an incident resolving itself when its
+    /// signals clear, reopening when they recur), recorded as `event` (its id makes a
+    /// replay a no-op). It applies only while the stored status is one of `from`, so a
+    /// person's choice wins. Returns the incident after the step when it applied, now or
+    /// before (so a replay announces it again), `None` when it did not.
+    async fn engine_transition(
+        &self,
+        tenant: &str,
+        id: &str,
+        from: &[IncidentStatus],
+        to: IncidentStatus,
+        event: &IncidentEvent,
+    ) -> Result<Option<Incident>>;
+
     async fn counts(&self) -> Result<TableCounts>;
 
     /// Stored points of one series in [from, to), oldest first.

@@ -799,6 +799,58 @@ impl Store for PgStore {
         self.get_incident(tenant, id).await
     }
 
+    async fn engine_transition(
+        &self,
+        tenant: &str,
+        id: &str,
+        from: &[IncidentStatus],
+        to: IncidentStatus,
+        event: &IncidentEvent,
+    ) -> Result<Option<Incident>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(status): Option<String> = sqlx::query_scalar(
+            "SELECT status FROM incidents WHERE tenant = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let done: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM incident_events WHERE id = $1)")
+                .bind(&event.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !done {
+            let now = IncidentStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+            if !from.contains(&now) {
+                return Ok(None);
+            }
+            sqlx::query(
+                "UPDATE incidents SET status = $1, updated_at = greatest(updated_at, $2), \
+                 resolved_at = CASE WHEN $3 THEN $2 ELSE NULL END WHERE id = $4",
+            )
+            .bind(to.as_str())
+            .bind(event.ts)
+            .bind(to == IncidentStatus::Resolved)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let events = [IncidentEvent {
+                from_status: Some(now),
+                to_status: Some(to),
+                ..event.clone()
+            }];
+            let mut qb = QueryBuilder::new("");
+            push_events(&mut qb, &events);
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.get_incident(tenant, id).await.map(Some)
+    }
+
     async fn counts(&self) -> Result<TableCounts> {
         let mut c = TableCounts::default();
         for (table, slot) in count_slots(&mut c) {

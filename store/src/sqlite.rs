@@ -594,6 +594,64 @@ impl Store for SqliteStore {
         self.get_incident(tenant, id).await
     }
 
+    async fn engine_transition(
+        &self,
+        tenant: &str,
+        id: &str,
+        from: &[IncidentStatus],
+        to: IncidentStatus,
+        event: &IncidentEvent,
+    ) -> Result<Option<Incident>> {
+        let mut tx = self.pool.begin().await?;
+        // The write lock first, as in `transition_incident`.
+        sqlx::query("UPDATE incidents SET updated_at = updated_at WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let Some(status): Option<String> =
+            sqlx::query_scalar("SELECT status FROM incidents WHERE tenant = ? AND id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let done: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM incident_events WHERE id = ?)")
+                .bind(&event.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !done {
+            let now = IncidentStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+            if !from.contains(&now) {
+                return Ok(None);
+            }
+            sqlx::query(
+                "UPDATE incidents SET status = ?, updated_at = max(updated_at, ?), \
+                 resolved_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
+            )
+            .bind(to.as_str())
+            .bind(ms(event.ts))
+            .bind(to == IncidentStatus::Resolved)
+            .bind(ms(event.ts))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let events = [IncidentEvent {
+                from_status: Some(now),
+                to_status: Some(to),
+                ..event.clone()
+            }];
+            let mut qb = QueryBuilder::new("");
+            push_event(&mut qb, &events);
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.get_incident(tenant, id).await.map(Some)
+    }
+
     async fn counts(&self) -> Result<TableCounts> {
         let mut c = TableCounts::default();
         for (table, slot) in count_slots(&mut c) {
@@ -656,6 +714,13 @@ crate::notify::notify_store!(SqliteStore, sqlx::Sqlite);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn engine_transitions_follow_the_contract() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::engine_transition_conformance(&store).await;
+    }
 
     #[tokio::test]
     async fn checkpoints_are_incremental_and_never_move_backwards() {

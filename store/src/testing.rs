@@ -9,8 +9,8 @@ use seismo_schemas::Role;
 
 use crate::access::{ACTION_INCIDENT_TRANSITION, ACTION_TOKEN_CREATE, ACTION_TOKEN_REVOKE};
 use crate::{
-    AccessStore, ApiToken, AuditQuery, AuditRecord, CheckpointStore, Cursor, PartitionCheckpoint,
-    PgStore, Position, Store, StoreError, TimescaleMode,
+    AccessStore, ApiToken, AuditQuery, AuditRecord, CheckpointStore, Cursor, IncidentWrite,
+    PartitionCheckpoint, PgStore, Position, Store, StoreError, TimescaleMode,
 };
 
 /// The environment variable naming the test server (`scripts/services.sh start` prints it).
@@ -317,4 +317,103 @@ pub async fn access_conformance(store: &dyn AccessStore) {
             .iter()
             .all(|t| t.revoked_at.is_some())
     );
+}
+
+/// The engine's status steps, run against every store: a step applies only from the
+/// statuses it lists and only within its tenant, is recorded once (a replay changes
+/// nothing and reports the incident again), and a person's choice wins.
+pub async fn engine_transition_conformance(store: &dyn Store) {
+    use seismo_schemas::IncidentStatus::{Acknowledged, Detected, Investigating, Resolved};
+    use seismo_schemas::{Incident, IncidentEvent, IncidentEventKind, Severity};
+    let t = |s: i64| -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_767_225_600_000 + s * 1000)
+            .unwrap()
+    };
+    let incident = Incident {
+        id: "inc1".into(),
+        tenant: "acme".into(),
+        title: "latency on db".into(),
+        status: Detected,
+        severity: Severity::Warning,
+        started_at: t(0),
+        updated_at: t(0),
+        resolved_at: None,
+        scope: Default::default(),
+        root_cause_candidates: Vec::new(),
+        anomaly_ids: Vec::new(),
+        alert_fingerprints: Vec::new(),
+    };
+    store
+        .write_incidents(&[IncidentWrite {
+            incident,
+            new_anomaly_ids: Vec::new(),
+            new_alert_fingerprints: Vec::new(),
+            events: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    let event = |id: &str, s: i64| IncidentEvent {
+        id: format!("inc1-{id}"),
+        incident_id: "inc1".into(),
+        ts: t(s),
+        kind: IncidentEventKind::StatusChanged,
+        actor: "seismo".into(),
+        message: "its signals cleared".into(),
+        from_status: None,
+        to_status: None,
+    };
+    let open = [Detected, Acknowledged];
+    async fn step(
+        store: &dyn Store,
+        tenant: &str,
+        from: &[seismo_schemas::IncidentStatus],
+        to: seismo_schemas::IncidentStatus,
+        e: IncidentEvent,
+    ) -> Option<Incident> {
+        store
+            .engine_transition(tenant, "inc1", from, to, &e)
+            .await
+            .unwrap()
+    }
+    assert_eq!(
+        step(store, "bravo", &open, Resolved, event("r1", 100)).await,
+        None
+    );
+    let resolved = step(store, "acme", &open, Resolved, event("r1", 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        (resolved.status, resolved.resolved_at),
+        (Resolved, Some(t(100)))
+    );
+    // A replay is reported again, and recorded once.
+    let again = step(store, "acme", &open, Resolved, event("r1", 100))
+        .await
+        .unwrap();
+    assert_eq!(again.status, Resolved);
+    let events = store.incident_events("acme", "inc1").await.unwrap();
+    let r1: Vec<_> = events.iter().filter(|e| e.id == "inc1-r1").collect();
+    assert_eq!(r1.len(), 1);
+    assert_eq!(
+        (r1[0].from_status, r1[0].to_status),
+        (Some(Detected), Some(Resolved))
+    );
+    // Reopened when the signals recur.
+    let reopened = step(store, "acme", &[Resolved], Detected, event("o1", 200))
+        .await
+        .unwrap();
+    assert_eq!((reopened.status, reopened.resolved_at), (Detected, None));
+    // A person takes over: the engine no longer resolves it.
+    store
+        .transition_incident("acme", "inc1", Investigating, "alice", "on it", t(250))
+        .await
+        .unwrap();
+    assert_eq!(
+        step(store, "acme", &open, Resolved, event("r2", 300)).await,
+        None
+    );
+    let now = store.get_incident("acme", "inc1").await.unwrap();
+    assert_eq!(now.status, Investigating);
+    let events = store.incident_events("acme", "inc1").await.unwrap();
+    assert!(events.iter().all(|e| e.id != "inc1-r2"));
 }

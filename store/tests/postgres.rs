@@ -118,6 +118,12 @@ async fn points_are_copied_once_into_daily_partitions() {
 }
 
 #[tokio::test]
+async fn engine_transitions_follow_the_contract() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::engine_transition_conformance(&store).await;
+}
+
+#[tokio::test]
 async fn checkpoints_are_incremental_and_never_move_backwards() {
     let store = fresh_postgres().await;
     seismo_store::testing::checkpoint_conformance(&store).await;
