@@ -589,3 +589,86 @@ routing_key = "K"
         "at most one repeat per kill: {requests}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_incident_resolves_itself_and_its_page_resolves() {
+    let (pd, pd_url) = Recorder::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.storage.url = format!("sqlite://{}", dir.path().join("seismo.db").display());
+    cfg.bus.dir = dir.path().join("bus").display().to_string();
+    cfg.stages.checkpoint_interval_ms = 100;
+    cfg.stages.idle_release_secs = 1;
+    cfg.notify.group_wait_secs = 1;
+    cfg.notify.group_interval_secs = 1;
+    cfg.notify.repeat_interval_secs = 0;
+    cfg.notify.retry_for_secs = 30;
+    cfg.notify.receivers = vec![receiver("pd", ReceiverKind::Pagerduty, &pd_url)];
+    cfg.notify.default_receivers = vec!["pd".into()];
+    let server = start(&cfg).await;
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
+    let alert = |service: &str, status: AlertStatus, start: i64, end: Option<i64>| {
+        let a = Alert {
+            tenant: "default".into(),
+            fingerprint: format!("fp-{service}"),
+            status,
+            labels: [
+                ("alertname".to_string(), "HighErrorRate".to_string()),
+                ("service".to_string(), service.to_string()),
+                ("severity".to_string(), "critical".to_string()),
+            ]
+            .into(),
+            annotations: Labels::new(),
+            starts_at: t0 + chrono::Duration::minutes(start),
+            ends_at: end.map(|m| t0 + chrono::Duration::minutes(m)),
+            source: "alertmanager".into(),
+        };
+        OutRecord::new("default", serde_json::to_vec(&a).unwrap())
+    };
+    let send = |r: OutRecord| server.running.source.send(topics::ALERTS, vec![r]);
+    send(alert("checkout", AlertStatus::Firing, 0, None))
+        .await
+        .unwrap();
+    let got = pd.wait_for(1).await;
+    assert_eq!(got[0].body["event_action"], "trigger");
+    let id = got[0].body["dedup_key"].as_str().unwrap().to_string();
+    // Its alert resolves at minute 5 and checkout stays quiet; at minute 45 another
+    // service's alert moves the clock past quiet_secs (30 min) of silence.
+    send(alert("checkout", AlertStatus::Resolved, 0, Some(5)))
+        .await
+        .unwrap();
+    send(alert("mail", AlertStatus::Firing, 45, None))
+        .await
+        .unwrap();
+    let got = pd.wait_for(3).await;
+    let resolves: Vec<&Got> = got
+        .iter()
+        .filter(|g| g.body["dedup_key"] == id.as_str() && g.body["event_action"] == "resolve")
+        .collect();
+    assert_eq!(resolves.len(), 1, "{got:#?}");
+    let inc = server.incident(&id).await;
+    assert_eq!(inc["incident"]["status"], "RESOLVED", "{inc:#}");
+    let step = inc["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["to_status"] == "RESOLVED")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(step["actor"], "seismo", "{inc:#}");
+    assert!(
+        step["message"]
+            .as_str()
+            .unwrap()
+            .contains("signals cleared"),
+        "{step}"
+    );
+    // The other incident is still firing: it stays open.
+    assert_eq!(
+        got.iter()
+            .filter(|g| g.body["event_action"] == "resolve")
+            .count(),
+        1
+    );
+    server.stop().await;
+}
