@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Quality gate on `seismo demo --summary-json`: every fault caught, few false alarms,
-incidents that group each fault's anomalies together."""
+incidents that group each fault's anomalies together, and an explanation of every incident."""
 import json
 import sys
 
@@ -23,4 +23,7 @@ g = summary["grouping"]
 print(f"grouping: pairwise F1 {g['pairwise_f1']:.2f} (at least {MIN_GROUPING_F1}), "
       f"{g['noise_reduction']:.0f} signals per incident")
 ok &= g["pairwise_f1"] >= MIN_GROUPING_F1
+explained = len(summary["explanations"])
+print(f"explanations: {explained} of {summary['incidents']} incidents")
+ok &= explained == summary["incidents"]
 sys.exit(0 if ok else 1)

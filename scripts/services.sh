@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts or stops a throwaway PostgreSQL and a Kafka-protocol broker (tansu) for tests and
-# for trying the distributed mode, installing what is missing.
+# Starts or stops a throwaway PostgreSQL, a Kafka-protocol broker (tansu) and a small local
+# LLM server (scripts/llm.sh) for tests and for trying the distributed mode and the
+# explainer, installing what is missing.
 #
 #   scripts/services.sh start   # prints the environment to use (also in $STATE/env)
 #   scripts/services.sh stop
@@ -30,9 +31,12 @@ as_postgres() {
   fi
 }
 
+LLM=$(dirname "$0")/llm.sh
+
 env_lines() {
   echo "export SEISMO_TEST_PG_URL=postgres://seismo@127.0.0.1:${PG_PORT}/postgres"
   echo "export SEISMO_TEST_KAFKA=127.0.0.1:${KAFKA_PORT}"
+  "$LLM" env
 }
 
 wait_port() { # host port seconds what
@@ -109,10 +113,14 @@ case "${1:-}" in
   start)
     start_pg
     start_kafka
+    "$LLM" start | sed '/^export /d'
     env_lines >"$STATE/env"
     env_lines
     ;;
-  stop) stop_all ;;
+  stop)
+    stop_all
+    "$LLM" stop
+    ;;
   env) env_lines ;;
   *) die "usage: scripts/services.sh start|stop|env" ;;
 esac

@@ -126,6 +126,33 @@ pub enum EvalCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The explainer on simulated incidents of the demo fleet (a quarter with weak
+    /// evidence): schema-valid answers, grounding violations per mention, whether the top
+    /// hypothesis names the injected cause, abstention, latency and tokens. Explains with
+    /// the model of [explain.model] (or --model-url/--model), or the template without one.
+    Explain {
+        /// Number of incidents.
+        #[arg(long, default_value_t = 40)]
+        cases: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also explain the incidents of this many demo runs (seeds 1..=N): the whole
+        /// pipeline on the simulator's telemetry, about 11 s each plus the explanations.
+        #[arg(long, default_value_t = 0)]
+        demo_seeds: u64,
+        /// OpenAI-compatible base URL, e.g. http://127.0.0.1:18080/v1 (overrides the config).
+        #[arg(long)]
+        model_url: Option<String>,
+        /// Model name to send (overrides the config).
+        #[arg(long)]
+        model: Option<String>,
+        /// Explain with the template even if a model is configured.
+        #[arg(long)]
+        template: bool,
+        /// Also write every case's result as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +216,9 @@ pub enum Stage {
     Correlate,
     /// seismo.incidents → pages to the [notify] receivers, with a notification log.
     Notify,
+    /// seismo.incidents → an explanation of each incident (a model or the template), stored
+    /// beside it; never on the path of correlation or paging.
+    Explain,
     /// The query API on http.listen.
     Api,
 }
@@ -201,6 +231,7 @@ impl Stage {
             Stage::Forecast => "forecast",
             Stage::Correlate => "correlate",
             Stage::Notify => "notify",
+            Stage::Explain => "explain",
             Stage::Api => "api",
         }
     }

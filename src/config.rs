@@ -25,6 +25,7 @@ pub struct Config {
     pub forecast: ForecastConfig,
     pub correlate: CorrelateConfig,
     pub notify: seismo_notify::NotifyConfig,
+    pub explain: seismo_explain::ExplainConfig,
 }
 
 /// Where results are stored.
@@ -202,6 +203,7 @@ impl Config {
         let cfg: Config = toml::Value::Table(doc).try_into()?;
         // Refuse a broken [notify] at start rather than at the first page.
         cfg.notify.resolve().map_err(anyhow::Error::msg)?;
+        cfg.explain.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }
@@ -259,6 +261,7 @@ mod tests {
             "[forecast]",
             "[correlate]",
             "[notify]",
+            "[explain]",
         ] {
             assert!(text.contains(section), "{section} missing from the example");
         }

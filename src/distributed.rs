@@ -125,6 +125,7 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
                 Arc::new(KafkaProducer::new(&cfg.kafka).context("creating the Kafka producer")?);
             router = router.merge(seismo_api::router(
                 seismo_api::ApiState::new(store.clone())
+                    .with_explainer(crate::http::explainer_for_api(cfg, store.clone()))
                     .with_auth(auth.clone())
                     .with_correlate(cfg.correlate.clone())
                     .with_changes(Some(producer as Arc<dyn Producer>)),

@@ -73,8 +73,10 @@ pub fn router(
     let auth_store = store.clone().or_else(|| pipeline.map(|p| p.store.clone()));
     let auth = auth_store.map(|s| authenticator(cfg, s));
     if let Some(store) = store {
+        let explainer = explainer_for_api(cfg, store.clone());
         r = r.merge(seismo_api::router(
             seismo_api::ApiState::new(store)
+                .with_explainer(explainer)
                 .with_auth(auth.clone())
                 .with_correlate(cfg.correlate.clone())
                 .with_changes(pipeline.map(|p| {
@@ -336,4 +338,22 @@ pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))
+}
+
+/// The API's explainer (for `POST .../explanation`), when the explainer is on. Its
+/// configuration was checked at start; a failure here leaves regeneration off, with a log.
+pub fn explainer_for_api(
+    cfg: &Config,
+    store: Arc<dyn seismo_store::Store>,
+) -> Option<Arc<seismo_explain::Explainer>> {
+    if !cfg.explain.enabled {
+        return None;
+    }
+    match crate::stages::explainer(cfg, store) {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "explainer unavailable to the API");
+            None
+        }
+    }
 }

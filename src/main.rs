@@ -65,6 +65,25 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Eval(EvalCommand::Rca { dir, json, investigate_only }) => rca_cmd(&cfg, &dir, json.as_deref(), investigate_only).await,
+            Command::Eval(EvalCommand::Explain { cases, seed, demo_seeds, model_url, model, template, json }) => {
+                let mut ex = cfg.explain.clone();
+                if let Some(u) = model_url {
+                    ex.model.base_url = u;
+                }
+                if let Some(m) = model {
+                    ex.model.model = m;
+                }
+                if template {
+                    ex.model.base_url.clear();
+                }
+                ex.validate().map_err(anyhow::Error::msg)?;
+                let report = seismo::eval::explain::run(ex, cases, seed, demo_seeds, true).await?;
+                print!("{}", seismo::eval::explain::render(&report));
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                }
+                Ok(())
+            }
             Command::Investigate { service, labels, at, tenant, json } => {
                 let store = pipeline::open_store(&cfg).await?;
                 let q = seismo_correlate::investigate::Question { service, labels: labels.into_iter().collect(), at };

@@ -106,8 +106,15 @@ impl Embedded {
             ingest_limits: seismo_ingest::Limits::new(cfg.ingest.clone())
                 .with_detect_bucket(cfg.detect.bucket_secs),
         };
+        if cfg.explain.enabled {
+            // A broken runbook folder stops the start, not the stage later.
+            stages::explainer(cfg, store.clone()).map_err(anyhow::Error::msg)?;
+        }
         let mut wired = Vec::new();
-        for spec in &STAGES {
+        for spec in STAGES
+            .iter()
+            .filter(|s| s.stage != crate::cli::Stage::Explain || cfg.explain.enabled)
+        {
             let input = bus
                 .subscribe(spec.inputs, spec.stage.name())?
                 .with_stop(stop_rx.clone());

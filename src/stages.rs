@@ -29,7 +29,7 @@ pub struct StageSpec {
 }
 
 /// Every stage that reads the bus, in pipeline order.
-pub const STAGES: [StageSpec; 5] = [
+pub const STAGES: [StageSpec; 6] = [
     StageSpec {
         stage: Stage::Ingest,
         inputs: &[topics::METRICS],
@@ -55,6 +55,11 @@ pub const STAGES: [StageSpec; 5] = [
         inputs: &[topics::INCIDENTS],
         outputs: &[topics::DLQ],
     },
+    StageSpec {
+        stage: Stage::Explain,
+        inputs: &[topics::INCIDENTS],
+        outputs: &[],
+    },
 ];
 
 /// The spec of a stage.
@@ -70,6 +75,7 @@ pub struct PipelineStats {
     pub forecasts: u64,
     pub correlate: CorrelateStats,
     pub notify: seismo_notify::NotifyStats,
+    pub explain: seismo_explain::ExplainStats,
 }
 
 /// What detect did.
@@ -103,6 +109,11 @@ impl PipelineStats {
         self.notify.failed += o.notify.failed;
         self.notify.already_sent += o.notify.already_sent;
         self.notify.refused += o.notify.refused;
+        self.explain.changes += o.explain.changes;
+        self.explain.explained += o.explain.explained;
+        self.explain.by_model += o.explain.by_model;
+        self.explain.by_template += o.explain.by_template;
+        self.explain.refused += o.explain.refused;
     }
 
     /// One log line for a stage's figures.
@@ -130,6 +141,13 @@ impl PipelineStats {
                 self.notify.delivered,
                 self.notify.failed,
                 self.notify.already_sent
+            ),
+            Stage::Explain => format!(
+                "explain: {} changes, {} explanations ({} by the model, {} by the template)",
+                self.explain.changes,
+                self.explain.explained,
+                self.explain.by_model,
+                self.explain.by_template
             ),
             Stage::Api => "api: stopped".into(),
         }
@@ -275,6 +293,37 @@ pub fn spawn(
                 })
             })
         }
+        Stage::Explain => {
+            let io = io(input);
+            let explainer = explainer(&ctx.cfg, ctx.store.clone());
+            tokio::spawn(async move {
+                // The configuration and runbooks were checked when the process started.
+                let explainer = explainer.map_err(|e| {
+                    StageError::new(
+                        seismo_runtime::ErrorDomain::Internal,
+                        false,
+                        "explain configuration",
+                        std::io::Error::other(e),
+                    )
+                })?;
+                let mut core = seismo_explain::ExplainStage::new(Arc::new(explainer));
+                seismo_runtime::run(&mut core, io).await?;
+                Ok(PipelineStats {
+                    explain: core.stats(),
+                    ..Default::default()
+                })
+            })
+        }
         Stage::Api => tokio::spawn(async { Ok(PipelineStats::default()) }),
     }
+}
+
+/// The explainer of a configuration: the stage's, and the API's for regeneration.
+pub fn explainer(cfg: &Config, store: Arc<dyn Store>) -> Result<seismo_explain::Explainer, String> {
+    seismo_explain::Explainer::new(
+        cfg.explain.clone(),
+        cfg.correlate.dependencies.clone(),
+        cfg.correlate.service_label.clone(),
+        store,
+    )
 }

@@ -139,7 +139,7 @@ fn compose_services_run_real_commands_with_real_settings() {
             "compose {name}: not on PostgreSQL"
         );
     }
-    assert_eq!(seismo_services, 7, "setup plus six stages");
+    assert_eq!(seismo_services, 8, "setup plus seven stages");
     assert!(partitions.is_some());
     for dep in ["kafka", "timescaledb", "grafana"] {
         assert!(services.contains_key(dep), "compose has no {dep}");
@@ -248,7 +248,15 @@ fn kubernetes_manifests_are_consistent_with_the_binary() {
     stages.sort();
     assert_eq!(
         stages,
-        ["api", "correlate", "detect", "forecast", "ingest", "notify"]
+        [
+            "api",
+            "correlate",
+            "detect",
+            "explain",
+            "forecast",
+            "ingest",
+            "notify"
+        ]
     );
     for (name, spec) in &pod_specs {
         for list in ["initContainers", "containers"] {

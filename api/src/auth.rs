@@ -149,6 +149,9 @@ pub fn need(method: &Method, path: &str) -> Need {
             Need::Read
         }
         ["api", "v1", "incidents", _, "transition"] if *method == Method::POST => Need::Write,
+        ["api", "v1", "incidents", _, "explanation" | "postmortem"] if reads => Need::Read,
+        // May make a model call, which costs.
+        ["api", "v1", "incidents", _, "explanation"] if *method == Method::POST => Need::Write,
         // Reads the stored points and writes nothing.
         ["api", "v1", "investigate"] if *method == Method::POST => Need::Read,
         ["api", "v1", "silences"] if reads => Need::Read,

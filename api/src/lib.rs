@@ -101,6 +101,8 @@ pub struct ApiState {
     pub auth: Option<Arc<Authenticator>>,
     /// Where status changes are announced (`seismo.incidents`), for notifiers.
     pub changes: Option<Arc<dyn seismo_transport::Producer>>,
+    /// Regenerates explanations on request (`POST .../explanation`).
+    pub explainer: Option<Arc<seismo_explain::Explainer>>,
 }
 
 impl ApiState {
@@ -110,7 +112,13 @@ impl ApiState {
             correlate: Arc::default(),
             auth: None,
             changes: None,
+            explainer: None,
         }
+    }
+
+    pub fn with_explainer(mut self, e: Option<Arc<seismo_explain::Explainer>>) -> Self {
+        self.explainer = e;
+        self
     }
 
     pub fn with_changes(mut self, producer: Option<Arc<dyn seismo_transport::Producer>>) -> Self {
@@ -164,6 +172,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
+        .route(
+            "/api/v1/incidents/{id}/explanation",
+            get(get_explanation).post(regenerate_explanation),
+        )
+        .route("/api/v1/incidents/{id}/postmortem", get(get_postmortem))
         .route("/api/v1/investigate", post(investigate))
         .route(
             "/api/v1/silences",
@@ -379,6 +392,9 @@ pub struct IncidentDetail {
     /// How many anomalies the incident has in all.
     #[serde(default)]
     pub anomalies_total: usize,
+    /// Its latest explanation (see `GET .../explanation`), if one was made.
+    #[serde(default)]
+    pub explanation: Option<serde_json::Value>,
     /// Pages sent about it (or given up on), oldest first.
     #[serde(default)]
     pub notifications: Vec<seismo_store::NotificationRecord>,
@@ -405,13 +421,77 @@ async fn get_incident(
         .anomalies_by_id(&tenant, &incident.anomaly_ids)
         .await?;
     let notifications = s.store.incident_notifications(&tenant, &id).await?;
+    let explanation = s.store.explanation(&tenant, &id).await?.map(|e| e.body);
     Ok(Json(IncidentDetail {
         incident,
         timeline,
         anomalies,
         anomalies_total,
         notifications,
+        explanation,
     }))
+}
+
+/// The incident's latest explanation (made by the explain stage once its changes go quiet).
+async fn get_explanation(
+    State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = caller(found, &headers)?.tenant;
+    s.store
+        .get_incident(&tenant, &id)
+        .await
+        .map_err(|e| not_found_as(e, &id))?;
+    match s.store.explanation(&tenant, &id).await? {
+        Some(e) => Ok(Json(e.body)),
+        None => Err(ApiError::NotFound(format!(
+            "an explanation of incident {id} (not made yet: the explain stage makes one once the incident's changes are quiet for explain.debounce_secs, or POST here)"
+        ))),
+    }
+}
+
+/// Explains the incident again now, without the cache (a model call if one is configured).
+async fn regenerate_explanation(
+    State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<seismo_explain::IncidentExplanation>> {
+    let tenant = caller(found, &headers)?.tenant;
+    let Some(explainer) = &s.explainer else {
+        return Err(ApiError::Conflict(
+            "the explainer is off in this process (explain.enabled = false)".into(),
+        ));
+    };
+    let e = explainer
+        .explain(&tenant, &id, true)
+        .await
+        .map_err(|e| not_found_as(e, &id))?;
+    Ok(Json(e))
+}
+
+/// The post-mortem draft of a resolved incident, as Markdown.
+async fn get_postmortem(
+    State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = caller(found, &headers)?.tenant;
+    let incident = s
+        .store
+        .get_incident(&tenant, &id)
+        .await
+        .map_err(|e| not_found_as(e, &id))?;
+    let stored = s.store.explanation(&tenant, &id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("an explanation of incident {id} (not made yet)"))
+    })?;
+    let e: seismo_explain::IncidentExplanation = serde_json::from_value(stored.body)
+        .map_err(|e| ApiError::Internal(format!("stored explanation: {e}")))?;
+    let md = seismo_explain::postmortem_markdown(&incident, &e);
+    Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response())
 }
 
 /// Runs an atomic store operation again (up to three times) after a transient failure.

@@ -109,6 +109,19 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (Statu
     )
 }
 
+/// A GET whose answer is not JSON: status, content type and body.
+async fn get_text(app: &axum::Router, uri: &str) -> (StatusCode, String, String) {
+    let resp = app
+        .clone()
+        .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, kind, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
 async fn anomalies_filter_by_label_score_and_time(store: Arc<dyn Store>) {
     let app = seeded(store).await;
     let (code, v) = call(
@@ -299,16 +312,8 @@ async fn health_and_metrics_answer(store: Arc<dyn Store>) {
     let app = seeded(store).await;
     let (code, v) = call(&app, "GET", "/healthz", "").await;
     assert_eq!((code, v["status"].as_str()), (StatusCode::OK, Some("ok")));
-    let resp = app
-        .oneshot(
-            Request::builder()
-                .uri("/metrics")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, _, _) = get_text(&app, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 async fn transitions_are_bounded_in_size_and_number(store: Arc<dyn Store>) {
@@ -684,6 +689,71 @@ async fn incidents_filter_by_any_of_their_services_and_hosts(store: Arc<dyn Stor
     }
 }
 
+async fn explanations_are_served_regenerated_and_drafted_as_post_mortems(store: Arc<dyn Store>) {
+    let app = seeded(store.clone()).await;
+    let (status, v) = call(&app, "GET", "/api/v1/incidents/inc1/explanation", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("POST"), "{v}");
+    // Without an explainer in the process, regeneration is refused with the reason.
+    let (status, v) = call(&app, "POST", "/api/v1/incidents/inc1/explanation", "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+
+    let explainer = seismo_explain::Explainer::new(
+        Default::default(),
+        Default::default(),
+        "service".into(),
+        store.clone(),
+    )
+    .unwrap();
+    let app = router(ApiState::new(store.clone()).with_explainer(Some(Arc::new(explainer))));
+    let (status, made) = call(&app, "POST", "/api/v1/incidents/inc1/explanation", "").await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["source"], "template");
+    assert_eq!(made["fallback"], "no model configured");
+    // No root-cause candidate: inconclusive, and it says so.
+    assert_eq!(made["inconclusive"], true);
+    assert!(
+        made["summary"].as_str().unwrap().contains("Inconclusive"),
+        "{made}"
+    );
+    let (status, got) = call(&app, "GET", "/api/v1/incidents/inc1/explanation", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, made);
+    let (_, detail) = call(&app, "GET", "/api/v1/incidents/inc1", "").await;
+    assert_eq!(detail["explanation"], made);
+    let (status, _) = call(&app, "POST", "/api/v1/incidents/nope/explanation", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Resolved: the explanation carries a post-mortem draft, served as Markdown.
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/incidents/inc1/transition",
+        r#"{"status":"RESOLVED","actor":"alice","note":"fixed"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, made) = call(&app, "POST", "/api/v1/incidents/inc1/explanation", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        made["postmortem"]["timeline"].as_array().unwrap().len() >= 2,
+        "{made}"
+    );
+    let (status, kind, md) = get_text(&app, "/api/v1/incidents/inc1/postmortem").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kind, "text/markdown; charset=utf-8");
+    for part in [
+        "# Post-mortem draft",
+        "## Impact",
+        "## Cause",
+        "## Timeline",
+        "## Actions",
+        "- [ ] ",
+    ] {
+        assert!(md.contains(part), "{part} missing from {md}");
+    }
+}
+
 async fn sqlite() -> Arc<dyn Store> {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
@@ -717,5 +787,6 @@ on_every_store!(
     one_incident_answers_with_at_most_a_thousand_anomalies,
     investigate_ranks_the_starved_database_first,
     transitions_are_announced_on_the_bus,
-    incidents_filter_by_any_of_their_services_and_hosts
+    incidents_filter_by_any_of_their_services_and_hosts,
+    explanations_are_served_regenerated_and_drafted_as_post_mortems
 );

@@ -80,6 +80,21 @@ pub struct Summary {
     /// Their ids, to look them up through the API.
     pub unexplained_incident_ids: Vec<String>,
     pub grouping: Grouping,
+    /// Each incident's explanation, in order of start.
+    pub explanations: Vec<ExplainedIncident>,
+}
+
+/// One incident's explanation, as the demo shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedIncident {
+    pub incident_id: String,
+    pub title: String,
+    /// `model` or `template`.
+    pub source: String,
+    pub summary: String,
+    pub inconclusive: bool,
+    /// The cause the first hypothesis names.
+    pub top_cause: Option<String>,
 }
 
 /// How well incidents group the anomalies, against the simulation's truth: each anomaly of
@@ -443,6 +458,21 @@ pub async fn summarise(
         })
         .collect();
     let grouping = Grouping::score(&labels, counts.anomalies + counts.alerts, counts.incidents);
+    let mut explanations = Vec::new();
+    for inc in &incidents {
+        let Some(e) = store.explanation(&inc.tenant, &inc.id).await? else {
+            continue;
+        };
+        let e: seismo_explain::IncidentExplanation = serde_json::from_value(e.body)?;
+        explanations.push(ExplainedIncident {
+            incident_id: inc.id.clone(),
+            title: inc.title.clone(),
+            source: e.source.as_str().into(),
+            summary: e.summary,
+            inconclusive: e.inconclusive,
+            top_cause: e.hypotheses.first().map(|h| h.cause.clone()),
+        });
+    }
     let unexplained_incident_ids: Vec<String> = incidents
         .iter()
         .filter(|i| !explained.contains(&i.id))
@@ -461,6 +491,7 @@ pub async fn summarise(
         unexplained_incidents: unexplained_incident_ids.len(),
         unexplained_incident_ids,
         grouping,
+        explanations,
     })
 }
 
@@ -496,6 +527,15 @@ pub fn render(s: &Summary, store: &str) -> String {
         "Grouping: pairwise F1 {:.2} (precision {:.2}, recall {:.2}); {:.0} signals per incident\n",
         g.pairwise_f1, g.pairwise_precision, g.pairwise_recall, g.noise_reduction
     ));
+    if !s.explanations.is_empty() {
+        out.push_str("Explanations:\n");
+    }
+    for e in &s.explanations {
+        out.push_str(&format!(
+            "  {} ({}, by the {}): {}\n",
+            e.incident_id, e.title, e.source, e.summary
+        ));
+    }
     out
 }
 

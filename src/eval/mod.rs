@@ -1,5 +1,6 @@
-//! Quality harnesses: `seismo eval odds|nab DIR`, and the shared helpers they use.
+//! Quality harnesses: `seismo eval odds|nab|rca DIR` and `seismo eval explain`, and the shared helpers they use.
 
+pub mod explain;
 pub mod nab;
 pub mod odds;
 pub mod rca;

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod checkpoint;
+pub mod explain;
 pub mod notify;
 mod postgres;
 mod sqlite;
@@ -22,6 +23,7 @@ use seismo_schemas::{
 
 pub use access::{AccessStore, ApiToken, AuditEntry, AuditQuery, AuditRecord};
 pub use checkpoint::{CheckpointStore, PartitionCheckpoint, Position, StoredPartition};
+pub use explain::{ExplainStore, LlmCall, StoredExplanation};
 pub use notify::{NotificationRecord, NotificationStatus, NotifyStore, Silence};
 pub use postgres::{Layout, PgStore, TimescaleMode};
 pub use sqlite::SqliteStore;
@@ -248,7 +250,9 @@ pub struct TableCounts {
 
 /// The result tables, with the checkpoints and the API's tokens and audit log beside them.
 #[async_trait]
-pub trait Store: CheckpointStore + AccessStore + NotifyStore + Send + Sync + 'static {
+pub trait Store:
+    CheckpointStore + AccessStore + NotifyStore + ExplainStore + Send + Sync + 'static
+{
     /// Creates or upgrades the tables.
     async fn migrate(&self) -> Result<()>;
 

@@ -902,3 +902,4 @@ impl Store for PgStore {
 crate::checkpoint::checkpoint_store!(PgStore, sqlx::Postgres);
 crate::access::access_store!(PgStore, sqlx::Postgres);
 crate::notify::notify_store!(PgStore, sqlx::Postgres);
+crate::explain::explain_store!(PgStore, sqlx::Postgres);

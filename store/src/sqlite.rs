@@ -710,6 +710,7 @@ impl SqliteStore {
 crate::checkpoint::checkpoint_store!(SqliteStore, sqlx::Sqlite);
 crate::access::access_store!(SqliteStore, sqlx::Sqlite);
 crate::notify::notify_store!(SqliteStore, sqlx::Sqlite);
+crate::explain::explain_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {
@@ -720,6 +721,13 @@ mod tests {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
         crate::testing::engine_transition_conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn explanations_and_model_calls_follow_the_contract() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::explain_conformance(&store).await;
     }
 
     #[tokio::test]

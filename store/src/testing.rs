@@ -417,3 +417,102 @@ pub async fn engine_transition_conformance(store: &dyn Store) {
     let events = store.incident_events("acme", "inc1").await.unwrap();
     assert!(events.iter().all(|e| e.id != "inc1-r2"));
 }
+
+/// What every store must do with explanations and the model-call log.
+pub async fn explain_conformance(store: &dyn Store) {
+    use crate::explain::{LlmCall, StoredExplanation};
+    let t0 = chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, 1_767_571_200_000).unwrap();
+    assert_eq!(store.explanation("t", "i1").await.unwrap(), None);
+    let mut e = StoredExplanation {
+        tenant: "t".into(),
+        incident_id: "i1".into(),
+        facts_hash: "h1".into(),
+        source: "template".into(),
+        body: serde_json::json!({"summary": "first"}),
+        created_at: t0,
+    };
+    store.save_explanation(&e).await.unwrap();
+    e.facts_hash = "h2".into();
+    e.body = serde_json::json!({"summary": "second", "n": 2.5});
+    store.save_explanation(&e).await.unwrap();
+    assert_eq!(store.explanation("t", "i1").await.unwrap(), Some(e.clone()));
+    // Another tenant sees nothing.
+    assert_eq!(store.explanation("u", "i1").await.unwrap(), None);
+
+    let call = |id: &str, at_min: i64, outcome: &str, answer: Option<&str>| LlmCall {
+        id: id.into(),
+        tenant: "t".into(),
+        incident_id: "i1".into(),
+        purpose: "explain".into(),
+        model: "m".into(),
+        prompt_version: "p1".into(),
+        facts_hash: "h2".into(),
+        input_tokens: 100,
+        output_tokens: 20,
+        latency_ms: 5,
+        cost_usd: 0.001,
+        outcome: outcome.into(),
+        answer: answer.map(String::from),
+        at: t0 + chrono::Duration::minutes(at_min),
+    };
+    assert_eq!(
+        store
+            .cached_answer("h2", "m", "p1", "explain")
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .record_llm_call(&call("c1", 0, "ok", Some("{\"a\":1}")))
+        .await
+        .unwrap();
+    store
+        .record_llm_call(&call("c2", 1, "http 500", None))
+        .await
+        .unwrap();
+    store
+        .record_llm_call(&call("c3", 2, "ok", Some("{\"a\":3}")))
+        .await
+        .unwrap();
+    // A repeated id changes nothing.
+    store
+        .record_llm_call(&call("c3", 9, "ok", Some("{\"a\":9}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .cached_answer("h2", "m", "p1", "explain")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"a\":3}"),
+        "the newest successful answer"
+    );
+    for (h, m, p, u) in [
+        ("h1", "m", "p1", "explain"),
+        ("h2", "x", "p1", "explain"),
+        ("h2", "m", "p2", "explain"),
+        ("h2", "m", "p1", "postmortem"),
+    ] {
+        assert_eq!(
+            store.cached_answer(h, m, p, u).await.unwrap(),
+            None,
+            "{h} {m} {p} {u}"
+        );
+    }
+    assert_eq!(store.tokens_used_since("t", t0).await.unwrap(), 360);
+    assert_eq!(
+        store
+            .tokens_used_since("t", t0 + chrono::Duration::minutes(1))
+            .await
+            .unwrap(),
+        240
+    );
+    assert_eq!(store.tokens_used_since("u", t0).await.unwrap(), 0);
+    let calls = store.incident_llm_calls("t", "i1").await.unwrap();
+    assert_eq!(
+        calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["c1", "c2", "c3"]
+    );
+    assert_eq!(calls[2], call("c3", 2, "ok", Some("{\"a\":3}")));
+}

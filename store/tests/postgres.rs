@@ -124,6 +124,12 @@ async fn engine_transitions_follow_the_contract() {
 }
 
 #[tokio::test]
+async fn explanations_and_model_calls_follow_the_contract() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::explain_conformance(&store).await;
+}
+
+#[tokio::test]
 async fn checkpoints_are_incremental_and_never_move_backwards() {
     let store = fresh_postgres().await;
     seismo_store::testing::checkpoint_conformance(&store).await;
