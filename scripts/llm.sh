@@ -104,10 +104,12 @@ start() {
   fi
   ensure_server
   ensure_model
-  # -np 1: one slot, so requests queue instead of sharing a batch (answers repeat at
-  # temperature 0); -c 8192: room for a facts pack and the answer.
+  # -np 1: one slot, so requests queue instead of sharing a batch; no prompt cache: a
+  # prompt read partly from the cache is computed in other batches than a fresh one, and
+  # the tiny differences change greedy choices, so answers at temperature 0 would not
+  # repeat. -c 8192: room for a facts pack and the answer.
   nohup "$SERVER" -m "$MODEL" --alias "$MODEL_NAME" --host 127.0.0.1 --port "$PORT" \
-    -np 1 -c 8192 -t "$(nproc)" --seed 42 >"$STATE/llm.log" 2>&1 &
+    -np 1 -c 8192 -t "$(nproc)" --seed 42 --no-cache-prompt --cache-ram 0 >"$STATE/llm.log" 2>&1 &
   echo $! >"$STATE/llm.pid"
   wait_http "http://127.0.0.1:$PORT/health" 120 || die "llama-server did not become ready; see $STATE/llm.log"
   echo "llm (llama-server, $MODEL_NAME): running on 127.0.0.1:$PORT"

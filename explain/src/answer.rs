@@ -62,8 +62,8 @@ pub struct PostmortemAnswer {
 }
 
 // Lengths bound the answer: at worst (a character per token) summary, hypotheses and
-// checks fit max_output_tokens (1,024) with the JSON around them, so an answer is never
-// cut off mid-string.
+// checks fit max_output_tokens (1,536) with the JSON and the whitespace a grammar allows
+// around them, so an answer is never cut off mid-string.
 const TEXT: usize = 240;
 const ITEM: usize = 120;
 const MAX_HYPOTHESES: usize = 2;

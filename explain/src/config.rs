@@ -35,7 +35,7 @@ impl Default for ModelConfig {
             api_key_env: "SEISMO_LLM_API_KEY".into(),
             timeout_ms: 60_000,
             max_attempts: 3,
-            max_output_tokens: 1024,
+            max_output_tokens: 1536,
             temperature: 0.0,
             seed: 42,
         }
