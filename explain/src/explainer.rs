@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
 use seismo_schemas::{Incident, IncidentStatus};
 use seismo_store::{LlmCall, Store, StoreError, StoredExplanation};
 use serde::{Deserialize, Serialize};
@@ -413,7 +414,6 @@ impl Explainer {
     }
 
     /// The cache, the budget and the call for one purpose.
-    #[allow(clippy::too_many_arguments)]
     async fn model_step<T>(
         &self,
         pack: &FactsPack,
@@ -642,9 +642,6 @@ pub fn postmortem_markdown(inc: &Incident, e: &IncidentExplanation) -> String {
     }
     md
 }
-
-use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
-use std::sync::LazyLock;
 
 static CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
