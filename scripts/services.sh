@@ -70,6 +70,7 @@ start_pg() {
   "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
     -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'seismo') THEN CREATE ROLE seismo LOGIN SUPERUSER; END IF; END \$\$;" \
     || die "could not create the seismo role"
+  drop_test_databases
   echo "postgres: running on 127.0.0.1:$PG_PORT (data in $data)"
 }
 
@@ -97,6 +98,18 @@ start_kafka() {
   echo "kafka (tansu): running on 127.0.0.1:$KAFKA_PORT (in-memory topics)"
 }
 
+# Tests create one database each (store::testing::fresh_database) and never drop it; they are
+# dropped here, when no test can be using them, so the throwaway server does not grow without end.
+drop_test_databases() {
+  local names name
+  names=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
+    -c "SELECT datname FROM pg_database WHERE datname LIKE 'seismo\_t\_%'" 2>/dev/null) || return 0
+  for name in $names; do
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
+      -c "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
+  done
+}
+
 stop_all() {
   if [ -f "$STATE/tansu.pid" ]; then
     kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
@@ -104,6 +117,7 @@ stop_all() {
     echo "kafka (tansu): stopped"
   fi
   if [ -f "$STATE/pg/postmaster.pid" ]; then
+    drop_test_databases
     as_postgres "$PG_BIN/pg_ctl -D $STATE/pg -m fast -w stop" >/dev/null 2>&1 || true
     echo "postgres: stopped"
   fi

@@ -109,6 +109,11 @@ pub enum EvalCommand {
         /// Detector name used in result file names (no '_').
         #[arg(long, default_value = "seismo")]
         name: String,
+        /// Candidate values of a [detect] setting, KEY=V1,V2,... (e.g.
+        /// stream.context_len=2,3; repeatable: every combination is a candidate). Each
+        /// held-out category is scored with the candidate the other categories chose.
+        #[arg(long)]
+        choose: Vec<String>,
         /// Also write the scores as JSON.
         #[arg(long)]
         json: Option<PathBuf>,

@@ -204,6 +204,7 @@ impl Config {
         // Refuse a broken [notify] at start rather than at the first page.
         cfg.notify.resolve().map_err(anyhow::Error::msg)?;
         cfg.explain.validate().map_err(anyhow::Error::msg)?;
+        cfg.detect.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }

@@ -34,8 +34,12 @@ fn main() -> anyhow::Result<()> {
                 db,
             } => demo_cmd(cfg, summary_json, serve, days, seed, db).await,
             Command::Run { stage: None } => run_cmd(cfg).await,
-            Command::Run { stage: Some(stage) } => seismo::distributed::run_stage(&cfg, stage).await,
-            Command::Topics(TopicsCommand::Create) => seismo::distributed::create_topics(&cfg).await,
+            Command::Run { stage: Some(stage) } => {
+                seismo::distributed::run_stage(&cfg, stage).await
+            }
+            Command::Topics(TopicsCommand::Create) => {
+                seismo::distributed::create_topics(&cfg).await
+            }
             Command::Detect { file, output, seed } => {
                 detect_cmd(&cfg, &file, output.as_deref(), seed)
             }
@@ -49,23 +53,46 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Eval(EvalCommand::Nab { dir, results, name, json }) => {
-                anyhow::ensure!(!name.contains('_'), "--name must not contain '_' (NAB splits file names on it)");
+            Command::Eval(EvalCommand::Nab {
+                dir,
+                results,
+                name,
+                json,
+                choose,
+            }) => {
+                anyhow::ensure!(
+                    !name.contains('_'),
+                    "--name must not contain '_' (NAB splits file names on it)"
+                );
                 let corpus = seismo::eval::nab::Corpus::open(&dir)?;
                 let started = std::time::Instant::now();
-                let (files, scores) = seismo::eval::nab::run(&corpus, &cfg.detect, results.as_deref().map(|r| (r, name.as_str())))?;
-                let rows: usize = files.iter().map(|f| f.scores.len()).sum();
-                println!("NAB scores for {name} ({} files, {rows} rows, {:.1} s):", files.len(), started.elapsed().as_secs_f64());
-                for (profile, s) in &scores {
-                    println!("  {profile:<20} {:>7.2}  (threshold {:.6}, raw {:.3}, null {:.1}, perfect {:.1})", s.normalized, s.threshold, s.raw, s.null, s.perfect);
-                }
+                let candidates = seismo::eval::nab::candidates(&cfg.detect, &choose)?;
+                let report = seismo::eval::nab::report(
+                    &corpus,
+                    &candidates,
+                    results.as_deref().map(|r| (r, name.as_str())),
+                )?;
+                print!("{}", seismo::eval::nab::render(&report));
+                println!("  ({:.1} s)", started.elapsed().as_secs_f64());
                 if let Some(path) = json {
-                    std::fs::write(&path, serde_json::to_vec_pretty(&scores)?)?;
+                    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
                 }
                 Ok(())
             }
-            Command::Eval(EvalCommand::Rca { dir, json, investigate_only }) => rca_cmd(&cfg, &dir, json.as_deref(), investigate_only).await,
-            Command::Eval(EvalCommand::Explain { cases, seed, demo_seeds, model_url, model, template, json }) => {
+            Command::Eval(EvalCommand::Rca {
+                dir,
+                json,
+                investigate_only,
+            }) => rca_cmd(&cfg, &dir, json.as_deref(), investigate_only).await,
+            Command::Eval(EvalCommand::Explain {
+                cases,
+                seed,
+                demo_seeds,
+                model_url,
+                model,
+                template,
+                json,
+            }) => {
                 let mut ex = cfg.explain.clone();
                 if let Some(u) = model_url {
                     ex.model.base_url = u;
@@ -84,14 +111,35 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Investigate { service, labels, at, tenant, json } => {
+            Command::Investigate {
+                service,
+                labels,
+                at,
+                tenant,
+                json,
+            } => {
                 let store = pipeline::open_store(&cfg).await?;
-                let q = seismo_correlate::investigate::Question { service, labels: labels.into_iter().collect(), at };
-                let a = seismo_correlate::investigate::investigate(store.as_ref(), &cfg.correlate, &tenant, &q).await?;
+                let q = seismo_correlate::investigate::Question {
+                    service,
+                    labels: labels.into_iter().collect(),
+                    at,
+                };
+                let a = seismo_correlate::investigate::investigate(
+                    store.as_ref(),
+                    &cfg.correlate,
+                    &tenant,
+                    &q,
+                )
+                .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&a)?);
                 } else {
-                    println!("{} series examined at {} s resolution; symptom {}", a.series_examined, a.bucket_secs, a.symptom.as_deref().unwrap_or("(none named)"));
+                    println!(
+                        "{} series examined at {} s resolution; symptom {}",
+                        a.series_examined,
+                        a.bucket_secs,
+                        a.symptom.as_deref().unwrap_or("(none named)")
+                    );
                     for (i, c) in a.candidates.iter().enumerate() {
                         println!("{:>2}. {} (score {:.2})", i + 1, c.target, c.score);
                         for e in &c.evidence {
@@ -103,7 +151,10 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Migrate => {
                 pipeline::open_store(&cfg).await?;
-                println!("migrations applied to {}", pipeline::redact(&cfg.storage.url));
+                println!(
+                    "migrations applied to {}",
+                    pipeline::redact(&cfg.storage.url)
+                );
                 Ok(())
             }
             Command::Token(cmd) => token_cmd(&cfg, cmd).await,
@@ -263,10 +314,18 @@ fn detect_cmd(
         && header.contains(&"value".to_string())
     {
         let s = seismo::eval::series::read_series(&text, &name)?;
-        let scores = seismo::eval::series::score_series(&cfg.detect, &s.ts_ms, &s.values);
-        out.push_str("timestamp,value,anomaly_score\n");
-        for ((t, v), score) in s.timestamps.iter().zip(&s.values).zip(&scores) {
-            out.push_str(&format!("{t},{v},{score}\n"));
+        let scores = seismo::eval::series::score_series_parts(&cfg.detect, &s.ts_ms, &s.values);
+        out.push_str("timestamp,value,anomaly_score,surprisal");
+        for part in seismo_detect::ENSEMBLE_PARTS {
+            out.push_str(&format!(",{}", part.trim_start_matches("ensemble_")));
+        }
+        out.push('\n');
+        for ((t, v), sc) in s.timestamps.iter().zip(&s.values).zip(&scores) {
+            out.push_str(&format!("{t},{v},{},{:.3}", sc.score, sc.surprisal));
+            for p in sc.parts {
+                out.push_str(&format!(",{p:.3}"));
+            }
+            out.push('\n');
         }
     } else {
         let table = seismo::eval::read_numeric_csv(file)?;

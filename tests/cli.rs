@@ -1,4 +1,4 @@
-//! The `seismo detect` command on generated files: one score per row, in [0, 1], causal.
+//! The `seismo detect` command on generated files: one score per row, in [0, 1], causal, with its parts.
 
 use std::process::Command;
 
@@ -52,7 +52,21 @@ fn scores_are_one_per_row_bounded_and_causal() {
     .unwrap();
 
     let a = detect(&full);
-    assert_eq!(a[0], ["timestamp", "value", "anomaly_score"]);
+    // The score, then the surprisal it came from and each detector's part of it.
+    assert_eq!(
+        a[0],
+        [
+            "timestamp",
+            "value",
+            "anomaly_score",
+            "surprisal",
+            "global",
+            "novelty",
+            "time_of_day",
+            "burst",
+            "seasonal"
+        ]
+    );
     assert_eq!(a.len(), 2001);
     let scores: Vec<f64> = a[1..].iter().map(|r| r[2].parse().unwrap()).collect();
     assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));

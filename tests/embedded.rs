@@ -45,12 +45,42 @@ async fn simulated_faults_become_incidents_in_the_store() {
     ] {
         let f = by_name(name);
         assert!(f.caught, "{name} was missed: {summary:#?}");
+        // With one day of history the leak (+3 % an hour) shows as one surprising bucket
+        // an hour (asserted below), and its incident opens when the anomaly stream's
+        // clock passes the group wait after a critical one: about 3 hours after onset
+        // (README, Known limits: the grouping clock).
+        let bound = if name == "recommendations-memory-leak" {
+            4.0
+        } else {
+            3.0
+        };
         assert!(
-            f.detection_delay_s.unwrap() < 3.0 * 3600.0,
+            f.detection_delay_s.unwrap() < bound * 3600.0,
             "{name}: {:?}",
             f.detection_delay_s
         );
     }
+    let leak = by_name("recommendations-memory-leak").onset;
+    let anomalies = store
+        .list_anomalies(&seismo_store::AnomalyQuery {
+            tenant: "default".into(),
+            from: Some(leak),
+            labels: vec![("service".into(), "recommendations".into())],
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let first_leak_anomaly = anomalies
+        .iter()
+        .filter(|a| a.name == "memory_used_bytes" && a.ts >= leak)
+        .map(|a| a.ts)
+        .min();
+    assert!(
+        first_leak_anomaly.is_some_and(|t| t - leak <= chrono::Duration::minutes(90)),
+        "the leak's first anomaly: {first_leak_anomaly:?} (onset {leak})"
+    );
     assert!(
         summary.unexplained_incidents <= 2,
         "{:?}",

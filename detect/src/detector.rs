@@ -12,7 +12,7 @@ use seismo_schemas::{
 };
 
 use crate::entity::{EntityState, Finding};
-use crate::{DetectConfig, Scored, SeriesModel, StreamConfig, StreamScore, StreamScorer};
+use crate::{AlarmRun, DetectConfig, Scored, SeriesModel, StreamScore, StreamScorer};
 
 static LATE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -38,13 +38,12 @@ static SATURATED: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Names of the streaming ensemble's detectors in explanations, in `StreamScore::parts`
 /// order; the one that set the bucket's surprisal has weight 1.
-pub const ENSEMBLE_PARTS: [&str; 6] = [
+pub const ENSEMBLE_PARTS: [&str; crate::PARTS] = [
     "ensemble_global",
     "ensemble_novelty",
     "ensemble_time_of_day",
     "ensemble_burst",
     "ensemble_seasonal",
-    "ensemble_window_forest",
 ];
 
 /// Name recorded on every anomaly this detector raises.
@@ -69,8 +68,10 @@ struct SeriesState {
     /// Time of the newest point folded in: anything not newer is a duplicate (a replay).
     last_ts: i64,
     model: SeriesModel,
-    /// The same streaming ensemble that scores files, on this series' buckets.
+    /// The same streaming ensemble that scores files, on this series' buckets: it alone
+    /// decides alarms.
     ensemble: StreamScorer,
+    alarm: AlarmRun,
     /// Who the series is, to raise its anomaly when a bucket closes without a new point.
     series: SeriesName,
 }
@@ -134,7 +135,6 @@ struct Dirty {
 #[derive(Debug)]
 pub struct Detector {
     cfg: DetectConfig,
-    stream_cfg: StreamConfig,
     bucket_ms: i64,
     /// How far behind its partition's newest point a bucket may still take points.
     lateness_ms: i64,
@@ -164,7 +164,6 @@ impl Detector {
             .saturating_mul(1000);
         Detector {
             cfg,
-            stream_cfg: StreamConfig::default(),
             bucket_ms,
             lateness_ms,
             partitions: HashMap::new(),
@@ -349,7 +348,8 @@ impl Detector {
                     count: 1,
                     last_ts: p.ts,
                     model: SeriesModel::new(&self.cfg),
-                    ensemble: StreamScorer::staggered(&self.stream_cfg, id),
+                    ensemble: StreamScorer::staggered(&self.cfg.stream, id),
+                    alarm: AlarmRun::default(),
                     series: SeriesName::of(p),
                 },
             );
@@ -445,7 +445,7 @@ impl Detector {
         let closed_ts = closed * self.bucket_ms;
         let mean = st.sum / f64::from(st.count);
         let scored = st.model.update(&self.cfg, closed_ts, mean);
-        let ens = st.ensemble.update(&self.stream_cfg, closed_ts, mean);
+        let ens = st.ensemble.update(&self.cfg.stream, closed_ts, mean);
         st.bucket = closed + 1;
         st.sum = 0.0;
         st.count = 0;
@@ -465,18 +465,27 @@ impl Detector {
                 out.extend(self.entity_anomaly(partition, p, &key, &f));
             }
         }
-        let kind = match scored.emit {
-            Some(k) => k,
-            // The ensemble sees what the band does not: a broken daily pattern, a new
-            // pattern of values, a burst of moderate surprises.
-            None if ens.score >= self.cfg.ensemble_threshold => {
-                if ens.parts[0] >= ens.parts[1..].iter().copied().fold(0.0, f64::max) {
-                    AnomalyKind::Point
-                } else {
-                    AnomalyKind::Trend
-                }
-            }
-            None => return out,
+        let st = self
+            .partitions
+            .get_mut(&partition)
+            .and_then(|s| s.get_mut(&id))
+            .expect("series state exists");
+        let raise = st.alarm.step(&self.cfg, st.ensemble.observations(), &ens);
+        // The band has followed a deviation long enough to call it a new level: said
+        // once, while the ensemble's alarm for it still runs.
+        let shift = scored.emit == Some(AnomalyKind::LevelShift) && st.alarm.active();
+        if !(raise || shift) {
+            return out;
+        }
+        // What kind of change: a move to a new level, a value beyond the series' usual
+        // range, or a change of pattern (novelty, time of day, burst, season) with
+        // ordinary values.
+        let kind = if shift {
+            AnomalyKind::LevelShift
+        } else if ens.parts[0] >= ens.parts[1..].iter().copied().fold(0.0, f64::max) {
+            AnomalyKind::Point
+        } else {
+            AnomalyKind::Trend
         };
         out.push(self.anomaly(p, id, closed_ts, &scored, &ens, kind));
         out
@@ -559,7 +568,8 @@ impl Detector {
         ens: &StreamScore,
         kind: AnomalyKind,
     ) -> Anomaly {
-        let severity = if s.z.abs() >= 2.0 * self.cfg.z_threshold {
+        let top = ens.parts.iter().copied().fold(0.0, f64::max);
+        let severity = if ens.surprisal >= 2.0 * self.cfg.alarm_surprisal {
             Severity::Critical
         } else {
             Severity::Warning
@@ -604,7 +614,7 @@ impl Detector {
                                 detector: (*name).into(),
                                 // Surprisal on the file scorer's 0..1 scale (−log10 p / 300).
                                 score: surprisal / 300.0,
-                                weight: if surprisal >= ens.surprisal && surprisal > 0.0 {
+                                weight: if surprisal >= top && surprisal > 0.0 {
                                     1.0
                                 } else {
                                     0.0

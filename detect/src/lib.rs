@@ -5,6 +5,7 @@
 //! series; [`DetectStage`] runs it on the bus (`seismo.points` → anomalies table +
 //! `seismo.anomalies`) through the generic stage runner.
 
+mod calibrate;
 mod detector;
 mod entity;
 mod iforest;
@@ -13,11 +14,10 @@ mod prefetch;
 mod seasonal;
 mod stage;
 mod stream;
-mod window;
 
-pub use detector::{DETECTOR_NAME, Detector, ENTITY_DETECTOR_NAME, MAX_MAGNITUDE};
+pub use detector::{DETECTOR_NAME, Detector, ENSEMBLE_PARTS, ENTITY_DETECTOR_NAME, MAX_MAGNITUDE};
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
-pub use model::{DetectConfig, Scored, SeriesModel};
+pub use model::{AlarmRun, DetectConfig, Scored, SeriesModel};
 pub use seasonal::SeasonalView;
 pub use stage::{DetectOut, DetectStage, Source};
-pub use stream::{StreamConfig, StreamScore, StreamScorer, normal_tail};
+pub use stream::{PARTS, StreamConfig, StreamScore, StreamScorer, normal_tail};

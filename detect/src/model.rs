@@ -14,24 +14,30 @@ pub struct DetectConfig {
     /// Number of slots the seasonal profile has per cycle; more slots follow sharper
     /// daily shapes but need more history per slot.
     pub season_slots: u32,
-    /// Residuals beyond this many robust standard deviations are anomalous.
+    /// Width of the band an anomaly reports (expected ± this many robust standard
+    /// deviations); a bucket beyond twice it is critical. The band explains an alarm; it
+    /// does not raise one.
     pub z_threshold: f64,
-    /// Observations a series needs before it may raise anomalies.
+    /// Buckets a series needs before it may raise anomalies (every detector: the ensemble
+    /// and the band alike).
     pub warmup: u32,
-    /// While an anomaly lasts, raise it again at most every this many observations.
+    /// While an alarm lasts (its buckets stay at or above `alarm_surprisal`), raise it
+    /// again every this many buckets, so an incident hears that it goes on.
     pub repeat_every: u32,
-    /// After this many consecutive anomalous observations the series is taken to have
-    /// moved to a new level: it is re-baselined and one level-shift anomaly is raised.
+    /// After this many consecutive buckets outside the band the series is taken to have
+    /// moved to a new level: the band re-baselines, and an alarm raised then is a
+    /// level shift.
     pub level_shift_after: u32,
     /// Smallest robust scale, relative to the expected value's magnitude; keeps perfectly
     /// flat series from alarming on rounding noise.
     pub min_relative_scale: f64,
-    /// Buckets whose streaming-ensemble score (the scorer of `seismo detect`, 0..1) reaches
-    /// this are anomalies too, even when the seasonal model stays within its band. 1.0
-    /// turns the ensemble's alarms off (it still scores and explains). The default, a tail
-    /// probability of 1e-30, is stricter than NAB's optimum for one file (about 1e-11):
-    /// a fleet has thousands of series, and each must stay quiet.
-    pub ensemble_threshold: f64,
+    /// A bucket is an alarm when the streaming ensemble (the scorer of `seismo detect` and
+    /// `seismo eval nab`, calibrated against each series' own history) finds it this
+    /// improbable: −log10 of the false-alarm probability per bucket. At 6, a series that
+    /// behaves as it has so far raises about one false alarm in a million buckets
+    /// (two years of minutes); the ensemble damps the buckets after an onset, so an
+    /// episode is one alarm (repeated every `repeat_every` buckets while it lasts).
+    pub alarm_surprisal: f64,
     /// A host's row of metrics whose tail probability (its isolation-forest score, the
     /// persistence of high scores, or its whitened distance, against the host's recent
     /// rows) is below 10^−this is a `multivariate` anomaly. One row a bucket a host, and
@@ -43,6 +49,9 @@ pub struct DetectConfig {
     /// newer; a point that arrives for it later is late: stored and counted
     /// (`seismo_detect_late_points_total`), but not scored.
     pub allowed_lateness_secs: u64,
+    /// The streaming ensemble (`[detect.stream]`): the scorer of `seismo detect` and
+    /// `seismo eval nab`, run on every series' buckets.
+    pub stream: crate::StreamConfig,
 }
 
 impl Default for DetectConfig {
@@ -56,10 +65,57 @@ impl Default for DetectConfig {
             repeat_every: 15,
             level_shift_after: 60,
             min_relative_scale: 0.002,
-            ensemble_threshold: 0.1,
+            alarm_surprisal: 6.0,
             entity_threshold: 6.0,
             allowed_lateness_secs: 120,
+            stream: crate::StreamConfig::default(),
         }
+    }
+}
+
+impl DetectConfig {
+    /// The ensemble's score of a bucket as alarms are decided on it: 0 during the
+    /// warm-up, when no detector may raise anything. `seismo eval nab` scores this.
+    pub fn gated_score(&self, observations: u64, score: f64) -> f64 {
+        if observations > u64::from(self.warmup) {
+            score
+        } else {
+            0.0
+        }
+    }
+
+    /// Checks the values detection cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.alarm_surprisal.is_finite() && self.alarm_surprisal > 0.0) {
+            return Err(format!(
+                "detect.alarm_surprisal is {}: it must be a positive number (6 = one false alarm in a million buckets)",
+                self.alarm_surprisal
+            ));
+        }
+        self.stream.validate()
+    }
+}
+
+/// Where a series stands in an alarm: how many buckets in a row were over the threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmRun(u32);
+
+impl AlarmRun {
+    /// Whether the last bucket was over the threshold.
+    pub fn active(&self) -> bool {
+        self.0 > 0
+    }
+
+    /// Whether the bucket the ensemble scored `s` (after `observations` buckets of its
+    /// series) raises an alarm: its gated score reaches the threshold (an onset, or a
+    /// bucket far beyond it), or it is over the threshold and a run of such buckets has
+    /// gone on for another `repeat_every`.
+    pub fn step(&mut self, cfg: &DetectConfig, observations: u64, s: &crate::StreamScore) -> bool {
+        let warm = cfg.gated_score(observations, 1.0) > 0.0;
+        let over = warm && s.surprisal >= cfg.alarm_surprisal;
+        self.0 = if over { self.0.saturating_add(1) } else { 0 };
+        over && (cfg.gated_score(observations, s.score) * 300.0 >= cfg.alarm_surprisal
+            || (self.0 - 1).is_multiple_of(cfg.repeat_every.max(1)))
     }
 }
 

@@ -130,9 +130,10 @@ impl DetectStage {
 #[async_trait]
 impl Stage for DetectStage {
     type Out = DetectOut;
-    /// 3: series entries carry the series' name and labels (2 did not; 1 was one JSON
+    /// 4: the calibrated ensemble and its alarm run (3 had the salted novelty sets and
+    /// the windowed forest; 2 lacked the series' name and labels; 1 was one JSON
     /// document).
-    const FORMAT: u32 = 3;
+    const FORMAT: u32 = 4;
 
     fn process(&mut self, m: &Message, out: &mut DetectOut) -> u64 {
         let mut folded = 0;

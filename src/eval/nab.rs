@@ -168,6 +168,52 @@ pub struct FileScores {
     pub windows: Vec<(usize, usize)>,
 }
 
+/// Every file's sweep under `cost`, window ids unique across the corpus.
+fn sweep_files(files: &[FileScores], cost: Cost) -> Vec<Swept> {
+    let mut base = 0;
+    files
+        .iter()
+        .map(|f| {
+            let s = sweep(&f.scores, &f.windows, base, cost);
+            base += f.windows.len();
+            s
+        })
+        .collect()
+}
+
+/// The threshold NAB picks for a set of files: the first (highest) of the best.
+fn best_threshold(swept: &[&Swept], cost: Cost) -> f64 {
+    score_by_threshold(swept.iter().flat_map(|s| s.iter()), cost)
+        .iter()
+        .fold((f64::NAN, f64::NEG_INFINITY), |acc, &(t, s)| {
+            if s > acc.1 { (t, s) } else { acc }
+        })
+        .0
+}
+
+/// Raw, null and perfect scores of a set of files at `threshold`.
+fn score_at(swept: &[&Swept], windows: usize, cost: Cost, threshold: f64) -> (f64, f64, f64) {
+    let raw: f64 = swept
+        .iter()
+        .map(|s| at_threshold(&score_by_threshold(s.iter(), cost), threshold))
+        .sum();
+    // The null detector misses every window that has a scorable row.
+    let null: f64 = swept
+        .iter()
+        .map(|s| {
+            let ids: std::collections::BTreeSet<usize> = s
+                .iter()
+                .filter_map(|r| match r.2 {
+                    Place::Window(id) => Some(id),
+                    _ => None,
+                })
+                .collect();
+            -cost.fn_weight * ids.len() as f64
+        })
+        .sum();
+    (raw, null, windows as f64 * cost.tp_weight)
+}
+
 /// Scores a corpus NAB's way for every profile in `profiles`.
 pub fn score_corpus(
     files: &[FileScores],
@@ -176,45 +222,10 @@ pub fn score_corpus(
     let windows_total: usize = files.iter().map(|f| f.windows.len()).sum();
     let mut out = BTreeMap::new();
     for (name, &cost) in profiles {
-        let mut base = 0;
-        let swept: Vec<Swept> = files
-            .iter()
-            .map(|f| {
-                let s = sweep(&f.scores, &f.windows, base, cost);
-                base += f.windows.len();
-                s
-            })
-            .collect();
-        let corpus = score_by_threshold(swept.iter().flatten(), cost);
-        // The first of the best, as NAB's stable sort picks it: the highest such threshold.
-        let threshold = corpus
-            .iter()
-            .fold((f64::NAN, f64::NEG_INFINITY), |acc, &(t, s)| {
-                if s > acc.1 { (t, s) } else { acc }
-            })
-            .0;
-        let raw: f64 = swept
-            .iter()
-            .map(|s| at_threshold(&score_by_threshold(s.iter(), cost), threshold))
-            .sum();
-        // The null detector misses every window that has a scorable row.
-        let null: f64 = swept
-            .iter()
-            .map(|s| {
-                let ids: std::collections::BTreeSet<usize> = s
-                    .iter()
-                    .filter_map(|r| {
-                        if let Place::Window(id) = r.2 {
-                            Some(id)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                -cost.fn_weight * ids.len() as f64
-            })
-            .sum();
-        let perfect = windows_total as f64 * cost.tp_weight;
+        let swept = sweep_files(files, cost);
+        let all: Vec<&Swept> = swept.iter().collect();
+        let threshold = best_threshold(&all, cost);
+        let (raw, null, perfect) = score_at(&all, windows_total, cost, threshold);
         out.insert(
             name.clone(),
             ProfileScore {
@@ -227,6 +238,135 @@ pub fn score_corpus(
         );
     }
     out
+}
+
+/// The category of a corpus file (`category/file.csv`).
+fn category(rel: &str) -> &str {
+    rel.split_once('/').map_or(rel, |(c, _)| c)
+}
+
+/// One held-out category: its scores at the configuration and threshold chosen on the
+/// other categories.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fold {
+    pub category: String,
+    pub files: usize,
+    pub windows: usize,
+    /// Which candidate configuration the other categories chose (an index into
+    /// [`Report::candidates`]).
+    pub choice: usize,
+    pub profiles: BTreeMap<String, ProfileScore>,
+}
+
+/// The profile candidates are chosen by.
+const SELECT_BY: &str = "standard";
+
+/// NAB's normalised score of the files `idx` of one run, at the threshold chosen on
+/// `fit` (NAB's normalisation, extended to a set without windows as described at
+/// [`leave_one_category_out`]).
+fn normalized_on(
+    files: &[FileScores],
+    swept: &[Swept],
+    idx: &[usize],
+    threshold: f64,
+    cost: Cost,
+    fit: &[usize],
+) -> ProfileScore {
+    let windows = |idx: &[usize]| idx.iter().map(|i| files[*i].windows.len()).sum::<usize>();
+    let pick = |idx: &[usize]| idx.iter().map(|i| &swept[*i]).collect::<Vec<_>>();
+    let (raw, null, perfect) = score_at(&pick(idx), windows(idx), cost, threshold);
+    let span = if perfect > null {
+        perfect - null
+    } else {
+        let (_, tn, tp) = score_at(&pick(fit), windows(fit), cost, threshold);
+        (tp - tn) / fit.len().max(1) as f64 * idx.len() as f64
+    };
+    ProfileScore {
+        threshold,
+        raw,
+        null,
+        perfect,
+        normalized: 100.0 + 100.0 * (raw - perfect) / span,
+    }
+}
+
+/// Leave-one-category-out over one or more candidate configurations (`runs[c]` holds
+/// candidate c's scored files, in the same order for every candidate). For each category,
+/// the candidate with the best standard score on the other categories is chosen, NAB's
+/// threshold is chosen on them too (per profile), and the held-out category is scored at
+/// both, normalised as NAB does (0 = null, 100 = perfect). A category without windows
+/// (artificialNoAnomaly) can only lose points to false positives, and NAB's
+/// normalisation is 0/0 there: it is scored 100 + 100·raw / d, where d is what a file is
+/// worth on average among the training files ((perfect − null) per file) times its
+/// files; for a category with windows that formula is NAB's own.
+pub fn leave_one_category_out(
+    runs: &[Vec<FileScores>],
+    profiles: &BTreeMap<String, Cost>,
+) -> Vec<Fold> {
+    let Some(files) = runs.first() else {
+        return Vec::new();
+    };
+    let mut cats: Vec<&str> = files.iter().map(|f| category(&f.rel)).collect();
+    cats.dedup();
+    // Every candidate's sweeps, per profile.
+    let swept: Vec<BTreeMap<&String, Vec<Swept>>> = runs
+        .iter()
+        .map(|run| {
+            profiles
+                .iter()
+                .map(|(n, c)| (n, sweep_files(run, *c)))
+                .collect()
+        })
+        .collect();
+    let mut folds = Vec::new();
+    for cat in cats {
+        let held: Vec<usize> = (0..files.len())
+            .filter(|i| category(&files[*i].rel) == cat)
+            .collect();
+        let train: Vec<usize> = (0..files.len()).filter(|i| !held.contains(i)).collect();
+        let choice = choose(runs, &swept, profiles, &train);
+        let run = &runs[choice];
+        let mut fold = Fold {
+            category: cat.to_string(),
+            files: held.len(),
+            windows: held.iter().map(|i| files[*i].windows.len()).sum(),
+            choice,
+            profiles: BTreeMap::new(),
+        };
+        for (name, &cost) in profiles {
+            let sw = &swept[choice][name];
+            let threshold =
+                best_threshold(&train.iter().map(|i| &sw[*i]).collect::<Vec<_>>(), cost);
+            fold.profiles.insert(
+                name.clone(),
+                normalized_on(run, sw, &held, threshold, cost, &train),
+            );
+        }
+        folds.push(fold);
+    }
+    folds
+}
+
+/// The candidate with the best standard score on the files `fit` (the first of equals).
+fn choose(
+    runs: &[Vec<FileScores>],
+    swept: &[BTreeMap<&String, Vec<Swept>>],
+    profiles: &BTreeMap<String, Cost>,
+    fit: &[usize],
+) -> usize {
+    let Some((name, &cost)) = profiles.get_key_value(SELECT_BY).or(profiles.iter().next()) else {
+        return 0;
+    };
+    let mut best = (0, f64::NEG_INFINITY);
+    for (c, run) in runs.iter().enumerate() {
+        let sw = &swept[c][name];
+        let threshold = best_threshold(&fit.iter().map(|i| &sw[*i]).collect::<Vec<_>>(), cost);
+        let score = normalized_on(run, sw, fit, threshold, cost, fit).normalized;
+        if score > best.1 {
+            best = (c, score);
+        }
+    }
+    best.0
 }
 
 /// The NAB corpus: data files, windows and profiles.
@@ -310,6 +450,186 @@ pub fn run(
     }
     let scores = score_corpus(&files, &corpus.profiles);
     Ok((files, scores))
+}
+
+/// What `seismo eval nab` reports: the candidate configurations, the one chosen on the
+/// whole corpus with its scores, and the leave-one-category-out folds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub files: usize,
+    pub rows: usize,
+    /// Each candidate's settings (`key=value` over the base configuration).
+    pub candidates: Vec<String>,
+    /// The candidate chosen on the whole corpus, and its scores.
+    pub chosen: usize,
+    pub whole: BTreeMap<String, ProfileScore>,
+    pub folds: Vec<Fold>,
+}
+
+impl Report {
+    /// NAB's normalised score of every held-out fold's outcome together, as if they were
+    /// one corpus: comparable with the whole-corpus score, which saw every category.
+    pub fn pooled(&self, profile: &str) -> f64 {
+        let (mut raw, mut null, mut perfect) = (0.0, 0.0, 0.0);
+        for p in self.folds.iter().filter_map(|f| f.profiles.get(profile)) {
+            raw += p.raw;
+            null += p.null;
+            perfect += p.perfect;
+        }
+        100.0 * (raw - null) / (perfect - null)
+    }
+
+    /// Mean of the held-out folds' normalised scores for `profile`.
+    pub fn fold_mean(&self, profile: &str) -> f64 {
+        let v: Vec<f64> = self
+            .folds
+            .iter()
+            .filter_map(|f| f.profiles.get(profile).map(|p| p.normalized))
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+}
+
+/// Candidate configurations: the base one with every combination of `choices`
+/// (`key=v1,v2,...`, a key of `[detect]` such as `stream.context_len`), labelled.
+pub fn candidates(
+    base: &DetectConfig,
+    choices: &[String],
+) -> anyhow::Result<Vec<(String, DetectConfig)>> {
+    let mut out = vec![(String::new(), toml::Value::try_from(base)?)];
+    for choice in choices {
+        let (key, values) = choice
+            .split_once('=')
+            .with_context(|| format!("--choose {choice:?}: expected KEY=V1,V2,..."))?;
+        let mut next = Vec::new();
+        for (label, doc) in &out {
+            for v in values.split(',') {
+                let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                    .or_else(|_| toml::from_str::<toml::Table>(&format!("v = {v:?}")))?
+                    .remove("v")
+                    .context("a value")?;
+                let mut doc = doc.clone();
+                let mut at = &mut doc;
+                let path: Vec<&str> = key.trim().split('.').collect();
+                for (i, part) in path.iter().enumerate() {
+                    let table = at
+                        .as_table_mut()
+                        .with_context(|| format!("--choose {key}: {part} is not in a table"))?;
+                    anyhow::ensure!(
+                        table.contains_key(*part),
+                        "--choose: detect has no setting {key}"
+                    );
+                    if i + 1 == path.len() {
+                        table.insert((*part).to_string(), value.clone());
+                        break;
+                    }
+                    at = table.get_mut(*part).expect("checked");
+                }
+                let sep = if label.is_empty() { "" } else { " " };
+                next.push((format!("{label}{sep}{}={v}", key.trim()), doc));
+            }
+        }
+        out = next;
+    }
+    out.into_iter()
+        .map(|(label, doc)| {
+            let cfg: DetectConfig = doc
+                .try_into()
+                .with_context(|| format!("candidate {label}"))?;
+            cfg.stream.validate().map_err(anyhow::Error::msg)?;
+            Ok((
+                if label.is_empty() {
+                    "as configured".into()
+                } else {
+                    label
+                },
+                cfg,
+            ))
+        })
+        .collect()
+}
+
+/// Scores the corpus with every candidate; the whole-corpus figures are the chosen
+/// candidate's (result files, if asked for, too).
+pub fn report(
+    corpus: &Corpus,
+    candidates: &[(String, DetectConfig)],
+    results: Option<(&Path, &str)>,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(!candidates.is_empty(), "no configuration to score");
+    let mut runs = Vec::new();
+    for (_, cfg) in candidates {
+        runs.push(run(corpus, cfg, None)?.0);
+    }
+    let swept: Vec<BTreeMap<&String, Vec<Swept>>> = runs
+        .iter()
+        .map(|run| {
+            corpus
+                .profiles
+                .iter()
+                .map(|(n, c)| (n, sweep_files(run, *c)))
+                .collect()
+        })
+        .collect();
+    let all: Vec<usize> = (0..runs[0].len()).collect();
+    let chosen = choose(&runs, &swept, &corpus.profiles, &all);
+    let (files, whole) = run(corpus, &candidates[chosen].1, results)?;
+    Ok(Report {
+        files: files.len(),
+        rows: files.iter().map(|f| f.scores.len()).sum(),
+        candidates: candidates.iter().map(|c| c.0.clone()).collect(),
+        chosen,
+        folds: leave_one_category_out(&runs, &corpus.profiles),
+        whole,
+    })
+}
+
+const PROFILES: [&str; 3] = ["standard", "reward_low_FP_rate", "reward_low_FN_rate"];
+
+/// The report as text.
+pub fn render(r: &Report) -> String {
+    let mut out = format!("NAB, {} files, {} rows\n", r.files, r.rows);
+    let several = r.candidates.len() > 1;
+    if several {
+        out.push_str(&format!(
+            "  {} candidate configurations; chosen on the whole corpus: {}\n",
+            r.candidates.len(),
+            r.candidates[r.chosen]
+        ));
+    }
+    out.push_str(&format!(
+        "  {:<40}{:>10}{:>10}{:>10}\n",
+        "", "standard", "low FP", "low FN"
+    ));
+    let line = |label: &str, f: &dyn Fn(&str) -> f64| {
+        let cells: String = PROFILES.iter().map(|p| format!("{:>10.2}", f(p))).collect();
+        format!("  {label:<40}{cells}\n")
+    };
+    out.push_str(&line("whole corpus", &|p| r.whole[p].normalized));
+    out.push_str(if several {
+        "  held out, at the configuration and threshold chosen on the other categories:\n"
+    } else {
+        "  held out, at the threshold chosen on the other categories:\n"
+    });
+    for fold in &r.folds {
+        let mut l = line(
+            &format!("  {} ({} windows)", fold.category, fold.windows),
+            &|p| fold.profiles[p].normalized,
+        );
+        if several {
+            l.insert_str(l.len() - 1, &format!("   {}", r.candidates[fold.choice]));
+        }
+        out.push_str(&l);
+    }
+    out.push_str(&line("mean of the held-out folds", &|p| r.fold_mean(p)));
+    out.push_str(&line("held-out folds pooled", &|p| r.pooled(p)));
+    out.push_str(&line("whole corpus minus fold mean", &|p| {
+        r.whole[p].normalized - r.fold_mean(p)
+    }));
+    out.push_str(&line("whole corpus minus pooled folds", &|p| {
+        r.whole[p].normalized - r.pooled(p)
+    }));
+    out
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDateTime};
-use seismo_detect::{DetectConfig, StreamConfig, StreamScorer};
+use seismo_detect::{DetectConfig, StreamScore, StreamScorer};
 
 /// Parses the timestamp formats files use: `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), RFC 3339,
 /// or epoch milliseconds.
@@ -75,14 +75,29 @@ pub fn read_series(text: &str, name: &str) -> anyhow::Result<Series> {
     Ok(s)
 }
 
-/// Scores every observation in order with one streaming model: causal by construction,
-/// since each score is computed before the model learns from its observation.
-pub fn score_series(_cfg: &DetectConfig, ts_ms: &[i64], values: &[f64]) -> Vec<f64> {
-    let scfg = StreamConfig::default();
-    let mut s = StreamScorer::new(&scfg);
+/// Every observation's full score (each detector's calibrated surprisal), in order; the
+/// score is gated by `detect.warmup` as the pipeline gates it.
+pub fn score_series_parts(cfg: &DetectConfig, ts_ms: &[i64], values: &[f64]) -> Vec<StreamScore> {
+    let scfg = &cfg.stream;
+    let mut s = StreamScorer::new(scfg);
     ts_ms
         .iter()
         .zip(values)
-        .map(|(t, v)| s.update(&scfg, *t, *v).score)
+        .map(|(t, v)| {
+            let mut sc = s.update(scfg, *t, *v);
+            sc.score = cfg.gated_score(s.observations(), sc.score);
+            sc
+        })
+        .collect()
+}
+
+/// Scores every observation in order with one streaming model, exactly as the pipeline
+/// scores a series' buckets (an alarm is a score at or above `alarm_surprisal / 300`):
+/// causal by construction, since each score is computed before the model learns from
+/// its observation.
+pub fn score_series(cfg: &DetectConfig, ts_ms: &[i64], values: &[f64]) -> Vec<f64> {
+    score_series_parts(cfg, ts_ms, values)
+        .into_iter()
+        .map(|s| s.score)
         .collect()
 }
