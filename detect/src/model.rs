@@ -77,11 +77,12 @@ impl DetectConfig {
     /// The ensemble's score of a bucket as alarms are decided on it: 0 during the
     /// warm-up, when no detector may raise anything. `seismo eval nab` scores this.
     pub fn gated_score(&self, observations: u64, score: f64) -> f64 {
-        if observations > u64::from(self.warmup) {
-            score
-        } else {
-            0.0
-        }
+        if self.warm(observations) { score } else { 0.0 }
+    }
+
+    /// Whether a series with this many observations is past the warm-up.
+    pub fn warm(&self, observations: u64) -> bool {
+        observations > u64::from(self.warmup)
     }
 
     /// Checks the values detection cannot work with.
@@ -111,8 +112,7 @@ impl AlarmRun {
     /// bucket far beyond it), or it is over the threshold and a run of such buckets has
     /// gone on for another `repeat_every`.
     pub fn step(&mut self, cfg: &DetectConfig, observations: u64, s: &crate::StreamScore) -> bool {
-        let warm = cfg.gated_score(observations, 1.0) > 0.0;
-        let over = warm && s.surprisal >= cfg.alarm_surprisal;
+        let over = cfg.warm(observations) && s.surprisal >= cfg.alarm_surprisal;
         self.0 = if over { self.0.saturating_add(1) } else { 0 };
         over && (cfg.gated_score(observations, s.score) * 300.0 >= cfg.alarm_surprisal
             || (self.0 - 1).is_multiple_of(cfg.repeat_every.max(1)))
