@@ -118,6 +118,32 @@ pub enum EvalCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Server-metric entities (the layout of ../shared/data/multivariate: GROUP/ENTITY/
+    /// {train,test}.csv with a `label` column in test.csv, and interpretation.txt), each
+    /// streamed train then test through the detect stage's detector as one host; prints
+    /// point-adjusted F1, event recall, false-alarm minutes a day, detection delay and
+    /// HitRate per entity, pooled, and left one entity out.
+    Multivariate {
+        dir: PathBuf,
+        /// Candidate values of a [detect] setting, KEY=V1,V2,... (repeatable: every
+        /// combination is a candidate). Each held-out entity is scored with the candidate
+        /// the other entities of its group chose.
+        #[arg(long)]
+        choose: Vec<String>,
+        /// Sampling step of a group, GROUP=SECONDS (repeatable; asd defaults to 300, any
+        /// other group to 60).
+        #[arg(long)]
+        step: Vec<String>,
+        /// The false-alarm budget candidates are chosen within, in minutes a day per host.
+        #[arg(long, default_value_t = 5.0)]
+        max_false_minutes: f64,
+        /// Only these entities (repeatable; GROUP/ENTITY or ENTITY).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Also write the scores as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Root-cause ranking on microservice fault cases (the layout of ../shared/data/rca:
     /// per system graph.json and cases/*/{metrics.csv,truth.json}); prints AC@1, AC@3 and
     /// Avg@5 per system, fault type and day, for `investigate` and for the incidents of each

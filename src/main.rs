@@ -79,6 +79,45 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Eval(EvalCommand::Multivariate {
+                dir,
+                choose,
+                step,
+                max_false_minutes,
+                only,
+                json,
+            }) => {
+                let mut steps = std::collections::BTreeMap::new();
+                for s in &step {
+                    let (g, v) = s
+                        .split_once('=')
+                        .with_context(|| format!("--step {s:?}: expected GROUP=SECONDS"))?;
+                    let secs: u64 = v.parse().ok().filter(|v| *v > 0).with_context(|| {
+                        format!("--step {s:?}: SECONDS must be a positive whole number")
+                    })?;
+                    steps.insert(g.to_string(), secs);
+                }
+                let mut entities = seismo::eval::multivariate::open(&dir, &steps)?;
+                if !only.is_empty() {
+                    entities.retain(|e| {
+                        only.iter()
+                            .any(|o| *o == e.name || *o == format!("{}/{}", e.group, e.name))
+                    });
+                    anyhow::ensure!(!entities.is_empty(), "--only matched no entity");
+                }
+                let candidates = seismo::eval::nab::candidates(&cfg.detect, &choose)?;
+                let report = seismo::eval::multivariate::report(
+                    &entities,
+                    &candidates,
+                    max_false_minutes,
+                    true,
+                )?;
+                print!("{}", seismo::eval::multivariate::render(&report));
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                }
+                Ok(())
+            }
             Command::Eval(EvalCommand::Rca {
                 dir,
                 json,

@@ -11,7 +11,7 @@ use seismo_schemas::{
     Anomaly, AnomalyKind, DetectorPart, Explanation, MetricPoint, SeriesId, Severity,
 };
 
-use crate::entity::{EntityState, Finding};
+use crate::entity::{EntityState, Finding, MAX_MEMBERS};
 use crate::{AlarmRun, DetectConfig, Scored, SeriesModel, StreamScore, StreamScorer};
 
 static LATE: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -404,6 +404,32 @@ impl Detector {
         for (id, p) in due {
             out.extend(self.close_bucket(partition, id, &p));
         }
+        // Hosts whose row's time is over are scored with the members that reported.
+        let before = horizon.div_euclid(bucket_ms);
+        let mut keys: Vec<String> = self
+            .entities
+            .get(&partition)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        for key in keys {
+            let found = self
+                .entities
+                .get_mut(&partition)
+                .and_then(|m| m.get_mut(&key))
+                .map(|e| e.finish_due(before, self.cfg.entity_threshold, &self.cfg.stream))
+                .unwrap_or_default();
+            if !found.is_empty() {
+                self.dirty
+                    .entry(partition)
+                    .or_default()
+                    .entities
+                    .insert(key.clone());
+            }
+            for f in found {
+                out.extend(self.entity_anomaly(partition, &key, &f));
+            }
+        }
         for a in &mut out {
             a.make_finite();
         }
@@ -459,10 +485,23 @@ impl Detector {
             let e = entities
                 .entry(key.clone())
                 .or_insert_with(|| EntityState::new(fnv1a(key.as_bytes())));
-            if let Some(i) = e.member(id, &p.name, &p.labels)
-                && let Some(f) = e.observe(i, closed, mean, self.cfg.entity_threshold)
-            {
-                out.extend(self.entity_anomaly(partition, p, &key, &f));
+            let own = if self.cfg.warm(st.ensemble.observations()) {
+                ens.surprisal
+            } else {
+                0.0
+            };
+            if let Some(i) = e.member(id, &p.name, &p.labels) {
+                let found = e.observe(
+                    i,
+                    closed,
+                    mean,
+                    own,
+                    self.cfg.entity_threshold,
+                    &self.cfg.stream,
+                );
+                for f in found {
+                    out.extend(self.entity_anomaly(partition, &key, &f));
+                }
             }
         }
         let st = self
@@ -492,13 +531,7 @@ impl Detector {
     }
 
     /// The anomaly of a host's unusual row, raised on the member that contributed most.
-    fn entity_anomaly(
-        &self,
-        partition: u32,
-        p: &MetricPoint,
-        key: &str,
-        f: &Finding,
-    ) -> Option<Anomaly> {
+    fn entity_anomaly(&self, partition: u32, key: &str, f: &Finding) -> Option<Anomaly> {
         let e = self.entities.get(&partition)?.get(key)?;
         let share = |i: usize| f.contributions.get(i).copied().unwrap_or(0.0);
         let top = (0..e.members.len())
@@ -511,7 +544,13 @@ impl Detector {
             })?;
         let (m, c) = (&e.members[top], f.cells[top]?);
         let ts_ms = f.bucket * self.bucket_ms;
-        let host = key.split_once('/').map_or(key, |(_, h)| h);
+        let (tenant, host) = key.split_once('/').unwrap_or(("", key));
+        let left_out = match e.left_out() {
+            0 => String::new(),
+            n => format!(
+                "; {n} more of its series are left out (a host model takes its first {MAX_MEMBERS})"
+            ),
+        };
         let parts: Vec<String> = e
             .members
             .iter()
@@ -520,7 +559,7 @@ impl Detector {
             .collect();
         Some(Anomaly {
             id: Anomaly::make_id(m.id, ts_ms, ENTITY_DETECTOR_NAME),
-            tenant: p.tenant.clone(),
+            tenant: tenant.to_string(),
             series_id: m.id,
             name: m.name.clone(),
             labels: m.labels.clone(),
@@ -551,7 +590,7 @@ impl Detector {
                 seasonal_periods_s: Vec::new(),
                 z_score: c.z,
                 summary: format!(
-                    "host {host}: an unusual combination of its metrics ({}); tail probability 1e-{:.1}",
+                    "host {host}: an unusual combination of its metrics ({}); tail probability 1e-{:.1}{left_out}",
                     parts.join(", "),
                     f.surprisal
                 ),
@@ -675,7 +714,8 @@ mod tests {
 
     #[test]
     fn a_host_whose_metrics_rise_together_gets_one_multivariate_anomaly() {
-        // Three metrics of host h1 with independent noise; for ten buckets from 900 all
+        // Three metrics of host h1 with independent noise; for ten buckets from 4500 (past
+        // the host's calibration warm-up) all
         // three are 3 sd up at once: no single value is remarkable for its series (a tail
         // near 1e-3), the three together are. The host raises it once, during the episode.
         let mut det = Detector::new(DetectConfig::default());
@@ -684,12 +724,12 @@ mod tests {
         let names = ["cpu", "load", "latency"];
         let mut found = Vec::new();
         let mut checkpoint = None;
-        for b in 0..1000i64 {
-            if b == 500 {
+        for b in 0..4600i64 {
+            if b == 2000 {
                 checkpoint = Some(det.take_dirty(0));
             }
             for name in names {
-                let v = 50.0 + 5.0 * (noise() + if (900..910).contains(&b) { 3.0 } else { 0.0 });
+                let v = 50.0 + 5.0 * (noise() + if (4500..4510).contains(&b) { 3.0 } else { 0.0 });
                 found.extend(det.process(0, &point(name, "h1", b * 60_000, v)));
             }
         }
@@ -700,7 +740,7 @@ mod tests {
         assert_eq!(multi.len(), 1, "{multi:#?}");
         let a = multi[0];
         let bucket = a.ts.timestamp_millis() / 60_000;
-        assert!((900..910).contains(&bucket), "raised at bucket {bucket}");
+        assert!((4500..4510).contains(&bucket), "raised at bucket {bucket}");
         assert_eq!(a.detector, ENTITY_DETECTOR_NAME);
         assert!(
             a.explanation.summary.contains("host h1"),
@@ -722,10 +762,10 @@ mod tests {
         let mut again = Vec::new();
         let mut rng = crate::Rng::new(3);
         let mut noise = move || (0..6).map(|_| rng.f64()).sum::<f64>() * 1.414 - 4.243;
-        for b in 0..1000i64 {
+        for b in 0..4600i64 {
             for name in names {
-                let v = 50.0 + 5.0 * (noise() + if (900..910).contains(&b) { 3.0 } else { 0.0 });
-                if b >= 500 {
+                let v = 50.0 + 5.0 * (noise() + if (4500..4510).contains(&b) { 3.0 } else { 0.0 });
+                if b >= 2000 {
                     again.extend(other.process(0, &point(name, "h1", b * 60_000, v)));
                 }
             }

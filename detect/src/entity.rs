@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::iforest::{ForestParams, IsolationForest, Rows, drop_shares};
-use crate::stream::{Ew, poisson_upper};
+use crate::stream::{Ew, StreamConfig, poisson_upper};
 
 /// Rows a forest is fitted on, and rows between refits; the history keeps both, so the
 /// rows of the last fit are still there when a checkpoint is restored.
@@ -53,8 +53,15 @@ const HISTORY: usize = FIT_ROWS + REFIT_EVERY as usize;
 /// 150 KiB each) and rows have few features; ψ stays at the paper's 256.
 const TREES: usize = 50;
 const SAMPLE: usize = 256;
-/// Most members of one entity; further series of the host are left out of its forest.
-pub const MAX_MEMBERS: usize = 32;
+/// Most members of one entity. Every metric of a server-sized host takes part (SMD hosts
+/// have 38, a node exporter's default set about 60 summary series); the cap only bounds
+/// the cost of a host that exports thousands (the whitening refit is cubic in members).
+/// Members are taken in the order they first report, so the set is stable across runs;
+/// a host's anomaly states how many of its metrics were left out.
+pub const MAX_MEMBERS: usize = 128;
+/// Rows of the windowed joint test: a 3-to-8-bucket segment in which several metrics are
+/// each a little unusual adds up over the window where no single row stands out.
+const JOINT_WINDOW: usize = 5;
 /// Smoothing of each member's Holt forecast (level, and trend as a share of it): about a
 /// 30-bucket memory for the level, so a change stays visible for a while, and a trend
 /// that follows a daily cycle's ramps (a sine of 100 times the noise over 1,440 buckets
@@ -134,6 +141,10 @@ pub struct Cell {
     pub expected: f64,
     pub sd: f64,
     pub z: f64,
+    /// The member's own calibrated surprisal of this bucket (its ensemble's; 0 while it
+    /// warms up).
+    #[serde(default)]
+    pub surprisal: f64,
 }
 
 /// A finished row the forest found improbable.
@@ -178,6 +189,27 @@ pub struct EntityState {
     /// Tail models of the scores and the distances.
     #[serde(default)]
     tails: Option<[Tail; 2]>,
+    /// The row surprisal checked against the host's own history of it (the calibration
+    /// every series detector gets): the three measures' claims are exact only when the
+    /// recent rows are typical of the future ones, which a host's drift breaks.
+    #[serde(default)]
+    calibration: Option<crate::calibrate::Tail>,
+    /// The joint test: the members' surprisals of the last [`JOINT_WINDOW`] rows (oldest
+    /// first), and the calibration of its one-row and windowed claims.
+    #[serde(default)]
+    joint_rows: VecDeque<Vec<f32>>,
+    #[serde(default)]
+    joint_tails: Option<[crate::calibrate::Tail; 2]>,
+    /// Whether the row of `row_bucket` was scored already (all members reported, or its
+    /// time passed): a cell for it that comes later is learned, not placed.
+    #[serde(default)]
+    row_done: bool,
+    /// Rows the calibrations have learned.
+    #[serde(default)]
+    calibrated_rows: u64,
+    /// Series of the host beyond [`MAX_MEMBERS`], counted once each.
+    #[serde(default)]
+    left_out: Vec<u64>,
     /// Whether an episode was raised and has not yet been quiet for [`QUIET_ROWS`], and
     /// how many rows it has been quiet.
     episode: bool,
@@ -253,6 +285,9 @@ impl EntityState {
             return Some(i);
         }
         if self.members.len() >= MAX_MEMBERS {
+            if !self.left_out.contains(&id) && self.left_out.len() < 1024 {
+                self.left_out.push(id);
+            }
             return None;
         }
         self.members.push(Member {
@@ -270,43 +305,86 @@ impl EntityState {
         (self.run, self.runs) = (0, Ew::default());
         self.distances.clear();
         self.tails = None;
+        self.calibration = None;
+        self.joint_rows.clear();
+        self.joint_tails = None;
+        self.calibrated_rows = 0;
         (self.episode, self.quiet) = (false, 0);
         Some(self.members.len() - 1)
     }
 
-    /// Places member `i`'s closed bucket (its mean `value`); returns a finding when this
-    /// finishes an improbable row. `threshold` is the surprisal a finding needs.
+    /// Places member `i`'s closed bucket (its mean `value` and its own calibrated
+    /// `surprisal`); returns the findings of rows this finishes. A row is scored as soon
+    /// as every member has reported its bucket, or when a later bucket starts, or when
+    /// [`EntityState::finish_due`] says its time is over, whichever comes first.
     pub fn observe(
         &mut self,
         i: usize,
         bucket: i64,
         value: f64,
+        surprisal: f64,
         threshold: f64,
-    ) -> Option<Finding> {
-        if bucket < self.row_bucket || i >= self.members.len() {
-            return None;
+        stream: &StreamConfig,
+    ) -> Vec<Finding> {
+        if i >= self.members.len() {
+            return Vec::new();
         }
-        let mut found = None;
+        let mut found = Vec::new();
         if bucket > self.row_bucket {
-            found = self.finish_row(threshold);
+            if !self.row_done {
+                found.extend(self.finish_row(threshold, stream));
+            }
             self.row_bucket = bucket;
+            self.row_done = false;
             self.row.iter_mut().for_each(|c| *c = None);
         }
         let f = &mut self.members[i].forecast;
-        if f.miss.n > MEMBER_WARMUP {
+        if bucket == self.row_bucket && !self.row_done && f.miss.n > MEMBER_WARMUP {
             let (expected, sd) = (f.expected(), f.sd());
             self.row[i] = Some(Cell {
                 value,
                 expected,
                 sd,
                 z: ((value - expected) / sd).clamp(-MAX_Z, MAX_Z),
+                surprisal,
             });
         }
-        f.learn(value);
+        if bucket >= self.row_bucket {
+            f.learn(value);
+        }
+        let warm = self
+            .members
+            .iter()
+            .filter(|m| m.forecast.miss.n > MEMBER_WARMUP)
+            .count();
+        if !self.row_done && warm > 0 && self.row.iter().flatten().count() >= warm {
+            found.extend(self.finish_row(threshold, stream));
+            self.row_done = true;
+        }
         found
     }
 
-    fn finish_row(&mut self, threshold: f64) -> Option<Finding> {
+    /// Scores the open row if its bucket is before `bucket` (event time has passed its end
+    /// and the allowed lateness), with the members that reported.
+    pub fn finish_due(
+        &mut self,
+        bucket: i64,
+        threshold: f64,
+        stream: &StreamConfig,
+    ) -> Vec<Finding> {
+        if self.row_done || self.row_bucket >= bucket || self.row.iter().all(Option::is_none) {
+            return Vec::new();
+        }
+        self.row_done = true;
+        self.finish_row(threshold, stream).into_iter().collect()
+    }
+
+    /// How many series of the host are left out (beyond [`MAX_MEMBERS`]).
+    pub fn left_out(&self) -> usize {
+        self.left_out.len()
+    }
+
+    fn finish_row(&mut self, threshold: f64, stream: &StreamConfig) -> Option<Finding> {
         let warm = self
             .members
             .iter()
@@ -317,6 +395,9 @@ impl EntityState {
             return None;
         }
         let x: Vec<f64> = self.row.iter().map(|c| c.map_or(0.0, |c| c.z)).collect();
+        // Members that reported: their surprisals (the others count as unremarkable).
+        let s_row: f64 = self.row.iter().flatten().map(|c| c.surprisal).sum();
+        let n_row = self.row.iter().flatten().count();
         self.ensure_forest();
         let mut found = None;
         if let Some(model) = &self.model {
@@ -351,8 +432,43 @@ impl EntityState {
                 let persistence = poisson_upper((count / m).ceil() as u32, rate / m);
                 let point = tail.point(s);
                 let distance = dtail.point(dist);
-                let surprisal = point.max(persistence).max(distance);
-                let raise = surprisal >= threshold && !self.episode;
+                let claimed = point.max(persistence).max(distance);
+                let cal = self
+                    .calibration
+                    .get_or_insert_with(|| crate::calibrate::Tail::new(stream.tail_prior));
+                let forest = cal.surprisal(claimed, stream.tail_max_shape);
+                cal.learn(claimed, stream.tail_rate_memory, stream.tail_excess_memory);
+                // The joint test: Fisher's combination of the members' own surprisals, of
+                // this row and of the window, each calibrated like every other claim
+                // (metrics of one host are dependent, which Fisher's formula ignores).
+                let window_sum: f64 = self
+                    .joint_rows
+                    .iter()
+                    .flatten()
+                    .map(|v| f64::from(*v))
+                    .sum::<f64>()
+                    + s_row;
+                let window_n = self.joint_rows.iter().map(Vec::len).sum::<usize>() + n_row;
+                let claims = [
+                    fisher_surprisal(s_row, n_row),
+                    fisher_surprisal(window_sum, window_n),
+                ];
+                let tails = self.joint_tails.get_or_insert_with(|| {
+                    std::array::from_fn(|_| crate::calibrate::Tail::new(stream.tail_prior))
+                });
+                let mut joint = [0.0; 2];
+                for ((t, c), j) in tails.iter_mut().zip(claims).zip(&mut joint) {
+                    *j = t.surprisal(c, stream.tail_max_shape);
+                    t.learn(c, stream.tail_rate_memory, stream.tail_excess_memory);
+                }
+                // Three tests (the forest's and the two joint ones): Bonferroni.
+                let surprisal = (forest.max(joint[0]).max(joint[1]) - 3f64.log10()).max(0.0);
+                // The joint tests' nominal tail is known to be wrong for a host's dependent
+                // metrics, so nothing is raised before the host's own rows outweigh the
+                // calibrations' prior (tail_prior exceedances at the nominal 1 %).
+                self.calibrated_rows += 1;
+                let calibrated = self.calibrated_rows >= stream.tail_prior.saturating_mul(100);
+                let raise = calibrated && surprisal >= threshold && !self.episode;
                 if surprisal >= threshold {
                     (self.episode, self.quiet) = (true, 0);
                 } else if self.episode {
@@ -365,7 +481,28 @@ impl EntityState {
                         surprisal,
                         score: s,
                         cells: self.row.clone(),
-                        contributions: if distance > point.max(persistence) {
+                        contributions: if joint[0].max(joint[1]) >= forest {
+                            // The members' own evidence, over the row or the window.
+                            let by: Vec<f64> = (0..self.members.len())
+                                .map(|m| {
+                                    let own = self.row[m].map_or(0.0, |c| c.surprisal);
+                                    if joint[1] > joint[0] {
+                                        self.joint_rows
+                                            .iter()
+                                            .filter_map(|r| r.get(m))
+                                            .map(|v| f64::from(*v))
+                                            .sum::<f64>()
+                                            + own
+                                    } else {
+                                        own
+                                    }
+                                })
+                                .collect();
+                            let total: f64 = by.iter().sum();
+                            by.iter()
+                                .map(|v| if total > 0.0 { v / total } else { 0.0 })
+                                .collect()
+                        } else if distance > point.max(persistence) {
                             model.contributions(&x, Model::distance)
                         } else {
                             model.contributions(&x, Model::score)
@@ -381,6 +518,15 @@ impl EntityState {
             if self.distances.len() > SCORE_RING {
                 self.distances.pop_front();
             }
+        }
+        self.joint_rows.push_back(
+            self.row
+                .iter()
+                .map(|c| c.map_or(0.0, |c| c.surprisal as f32))
+                .collect(),
+        );
+        if self.joint_rows.len() >= JOINT_WINDOW {
+            self.joint_rows.pop_front();
         }
         self.history
             .push_back(x.iter().map(|v| *v as f32).collect());
@@ -427,6 +573,27 @@ impl EntityState {
         };
         self.model = Some(Model::fit(&data, d, params));
     }
+}
+
+/// −log10 of Fisher's combined p-value of `n` independent tests whose surprisals
+/// (−log10 p) sum to `sum`: P(χ²₂ₙ ≥ 2 ln 10 · sum) = e^−h Σ_{k<n} h^k / k!, h = ln 10 · sum.
+fn fisher_surprisal(sum: f64, n: usize) -> f64 {
+    if n == 0 || sum <= 0.0 {
+        return 0.0;
+    }
+    let h = std::f64::consts::LN_10 * sum;
+    // log of the terms h^k / k!, summed by log-sum-exp.
+    let mut term = 0.0f64;
+    let mut terms = Vec::with_capacity(n);
+    for k in 0..n {
+        if k > 0 {
+            term += h.ln() - (k as f64).ln();
+        }
+        terms.push(term);
+    }
+    let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_sum = top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln();
+    ((h - log_sum) / std::f64::consts::LN_10).clamp(0.0, 300.0)
 }
 
 /// Smallest variance a whitened direction is given, in squared residual units: metrics
@@ -590,7 +757,7 @@ mod tests {
         let mut out = Vec::new();
         for (b, row) in rows.iter().enumerate() {
             for (i, v) in row.iter().enumerate() {
-                out.extend(e.observe(i, b as i64, *v, threshold));
+                out.extend(e.observe(i, b as i64, *v, 0.0, threshold, &StreamConfig::default()));
             }
         }
         out
@@ -636,10 +803,10 @@ mod tests {
     fn a_broken_co_movement_is_noticed_once_and_noise_stays_quiet() {
         // Two metrics that move together (a shared driver plus a little of their own noise)
         // and one independent metric, on a daily wave the forecasts absorb. For ten rows
-        // from 1500 the pair splits: one 2.5 sd up, the other 2.5 sd down. Neither is
+        // from 4500 (past the host's calibration warm-up) the pair splits: one 2.5 sd up, the other 2.5 sd down. Neither is
         // remarkable alone; together they break a relation the host always kept.
         let mut rng = Rng::new(11);
-        let rows: Vec<Vec<f64>> = (0..2000)
+        let rows: Vec<Vec<f64>> = (0..5000)
             .map(|b| {
                 let wave = 100.0 * (b as f64 * std::f64::consts::TAU / 1440.0).sin();
                 let shared = normal(&mut rng);
@@ -647,7 +814,7 @@ mod tests {
                     shared + 0.2 * normal(&mut rng),
                     shared + 0.2 * normal(&mut rng),
                 );
-                if (1500..1510).contains(&b) {
+                if (4500..4510).contains(&b) {
                     (a, c) = (a + 2.5, c - 2.5);
                 }
                 vec![
@@ -660,7 +827,7 @@ mod tests {
         let mut e = entity(&["requests", "cpu", "disk"]);
         let findings = run(&mut e, &rows, THRESHOLD);
         let at: Vec<(i64, f64)> = findings.iter().map(|f| (f.bucket, f.surprisal)).collect();
-        let hit = findings.iter().find(|f| (1500..1510).contains(&f.bucket));
+        let hit = findings.iter().find(|f| (4500..4510).contains(&f.bucket));
         assert!(hit.is_some(), "findings {at:?}");
         assert!(at.len() <= 2, "too many findings {at:?}");
         // The split pair carries the score, not the independent metric.
@@ -670,26 +837,39 @@ mod tests {
 
     #[test]
     fn a_joint_rise_is_noticed_and_a_restore_grows_the_same_forest() {
-        // Three metrics with independent noise; for ten rows from 1200 all three are 3 sd
-        // high at once: unremarkable for one series, rare for the three together.
+        // Three metrics with independent noise; for ten rows from 4200 all three are 3 sd
+        // high at once: unremarkable for one series (each member's own surprisal is its
+        // two-sided normal tail, about 2.6 there), rare for the three together.
         let mut rng = Rng::new(1);
-        let rows: Vec<Vec<f64>> = (0..1400)
+        let rows: Vec<Vec<(f64, f64)>> = (0..4400)
             .map(|b| {
-                let up = if (1200..1210).contains(&b) { 3.0 } else { 0.0 };
-                (0..3).map(|_| up + normal(&mut rng)).collect()
+                let up = if (4200..4210).contains(&b) { 3.0 } else { 0.0 };
+                (0..3)
+                    .map(|_| {
+                        let x = up + normal(&mut rng);
+                        (x, -(2.0 * crate::stream::normal_tail(x.abs())).log10())
+                    })
+                    .collect()
             })
             .collect();
         let mut e = entity(&["cpu", "load", "disk"]);
-        let (head, tail) = rows.split_at(700);
-        let mut findings = run(&mut e, head, THRESHOLD);
+        let (head, tail) = rows.split_at(3700);
+        let mut findings: Vec<Finding> = run_with(&mut e, head).into_iter().map(|f| f.1).collect();
         // A checkpoint taken mid-stream, restored into a fresh process.
         let mut restored: EntityState =
             serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         let resume = |e: &mut EntityState| {
             let mut out = Vec::new();
             for (b, row) in tail.iter().enumerate() {
-                for (i, v) in row.iter().enumerate() {
-                    out.extend(e.observe(i, 700 + b as i64, *v, THRESHOLD));
+                for (i, (v, own)) in row.iter().enumerate() {
+                    out.extend(e.observe(
+                        i,
+                        3700 + b as i64,
+                        *v,
+                        *own,
+                        THRESHOLD,
+                        &StreamConfig::default(),
+                    ));
                 }
             }
             out
@@ -698,12 +878,12 @@ mod tests {
         let again = resume(&mut restored);
         let buckets = |v: &[Finding]| {
             v.iter()
-                .filter(|f| f.bucket >= 700)
+                .filter(|f| f.bucket >= 3700)
                 .map(|f| (f.bucket, f.surprisal))
                 .collect::<Vec<_>>()
         };
         assert!(
-            findings.iter().any(|f| (1200..1210).contains(&f.bucket)),
+            findings.iter().any(|f| (4200..4210).contains(&f.bucket)),
             "{:?}",
             buckets(&findings)
         );
@@ -741,5 +921,132 @@ mod tests {
             let at: Vec<(i64, f64)> = findings.iter().map(|f| (f.bucket, f.surprisal)).collect();
             assert!(findings.len() <= 3, "phi {phi}: {at:?}");
         }
+    }
+
+    /// Feeds rows of (value, own surprisal) per member; returns each finding with the
+    /// bucket whose observe call returned it.
+    fn run_with(e: &mut EntityState, rows: &[Vec<(f64, f64)>]) -> Vec<(i64, Finding)> {
+        let mut out = Vec::new();
+        for (b, row) in rows.iter().enumerate() {
+            for (i, (v, s)) in row.iter().enumerate() {
+                for f in e.observe(i, b as i64, *v, *s, THRESHOLD, &StreamConfig::default()) {
+                    out.push((b as i64, f));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn several_metrics_a_little_unusual_for_a_few_rows_are_caught_and_ranked() {
+        // Eight metrics whose own surprisals are nominal (−log10 of a uniform) but shared
+        // in part (a common factor, so Fisher's formula alone would overstate joint rows).
+        // For three rows from 6000, metrics 1, 3, 4 and 6 are each about 1e-3 unusual: no
+        // series would alarm, the host should, and it should name those four first.
+        let mut rng = Rng::new(21);
+        let marked = [1, 3, 4, 6];
+        let rows: Vec<Vec<(f64, f64)>> = (0..6400)
+            .map(|b| {
+                let common = rng.f64();
+                (0..8)
+                    .map(|m| {
+                        let u = if rng.f64() < 0.3 { common } else { rng.f64() };
+                        let mut s = -(u.max(1e-12)).log10();
+                        if (6000..6003).contains(&b) && marked.contains(&m) {
+                            s = 3.0 + 0.3 * rng.f64();
+                        }
+                        (10.0 + normal(&mut rng), s)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut e = entity(&["a", "b", "c", "d", "e", "f", "g", "h"]);
+        let found = run_with(&mut e, &rows);
+        let at: Vec<(i64, f64)> = found.iter().map(|(_, f)| (f.bucket, f.surprisal)).collect();
+        let hit = found
+            .iter()
+            .find(|(_, f)| (6000..6003).contains(&f.bucket))
+            .unwrap_or_else(|| panic!("missed; findings {at:?}"));
+        // Noise raised little before the rise (and nothing during the calibration).
+        assert!(at.iter().filter(|(b, _)| *b < 6000).count() <= 2, "{at:?}");
+        let mut order: Vec<usize> = (0..8).collect();
+        let w = &hit.1.contributions;
+        order.sort_by(|a, b| w[*b].total_cmp(&w[*a]));
+        let mut top: Vec<usize> = order[..4].to_vec();
+        top.sort_unstable();
+        assert_eq!(top, marked, "contributions {w:?}");
+    }
+
+    #[test]
+    fn a_row_is_scored_when_its_members_have_reported_or_its_time_is_over() {
+        // Three members; at bucket 4500 all three jump. The row is scored by the observe
+        // call that brings its last member's bucket, not when a later bucket begins.
+        let mut rng = Rng::new(4);
+        let rows: Vec<Vec<(f64, f64)>> = (0..4600)
+            .map(|b| {
+                let up = if b == 4500 { 12.0 } else { 0.0 };
+                (0..3).map(|_| (up + normal(&mut rng), 0.0)).collect()
+            })
+            .collect();
+        let mut e = entity(&["a", "b", "c"]);
+        let found = run_with(&mut e, &rows);
+        let hit = found.iter().find(|(_, f)| f.bucket == 4500);
+        assert!(
+            matches!(hit, Some((4500, _))),
+            "{:?}",
+            found
+                .iter()
+                .map(|(at, f)| (*at, f.bucket))
+                .collect::<Vec<_>>()
+        );
+
+        // With a member silent, the row waits for its time: finish_due scores it with the
+        // members that reported.
+        let mut e = entity(&["a", "b", "c"]);
+        run_with(&mut e, &rows[..4500]);
+        let cfg = StreamConfig::default();
+        let mut got = Vec::new();
+        for i in 0..2 {
+            got.extend(e.observe(i, 4500, 12.0 + normal(&mut rng), 0.0, THRESHOLD, &cfg));
+        }
+        assert!(got.is_empty(), "scored before its time");
+        assert!(
+            e.finish_due(4500, THRESHOLD, &cfg).is_empty(),
+            "bucket 4500 is not over yet"
+        );
+        let due = e.finish_due(4501, THRESHOLD, &cfg);
+        assert_eq!(due.iter().map(|f| f.bucket).collect::<Vec<_>>(), vec![4500]);
+        assert!(due[0].cells[2].is_none());
+        // Scored once: the late member's bucket is learned, not placed again.
+        assert!(e.observe(2, 4500, 12.0, 0.0, THRESHOLD, &cfg).is_empty());
+        assert!(e.finish_due(4502, THRESHOLD, &cfg).is_empty());
+    }
+
+    #[test]
+    fn every_metric_of_a_large_host_takes_part_up_to_the_cap() {
+        let names: Vec<String> = (0..MAX_MEMBERS + 2).map(|i| format!("m{i}")).collect();
+        let mut e = EntityState::new(1);
+        for (i, n) in names.iter().enumerate() {
+            let got = e.member(i as u64, n, &BTreeMap::new());
+            assert_eq!(got, (i < MAX_MEMBERS).then_some(i), "{n}");
+        }
+        assert_eq!(e.left_out(), 2);
+        // A second call for a left-out series does not count it twice.
+        e.member(MAX_MEMBERS as u64, "again", &BTreeMap::new());
+        assert_eq!(e.left_out(), 2);
+        const { assert!(MAX_MEMBERS >= 38, "an SMD host has 38 metrics") };
+    }
+
+    #[test]
+    fn fisher_matches_the_chi_square_tail() {
+        // n = 1: P(χ²₂ ≥ 2 ln10 s) = 10^−s exactly.
+        assert!((fisher_surprisal(3.0, 1) - 3.0).abs() < 1e-9);
+        // n = 2, sum 2: P = e^−h (1 + h), h = 2 ln 10.
+        let h = 2.0 * std::f64::consts::LN_10;
+        let want = -((-h).exp() * (1.0 + h)).log10();
+        assert!((fisher_surprisal(2.0, 2) - want).abs() < 1e-9);
+        // More tests with the same total are less surprising; nothing is negative.
+        assert!(fisher_surprisal(5.0, 10) < fisher_surprisal(5.0, 2));
+        assert_eq!(fisher_surprisal(0.0, 5), 0.0);
     }
 }

@@ -1,6 +1,7 @@
-//! Quality harnesses: `seismo eval odds|nab|rca DIR` and `seismo eval explain`, and the shared helpers they use.
+//! Quality harnesses: `seismo eval odds|nab|multivariate|rca DIR` and `seismo eval explain`, and the shared helpers they use.
 
 pub mod explain;
+pub mod multivariate;
 pub mod nab;
 pub mod odds;
 pub mod rca;
