@@ -481,8 +481,12 @@ impl EntityState {
                         surprisal,
                         score: s,
                         cells: self.row.clone(),
-                        contributions: if joint[0].max(joint[1]) >= forest {
-                            // The members' own evidence, over the row or the window.
+                        contributions: {
+                            // Ranked by the members' own calibrated surprisals (over the
+                            // window when the windowed test found it), the analogue of
+                            // ranking by per-metric likelihood; when no member is unusual
+                            // on its own (a broken co-movement), by each member's drop in
+                            // the forest's measure.
                             let by: Vec<f64> = (0..self.members.len())
                                 .map(|m| {
                                     let own = self.row[m].map_or(0.0, |c| c.surprisal);
@@ -499,13 +503,13 @@ impl EntityState {
                                 })
                                 .collect();
                             let total: f64 = by.iter().sum();
-                            by.iter()
-                                .map(|v| if total > 0.0 { v / total } else { 0.0 })
-                                .collect()
-                        } else if distance > point.max(persistence) {
-                            model.contributions(&x, Model::distance)
-                        } else {
-                            model.contributions(&x, Model::score)
+                            if total > 0.0 {
+                                by.iter().map(|v| v / total).collect()
+                            } else if distance > point.max(persistence) {
+                                model.contributions(&x, Model::distance)
+                            } else {
+                                model.contributions(&x, Model::score)
+                            }
                         },
                     });
                 }
