@@ -209,7 +209,7 @@ pub struct EntityState {
     calibrated_rows: u64,
     /// Series of the host beyond [`MAX_MEMBERS`], counted once each.
     #[serde(default)]
-    left_out: Vec<u64>,
+    left_out: std::collections::BTreeSet<u64>,
     /// Whether an episode was raised and has not yet been quiet for [`QUIET_ROWS`], and
     /// how many rows it has been quiet.
     episode: bool,
@@ -285,8 +285,9 @@ impl EntityState {
             return Some(i);
         }
         if self.members.len() >= MAX_MEMBERS {
-            if !self.left_out.contains(&id) && self.left_out.len() < 1024 {
-                self.left_out.push(id);
+            // Looked up on every bucket such a series closes: a set, bounded.
+            if self.left_out.len() < 1024 {
+                self.left_out.insert(id);
             }
             return None;
         }

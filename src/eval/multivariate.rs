@@ -350,8 +350,11 @@ pub struct Scores {
     pub ranked: usize,
     pub hit100: f64,
     pub hit150: f64,
-    /// Rows raised outside every segment.
+    /// Rows raised outside every segment, and the minutes they stand for (rows times the
+    /// step; a pool may mix steps, so it adds minutes, not rows).
     pub false_rows: usize,
+    pub false_minutes: f64,
+    /// The sampling step (0 in a pool of several steps).
     pub step_secs: u64,
     /// Per detector: the rows outside segments it raised, and the segments whose first
     /// raised row it raised.
@@ -370,8 +373,7 @@ impl Scores {
             0.0
         };
         self.event_recall = self.detected as f64 / self.segments.max(1) as f64;
-        self.false_alarm_minutes_per_day =
-            self.false_rows as f64 * self.step_secs as f64 / 60.0 / self.test_days.max(1e-9);
+        self.false_alarm_minutes_per_day = self.false_minutes / self.test_days.max(1e-9);
         let mut d = self.delays_min.clone();
         d.sort_by(f64::total_cmp);
         self.median_delay_min = if d.is_empty() {
@@ -390,11 +392,13 @@ impl Scores {
         self
     }
 
-    /// Pools entities' scores (of one sampling step): counts add, rates are recomputed.
+    /// Pools entities' scores: counts add, rates are recomputed.
     pub fn pool<'a>(all: impl IntoIterator<Item = &'a Scores>) -> Scores {
         let mut p = Scores::default();
-        let mut minutes = 0.0;
+        let mut steps = std::collections::BTreeSet::new();
         for s in all {
+            steps.insert(s.step_secs);
+            p.false_minutes += s.false_minutes;
             p.test_days += s.test_days;
             p.segments += s.segments;
             p.detected += s.detected;
@@ -413,11 +417,11 @@ impl Scores {
             for (k, v) in &s.detected_by {
                 *p.detected_by.entry(k.clone()).or_default() += v;
             }
-            minutes += s.false_rows as f64 * s.step_secs as f64 / 60.0;
         }
-        // Rows of different steps are different minutes: pool in minutes.
-        p.step_secs = 60;
-        p.false_rows = minutes.round() as usize;
+        p.step_secs = match steps.len() {
+            1 => steps.into_iter().next().unwrap_or(0),
+            _ => 0,
+        };
         p.finish()
     }
 }
@@ -458,6 +462,7 @@ pub fn score(e: &Entity, raised: &Raised) -> Scores {
         .filter(|t| raised.rows[*t] && !e.labels[*t])
         .count();
     s.fp = s.false_rows;
+    s.false_minutes = s.false_rows as f64 * e.step_secs as f64 / 60.0;
     // False rows within an hour after a segment's end: often the labelled episode's
     // aftermath rather than a new false alarm (shown apart; counted as false anyway).
     let hour = (3600 / e.step_secs.max(1)) as usize;
@@ -788,6 +793,7 @@ mod tests {
                 segments: 10,
                 detected,
                 false_rows,
+                false_minutes: false_rows as f64,
                 step_secs: 60,
                 ..Default::default()
             }
