@@ -62,6 +62,20 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Forecast a CSV series (`timestamp,value`, RFC 3339 or epoch seconds/milliseconds,
+    /// evenly spaced) with intervals: writes `timestamp,yhat,lower,upper` for the horizon.
+    Forecast {
+        file: PathBuf,
+        /// How far ahead: a number of steps, or a duration such as 48h, 90m or 2d.
+        #[arg(long)]
+        horizon: String,
+        /// Interval coverage, between 0.5 and 0.995.
+        #[arg(long, default_value_t = 0.95)]
+        level: f64,
+        /// Where to write the forecast CSV (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Rank the likely root causes of a symptom from the stored points (storage.url): the
     /// services whose metrics changed most around AT, with latency explained along
     /// `[correlate.dependencies]`.
@@ -154,6 +168,27 @@ pub enum EvalCommand {
         #[arg(long)]
         investigate_only: bool,
         /// Also write every case's rank as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The forecast models on M4 Hourly (a folder with Hourly-train.csv and
+    /// Hourly-test.csv): sMAPE, MASE and OWA against Naive2 as the M4 organisers compute
+    /// them, per model and for the chosen forecast, interval coverage and MSIS, OWA per
+    /// fold of series, and the time per series.
+    M4 {
+        dir: PathBuf,
+        /// Interval coverage to score.
+        #[arg(long, default_value_t = 0.95)]
+        level: f64,
+        /// Only the first N series (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Candidate values of a [forecast.models] setting, KEY=V1,V2,... (e.g.
+        /// origins=4,6; repeatable: every combination is a candidate). Each held-out fold
+        /// of series is scored with the candidate the other folds chose.
+        #[arg(long)]
+        choose: Vec<String>,
+        /// Also write the scores as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
     },

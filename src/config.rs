@@ -205,6 +205,7 @@ impl Config {
         cfg.notify.resolve().map_err(anyhow::Error::msg)?;
         cfg.explain.validate().map_err(anyhow::Error::msg)?;
         cfg.detect.validate().map_err(anyhow::Error::msg)?;
+        cfg.forecast.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod distributed;
 pub mod eval;
+pub mod forecast_file;
 pub mod http;
 pub mod pipeline;
 pub mod stages;

@@ -118,6 +118,46 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Eval(EvalCommand::M4 {
+                dir,
+                level,
+                limit,
+                choose,
+                json,
+            }) => {
+                anyhow::ensure!(
+                    (0.5..=0.995).contains(&level),
+                    "--level must be between 0.5 and 0.995"
+                );
+                let mut series = seismo::eval::m4::open(&dir)?;
+                if limit > 0 {
+                    series.truncate(limit);
+                }
+                let candidates =
+                    seismo::eval::candidates_of(&cfg.forecast.models, &choose, "forecast.models")?;
+                let bar = indicatif::ProgressBar::new((series.len() * candidates.len()) as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} forecasting series {pos}/{len} [{bar:30}] eta {eta}",
+                    )?
+                    .progress_chars("=> "),
+                );
+                let report = seismo::eval::m4::report(&series, &candidates, level, || bar.inc(1))?;
+                bar.finish_and_clear();
+                print!("{}", seismo::eval::m4::render(&report));
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                }
+                Ok(())
+            }
+            Command::Forecast {
+                file,
+                horizon,
+                level,
+                output,
+            } => {
+                seismo::forecast_file::run(&cfg.forecast, &file, &horizon, level, output.as_deref())
+            }
             Command::Eval(EvalCommand::Rca {
                 dir,
                 json,

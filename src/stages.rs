@@ -43,7 +43,7 @@ pub const STAGES: [StageSpec; 6] = [
     StageSpec {
         stage: Stage::Forecast,
         inputs: &[topics::POINTS],
-        outputs: &[],
+        outputs: &[topics::ANOMALIES],
     },
     StageSpec {
         stage: Stage::Correlate,
@@ -73,6 +73,8 @@ pub struct PipelineStats {
     pub ingest: IngestStats,
     pub detect: DetectStats,
     pub forecasts: u64,
+    /// Predicted breaches raised (or re-reported as their ETA moved).
+    pub predicted: u64,
     pub correlate: CorrelateStats,
     pub notify: seismo_notify::NotifyStats,
     pub explain: seismo_explain::ExplainStats,
@@ -100,6 +102,7 @@ impl PipelineStats {
         self.detect.restored_partitions += o.detect.restored_partitions;
         self.detect.replayed_skipped += o.detect.replayed_skipped;
         self.forecasts += o.forecasts;
+        self.predicted += o.predicted;
         self.correlate.anomalies += o.correlate.anomalies;
         self.correlate.alerts += o.correlate.alerts;
         self.correlate.incidents_created += o.correlate.incidents_created;
@@ -130,7 +133,10 @@ impl PipelineStats {
                 self.detect.restored_partitions,
                 self.detect.replayed_skipped
             ),
-            Stage::Forecast => format!("forecast: {} forecasts", self.forecasts),
+            Stage::Forecast => format!(
+                "forecast: {} forecast rows, {} predicted breaches",
+                self.forecasts, self.predicted
+            ),
             Stage::Correlate => format!(
                 "correlate: {} anomalies, {} alerts, {} incidents opened",
                 self.correlate.anomalies, self.correlate.alerts, self.correlate.incidents_created
@@ -246,11 +252,17 @@ pub fn spawn(
         }
         Stage::Forecast => {
             let io = io(input);
-            let mut core = ForecastStage::new(ctx.cfg.forecast.clone(), ctx.store.clone());
+            let mut core = ForecastStage::new(
+                ctx.cfg.forecast.clone(),
+                ctx.cfg.correlate.scope_label.clone(),
+                ctx.store.clone(),
+                output,
+            );
             tokio::spawn(async move {
                 seismo_runtime::run(&mut core, io).await?;
                 Ok(PipelineStats {
-                    forecasts: core.written,
+                    forecasts: core.stats().rows,
+                    predicted: core.stats().predicted,
                     ..Default::default()
                 })
             })

@@ -1,4 +1,4 @@
-//! The `seismo detect` command on generated files: one score per row, in [0, 1], causal, with its parts.
+//! The `seismo detect` and `seismo forecast` commands on generated files: detect gives one causal score per row with its parts; forecast continues a series with intervals.
 
 use std::process::Command;
 
@@ -106,4 +106,72 @@ fn multi_column_files_are_scored_by_an_isolation_forest() {
         .unwrap()
         .0;
     assert_eq!(top, 500);
+}
+
+/// `seismo forecast`: an hourly daily cycle with a gap it must bridge, continued for the
+/// asked horizon on the series' own grid, with intervals around the truth.
+#[test]
+fn forecast_continues_an_hourly_cycle_with_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hourly.csv");
+    let truth = |h: i64| 100.0 + 20.0 * (h as f64 / 24.0 * std::f64::consts::TAU).sin();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut csv = String::from("timestamp,value\n");
+    for h in 0..24 * 21 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Two missing hours (a short gap), bridged rather than cutting the history.
+        if h == 300 || h == 301 {
+            continue;
+        }
+        let t = chrono::DateTime::from_timestamp(1_767_225_600 + h * 3600, 0).unwrap();
+        csv.push_str(&format!(
+            "{},{}\n",
+            t.to_rfc3339(),
+            truth(h) + (state % 100) as f64 / 100.0
+        ));
+    }
+    std::fs::write(&path, csv).unwrap();
+    let out_path = dir.path().join("fc.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_seismo"))
+        .args(["forecast", path.to_str().unwrap(), "--horizon", "2d", "-o"])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("timestamp,yhat,lower,upper"));
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 48);
+    for (k, r) in rows.iter().enumerate() {
+        let h = 24 * 21 + k as i64;
+        let t = chrono::DateTime::from_timestamp(1_767_225_600 + h * 3600, 0).unwrap();
+        assert_eq!(chrono::DateTime::parse_from_rfc3339(&r[0]).unwrap(), t);
+        let v: Vec<f64> = r[1..].iter().map(|x| x.parse().unwrap()).collect();
+        assert!(v[1] <= v[0] && v[0] <= v[2], "{r:?}");
+        assert!((v[0] - truth(h) - 0.5).abs() < 2.0, "hour {h}: {r:?}");
+    }
+    // Bad input is refused with the reason.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "time,v\n1,2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_seismo"))
+        .args(["forecast", bad.to_str().unwrap(), "--horizon", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timestamp,value"));
+    let out = Command::new(env!("CARGO_BIN_EXE_seismo"))
+        .args(["forecast", path.to_str().unwrap(), "--horizon", "3w"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unit"));
 }

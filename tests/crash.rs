@@ -82,6 +82,10 @@ struct Outcome {
     points: i64,
     anomalies: BTreeSet<String>,
     incidents: BTreeSet<(String, Vec<String>)>,
+    /// Every forecast row (series, made at, for, value bits): the same after kills only
+    /// if the forecast stage's histories survived them. (Embedded only: the distributed
+    /// half runs no forecast process.)
+    forecasts: BTreeSet<String>,
 }
 
 async fn outcome_sqlite(db: &Path) -> Outcome {
@@ -103,8 +107,18 @@ async fn outcome_sqlite(db: &Path) -> Outcome {
     .fetch_all(&pool)
     .await
     .unwrap();
+    let forecasts: Vec<(i64, i64, i64, f64)> =
+        sqlx::query_as("SELECT series_id, generated_at, time, yhat FROM forecasts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     pool.close().await;
-    outcome(points, anomalies, rows)
+    let mut o = outcome(points, anomalies, rows);
+    o.forecasts = forecasts
+        .into_iter()
+        .map(|(s, g, t, y)| format!("{s:x}/{g}/{t}/{:x}", y.to_bits()))
+        .collect();
+    o
 }
 
 async fn outcome_pg(pool: &sqlx::PgPool) -> Outcome {
@@ -128,6 +142,7 @@ async fn outcome_pg(pool: &sqlx::PgPool) -> Outcome {
 
 fn outcome(points: i64, anomalies: Vec<String>, rows: Vec<(String, Option<String>)>) -> Outcome {
     Outcome {
+        forecasts: BTreeSet::new(),
         points,
         anomalies: anomalies.into_iter().collect(),
         incidents: rows
@@ -176,6 +191,10 @@ fn embedded_env(dir: &Path) -> Vec<(String, String)> {
         ("SEISMO_STAGES__CHECKPOINT_INTERVAL_MS".into(), "150".into()),
         ("SEISMO_STAGES__IDLE_RELEASE_SECS".into(), "3600".into()),
         ("SEISMO_INGEST__BACKFILL".into(), "true".into()),
+        // Ten-minute buckets, so the ten hours streamed give forecasts from the fourth
+        // hour on; no CPU budget, whose wall clock would make runs differ.
+        ("SEISMO_FORECAST__BUCKET_SECS".into(), "600".into()),
+        ("SEISMO_FORECAST__BUDGET_MS_PER_SEC".into(), "0".into()),
     ]
 }
 
@@ -499,11 +518,17 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_changes_no_res
     assert_eq!(reference.points, total_points());
     assert!(reference.anomalies.len() >= 10, "{reference:?}");
     assert!(!reference.incidents.is_empty(), "{reference:?}");
+    assert!(
+        reference.forecasts.len() >= 1000,
+        "{}",
+        reference.forecasts.len()
+    );
     println!(
-        "reference: {} points, {} anomalies, {} incidents",
+        "reference: {} points, {} anomalies, {} incidents, {} forecast rows",
         reference.points,
         reference.anomalies.len(),
-        reference.incidents.len()
+        reference.incidents.len(),
+        reference.forecasts.len()
     );
 
     // Embedded: five kills at random requests, spread over the stream.
@@ -530,6 +555,20 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_changes_no_res
         "every acknowledged point is stored"
     );
     assert_same("embedded", &crashed, &reference);
+    let missing: Vec<_> = reference
+        .forecasts
+        .difference(&crashed.forecasts)
+        .take(5)
+        .collect();
+    let extra: Vec<_> = crashed
+        .forecasts
+        .difference(&reference.forecasts)
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "forecasts differ after kills (state lost?): missing {missing:?}, extra {extra:?}"
+    );
 
     // Distributed: random stage processes killed five times.
     let dist_dir = base.path().join("distributed");

@@ -278,3 +278,123 @@ async fn the_last_bucket_is_scored_at_shutdown_and_a_late_point_is_reported() {
     );
     assert_eq!(store.counts().await.unwrap().metric_points, 301);
 }
+
+/// A disk filling steadily, streamed through the whole embedded pipeline with a
+/// `[[forecast.thresholds]]` rule: the forecast stage predicts the breach before it
+/// happens with the right ETA, and correlation opens an incident for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predicted_disk_breach_reaches_correlation_before_the_breach() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, store) = temp_store(&dir).await;
+    cfg.forecast.budget_ms_per_sec = 0;
+    cfg.forecast
+        .thresholds
+        .push(seismo_forecast::thresholds::Threshold {
+            name: "disk-full".into(),
+            metric: Some("disk_used_percent".into()),
+            labels: Default::default(),
+            above: Some(90.0),
+            below: None,
+            trigger: seismo_forecast::thresholds::Trigger::Interval,
+            severity: seismo_schemas::Severity::Critical,
+        });
+    let running = Embedded::start(&cfg, store.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let server = tokio::spawn(seismo::http::serve(
+        listener,
+        seismo::http::router(
+            &cfg,
+            Some(&running),
+            Some(store.clone()),
+            running.health.clone(),
+        ),
+        async move { stop.cancelled().await },
+        seismo::http::HttpLimits::from_config(&cfg),
+    ));
+    // Five-minute points: +0.25 points an hour from 40 % with a daily swing of ±2, seeded
+    // noise; it first reaches 90 % (hourly mean) in hour `breach`.
+    let t0 = 1_767_225_600_000i64; // 2026-01-01
+    let level = |h: f64| 40.0 + 0.25 * h + 2.0 * (h * std::f64::consts::TAU / 24.0).sin();
+    let hourly = |h: i64| {
+        (0..12)
+            .map(|k| level(h as f64 + k as f64 / 12.0))
+            .sum::<f64>()
+            / 12.0
+    };
+    let breach = (0..400).find(|h| hourly(*h) >= 90.0).unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let client = reqwest::Client::new();
+    for day in 0..=(breach + 6) / 24 {
+        let body: String = (day * 24 * 12..((day + 1) * 24 * 12).min((breach + 6) * 12))
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let v = level(i as f64 / 12.0) + (state % 1000) as f64 / 2000.0 - 0.25;
+                format!(
+                    "{{\"name\":\"disk_used_percent\",\"labels\":{{\"host\":\"db1\"}},\"ts\":{},\"value\":{v}}}\n",
+                    t0 + i * 300_000
+                )
+            })
+            .collect();
+        if body.is_empty() {
+            continue;
+        }
+        let resp = client
+            .post(format!("http://{addr}/api/v1/ingest/points"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    token.cancel();
+    server.await.unwrap().unwrap();
+    let stats = running.finish().await.unwrap();
+    assert!(stats.predicted >= 1, "{stats:?}");
+    let anomalies = store
+        .list_anomalies(&seismo_store::AnomalyQuery {
+            tenant: "default".into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let breach_at = t0 + breach * 3_600_000;
+    let mut predicted: Vec<_> = anomalies
+        .iter()
+        .filter(|a| a.kind == seismo_schemas::AnomalyKind::Predicted)
+        .filter(|a| a.ts.timestamp_millis() < breach_at)
+        .collect();
+    predicted.sort_by_key(|a| a.ts);
+    let last = predicted
+        .last()
+        .expect("a predicted breach before the breach");
+    let b = last.explanation.breach.as_ref().unwrap();
+    let eta = b.eta.expect("an ETA").timestamp_millis();
+    assert!(
+        (eta - breach_at).abs() <= 3_600_000,
+        "ETA {:?} for a breach at hour {breach}",
+        b.eta
+    );
+    // Correlation opened an incident holding the prediction.
+    let incidents = store
+        .list_incidents(&IncidentQuery {
+            tenant: "default".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let first = predicted[0];
+    assert!(
+        incidents.iter().any(|i| i.anomaly_ids.contains(&first.id)),
+        "no incident holds {}: {incidents:#?}",
+        first.id
+    );
+}

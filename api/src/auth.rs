@@ -148,6 +148,7 @@ pub fn need(method: &Method, path: &str) -> Need {
         {
             Need::Read
         }
+        ["api", "v1", "forecasts"] | ["api", "v1", "series", _, "forecast"] if reads => Need::Read,
         ["api", "v1", "incidents", _, "transition"] if *method == Method::POST => Need::Write,
         ["api", "v1", "incidents", _, "explanation" | "postmortem"] if reads => Need::Read,
         // May make a model call, which costs.
@@ -619,6 +620,9 @@ mod tests {
             (&get, "/api/v1/anomalies", Need::Read),
             (&get, "/api/v1/incidents", Need::Read),
             (&get, "/api/v1/incidents/abc", Need::Read),
+            (&get, "/api/v1/forecasts", Need::Read),
+            (&get, "/api/v1/series/00ff/forecast", Need::Read),
+            (&post, "/api/v1/forecasts", Need::Admin),
             (&post, "/api/v1/incidents/abc/transition", Need::Write),
             (&get, "/api/v1/incidents/abc/transition", Need::Admin),
             (&post, "/api/v1/anomalies", Need::Admin),

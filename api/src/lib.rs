@@ -170,6 +170,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/anomalies", get(list_anomalies))
         .route("/api/v1/incidents", get(list_incidents))
+        .route("/api/v1/forecasts", get(list_forecasts))
+        .route("/api/v1/series/{id}/forecast", get(series_forecast))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
         .route(
@@ -353,6 +355,121 @@ async fn list_anomalies(
         })
         .await?;
     Ok(Json(page).into_response())
+}
+
+/// The series and window of a forecast query; `from` defaults to a day before `to`, `to`
+/// to two days after now (forecasts lie ahead).
+fn forecast_window(p: &ListParams) -> ApiResult<(i64, i64)> {
+    let to =
+        p.to.unwrap_or_else(|| Utc::now() + chrono::Duration::days(2))
+            .timestamp_millis();
+    let from = p.from.map_or(to - 3 * 86_400_000, |f| f.timestamp_millis());
+    if to - from > 90 * 86_400_000 {
+        return Err(ApiError::BadRequest(
+            "from..to spans more than 90 days; ask for less".into(),
+        ));
+    }
+    Ok((from, to))
+}
+
+fn latest_param(raw: &Option<String>) -> ApiResult<(Option<String>, bool)> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
+    let mut latest = true;
+    let mut rest = Vec::new();
+    for (k, v) in pairs {
+        if k == "runs" {
+            latest = match v.as_str() {
+                "latest" => true,
+                "all" => false,
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "runs={v:?}: use runs=latest or runs=all"
+                    )));
+                }
+            };
+        } else {
+            rest.push((k, v));
+        }
+    }
+    let rest = serde_urlencoded::to_string(&rest).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((Some(rest), latest))
+}
+
+/// `GET /api/v1/forecasts?series_id&from&to&runs=latest|all`: the series' forecast rows
+/// in the window, from its newest forecast run (default) or every run.
+async fn list_forecasts(
+    State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let who = caller(found, &headers)?;
+    let (rest, latest) = latest_param(&q)?;
+    let p = parse_params(rest, &["series_id", "from", "to"])?;
+    let series = p
+        .series_id
+        .ok_or_else(|| ApiError::BadRequest("series_id is required".into()))?;
+    let (from, to) = forecast_window(&p)?;
+    let rows = s
+        .store
+        .forecasts(&who.tenant, series, from, to, latest)
+        .await?;
+    Ok(Json(json!({
+        "series_id": format!("{series:016x}"),
+        "runs": if latest { "latest" } else { "all" },
+        "forecasts": rows,
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/series/{id}/forecast?from&to`: the observed values and the newest
+/// forecast of one series side by side, for a chart.
+async fn series_forecast(
+    State(s): State<ApiState>,
+    found: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let who = caller(found, &headers)?;
+    let series = u64::from_str_radix(&id, 16)
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a hex series id")))?;
+    let p = parse_params(q, &["from", "to"])?;
+    let (from, to) = forecast_window(&p)?;
+    let forecast = s
+        .store
+        .forecasts(&who.tenant, series, from, to, true)
+        .await?;
+    // The points carry no tenant: the series must be one of the tenant's that has been
+    // forecast (the forecasts query joins the series table), here or at any time.
+    let known = !forecast.is_empty()
+        || !s
+            .store
+            .forecasts(&who.tenant, series, 0, 4_102_444_800_000, true)
+            .await?
+            .is_empty();
+    if !known {
+        return Err(ApiError::NotFound(format!(
+            "no forecast of series {id} for this tenant"
+        )));
+    }
+    let observed: Vec<[f64; 2]> = s
+        .store
+        .points(series, from, to)
+        .await?
+        .into_iter()
+        .rev()
+        .take(10_000)
+        .rev()
+        .map(|(t, v)| [t as f64, v])
+        .collect();
+    Ok(Json(json!({
+        "series_id": format!("{series:016x}"),
+        "observed": observed,
+        "forecast": forecast,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/incidents?from&to&status&label=name:value&limit&cursor`

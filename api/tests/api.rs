@@ -764,6 +764,97 @@ async fn postgres() -> Arc<dyn Store> {
     Arc::new(seismo_store::testing::fresh_postgres().await)
 }
 
+async fn forecasts_are_served_beside_the_observed_values(store: Arc<dyn Store>) {
+    use seismo_schemas::{Forecast, MetricPoint};
+    let hour = 3_600_000i64;
+    let t0 = 1_767_225_600_000i64; // 2026-01-01
+    let points: Vec<MetricPoint> = (0..6)
+        .map(|h| MetricPoint {
+            tenant: "default".into(),
+            name: "disk".into(),
+            labels: Default::default(),
+            ts: t0 + h * hour,
+            value: h as f64,
+        })
+        .collect();
+    store.insert_points(&points).await.unwrap();
+    let id = points[0].series_id();
+    let at = |ms: i64| Utc.timestamp_millis_opt(ms).unwrap();
+    let run = |gen_h: i64| -> Vec<Forecast> {
+        (0..3)
+            .map(|k| Forecast {
+                series_id: id,
+                generated_at: at(t0 + gen_h * hour),
+                ts: at(t0 + (gen_h + k) * hour),
+                yhat: (gen_h + k) as f64,
+                lower: 0.0,
+                upper: 10.0,
+                model: "mstl".into(),
+            })
+            .collect()
+    };
+    store.insert_forecasts(&run(4)).await.unwrap();
+    store.insert_forecasts(&run(5)).await.unwrap();
+    let app = seeded(store).await;
+    let window = format!("from={}&to={}", t0, t0 + 10 * hour);
+    let (status, v) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/forecasts?series_id={id:016x}&{window}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let rows = v["forecasts"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "the newest run only: {v}");
+    assert_eq!(rows[0]["yhat"], 5.0);
+    let (_, v) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/forecasts?series_id={id:016x}&{window}&runs=all"),
+        "",
+    )
+    .await;
+    assert_eq!(v["forecasts"].as_array().unwrap().len(), 6);
+    let (status, v) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/series/{id:016x}/forecast?{window}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["observed"].as_array().unwrap().len(), 6);
+    assert_eq!(v["observed"][5][1], 5.0);
+    assert_eq!(v["forecast"].as_array().unwrap().len(), 3);
+    // Bad or missing parameters say what is wrong; another tenant's series is not found.
+    for (uri, want) in [
+        ("/api/v1/forecasts".to_string(), "series_id is required"),
+        (
+            format!("/api/v1/forecasts?series_id={id:016x}&runs=some"),
+            "runs=",
+        ),
+        ("/api/v1/forecasts?series_id=zz".to_string(), "hex"),
+        (
+            format!("/api/v1/forecasts?series_id={id:016x}&from=0&to=99999999999999"),
+            "90 days",
+        ),
+    ] {
+        let (status, v) = call(&app, "GET", &uri, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(v.to_string().contains(want), "{uri}: {v}");
+    }
+    let req = Request::builder()
+        .uri(format!("/api/v1/series/{id:016x}/forecast?{window}"))
+        .header("x-seismo-tenant", "other")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
 /// Every API test runs on both stores: the API must not care which one it reads.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -788,5 +879,6 @@ on_every_store!(
     investigate_ranks_the_starved_database_first,
     transitions_are_announced_on_the_bus,
     incidents_filter_by_any_of_their_services_and_hosts,
-    explanations_are_served_regenerated_and_drafted_as_post_mortems
+    explanations_are_served_regenerated_and_drafted_as_post_mortems,
+    forecasts_are_served_beside_the_observed_values
 );

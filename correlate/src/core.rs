@@ -417,6 +417,9 @@ impl Correlator {
     }
 
     fn anomaly(&mut self, a: Anomaly) -> Vec<IncidentWrite> {
+        if let Some(b) = a.explanation.breach.as_ref().filter(|b| b.withdrawn) {
+            return self.withdraw(&a, b.fingerprint(a.series_id));
+        }
         let scope = self.scope(&a.tenant, &a.labels);
         self.anomaly_time = self.anomaly_time.max(Some(a.ts));
         // Groups that have waited long enough open first, so this anomaly can join them.
@@ -433,6 +436,40 @@ impl Correlator {
         // that everything one fault sets off in the same moment lands in one incident.
         self.pending.push(a);
         writes
+    }
+
+    /// A forecast no longer predicts a breach: a prediction still pending is dropped (it
+    /// never opens an incident), and an incident holding it notes the withdrawal and no
+    /// longer counts the breach as ongoing.
+    fn withdraw(&mut self, a: &Anomaly, fingerprint: String) -> Vec<IncidentWrite> {
+        let same = |p: &Anomaly| {
+            p.tenant == a.tenant
+                && p.explanation
+                    .breach
+                    .as_ref()
+                    .is_some_and(|b| b.fingerprint(p.series_id) == fingerprint)
+        };
+        self.pending.retain(|p| !same(p));
+        let key = (a.tenant.clone(), fingerprint.clone());
+        let Some(id) = self.alerts.remove(&key) else {
+            return Vec::new();
+        };
+        let Some(i) = self.open.iter().position(|o| o.incident.id == id) else {
+            return Vec::new();
+        };
+        self.open[i].firing.remove(&fingerprint);
+        self.open[i].last = self.open[i].last.max(a.ts);
+        let event = IncidentEvent {
+            id: format!("{id}-w-{}", a.id),
+            incident_id: id.clone(),
+            ts: a.ts,
+            kind: IncidentEventKind::Note,
+            actor: "seismo".into(),
+            message: a.explanation.summary.clone(),
+            from_status: None,
+            to_status: None,
+        };
+        vec![self.write(i, vec![], vec![], vec![event])]
     }
 
     /// Opens the incidents that pending anomalies have earned once the end of the streams
@@ -658,6 +695,14 @@ impl Correlator {
     }
 
     fn absorb(&mut self, i: usize, a: &Anomaly) {
+        // A standing prediction keeps its incident ongoing, as a firing alert does, until
+        // a later forecast withdraws it.
+        if let Some(b) = a.explanation.breach.as_ref().filter(|b| !b.withdrawn) {
+            let fp = b.fingerprint(a.series_id);
+            self.open[i].firing.insert(fp.clone());
+            self.alerts
+                .insert((a.tenant.clone(), fp), self.open[i].incident.id.clone());
+        }
         let (service, host) = self.service_and_host(&a.labels);
         let role = self
             .cfg
@@ -1162,6 +1207,62 @@ mod tests {
             (steps[0].incident_id.as_str(), steps[0].to),
             (id.as_str(), IncidentStatus::Resolved)
         );
+    }
+
+    #[test]
+    fn a_predicted_breach_holds_its_incident_until_withdrawn() {
+        let mut c = Correlator::new(cfg());
+        let predicted = |minute: i64, withdrawn: bool| {
+            let mut a = anomaly("db", "db-1", minute, Severity::Critical);
+            a.id = format!("p-{minute}-{withdrawn}");
+            a.kind = AnomalyKind::Predicted;
+            a.explanation.breach = Some(Box::new(seismo_schemas::PredictedBreach {
+                threshold: "disk-full".into(),
+                limit: 90.0,
+                direction: seismo_schemas::BreachDirection::Above,
+                eta: None,
+                earliest: a.ts,
+                generated_at: a.ts,
+                model: "mstl".into(),
+                withdrawn,
+                forecast: Vec::new(),
+            }));
+            Signal::Anomaly(a)
+        };
+        let elsewhere = |m| Signal::Anomaly(anomaly("search", "s-1", m, Severity::Warning));
+        // A critical prediction opens an incident after the group wait.
+        let mut w = c.process(predicted(0, false));
+        w.extend(c.process(elsewhere(5)));
+        let id = w
+            .iter()
+            .find(|w| w.new_anomaly_ids.contains(&"p-0-false".to_string()))
+            .map(|w| w.incident.id.clone())
+            .expect("an incident for the prediction");
+        // Far past the quiet period, the standing prediction keeps it from resolving.
+        c.process(elsewhere(60));
+        c.process(elsewhere(120));
+        assert!(c.take_steps().iter().all(|s| s.incident_id != id));
+        // Withdrawn: a note on the incident, which then resolves itself once quiet.
+        let w = c.process(predicted(130, true));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].incident.id, id);
+        assert!(
+            w[0].new_anomaly_ids.is_empty(),
+            "a withdrawal is not a new signal"
+        );
+        c.process(elsewhere(200));
+        let steps = c.take_steps();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.incident_id == id && s.to == IncidentStatus::Resolved),
+            "{steps:#?}"
+        );
+        // A prediction withdrawn before any incident opened never opens one.
+        let mut d = Correlator::new(cfg());
+        assert!(d.process(predicted(0, false)).is_empty());
+        assert!(d.process(predicted(1, true)).is_empty());
+        assert!(d.flush().is_empty());
     }
 
     #[test]

@@ -594,6 +594,7 @@ impl Detector {
                     parts.join(", "),
                     f.surprisal
                 ),
+                breach: None,
             },
         })
     }
@@ -686,6 +687,7 @@ impl Detector {
                     s.lower,
                     s.upper
                 ),
+                breach: None,
             },
         }
     }

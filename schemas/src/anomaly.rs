@@ -107,6 +107,58 @@ pub struct Explanation {
     pub z_score: f64,
     /// A one-line human summary.
     pub summary: String,
+    /// For a `predicted` anomaly: the threshold the forecast crosses, when, and the
+    /// forecast itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breach: Option<Box<PredictedBreach>>,
+}
+
+/// Which side of a threshold is a breach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BreachDirection {
+    Above,
+    Below,
+}
+
+/// One step of the forecast a predicted breach rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ForecastPoint {
+    pub ts: DateTime<Utc>,
+    pub yhat: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+/// A forecast crossing a configured threshold (`[[forecast.thresholds]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PredictedBreach {
+    /// The threshold's name in the configuration.
+    pub threshold: String,
+    pub limit: f64,
+    pub direction: BreachDirection,
+    /// When the point forecast crosses the limit; absent when only the interval does
+    /// within the horizon.
+    pub eta: Option<DateTime<Utc>>,
+    /// When the interval's far bound first crosses it: the earliest the breach is
+    /// plausible.
+    pub earliest: DateTime<Utc>,
+    /// When the forecast was made (stream time).
+    pub generated_at: DateTime<Utc>,
+    /// The forecast's models.
+    pub model: String,
+    /// True on the record that withdraws an earlier prediction: a later forecast no
+    /// longer crosses.
+    pub withdrawn: bool,
+    /// The forecast from its start to the crossing (or its horizon).
+    pub forecast: Vec<ForecastPoint>,
+}
+
+impl PredictedBreach {
+    /// What correlation tracks a prediction by while it stands: the series and threshold.
+    pub fn fingerprint(&self, series_id: SeriesId) -> String {
+        format!("predicted/{series_id:016x}/{}", self.threshold)
+    }
 }
 
 /// A scored anomaly on one series.
@@ -171,6 +223,12 @@ impl Anomaly {
         }
         for f in &mut self.explanation.features {
             changed |= fix(&mut f.weight);
+        }
+        if let Some(b) = &mut self.explanation.breach {
+            changed |= fix(&mut b.limit);
+            for p in &mut b.forecast {
+                changed |= fix(&mut p.yhat) | fix(&mut p.lower) | fix(&mut p.upper);
+            }
         }
         changed
     }

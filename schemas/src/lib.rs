@@ -16,7 +16,10 @@ pub mod topics;
 pub use alert::{
     Alert, AlertError, AlertProblem, AlertStatus, AlertmanagerAlert, AlertmanagerWebhook,
 };
-pub use anomaly::{Anomaly, AnomalyKind, DetectorPart, Explanation, FeatureContribution, Severity};
+pub use anomaly::{
+    Anomaly, AnomalyKind, BreachDirection, DetectorPart, Explanation, FeatureContribution,
+    ForecastPoint, PredictedBreach, Severity,
+};
 pub use auth::{Caller, Quota, Role};
 pub use forecast::Forecast;
 pub use incident::{

@@ -1,6 +1,7 @@
-//! Quality harnesses: `seismo eval odds|nab|multivariate|rca DIR` and `seismo eval explain`, and the shared helpers they use.
+//! Quality harnesses: `seismo eval odds|nab|multivariate|rca|m4 DIR` and `seismo eval explain`, and the shared helpers they use.
 
 pub mod explain;
+pub mod m4;
 pub mod multivariate;
 pub mod nab;
 pub mod odds;
@@ -114,6 +115,66 @@ pub fn read_numeric_csv(path: &Path) -> anyhow::Result<Table> {
         }
     }
     Ok(Table { header, data })
+}
+
+/// Candidate configurations: the base one with every combination of `choices`
+/// (`key=v1,v2,...`, a key of the `[section]` of `base`, such as `stream.context_len`),
+/// labelled.
+pub fn candidates_of<T: serde::Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    choices: &[String],
+    section: &str,
+) -> anyhow::Result<Vec<(String, T)>> {
+    let mut out = vec![(String::new(), toml::Value::try_from(base)?)];
+    for choice in choices {
+        let (key, values) = choice
+            .split_once('=')
+            .with_context(|| format!("--choose {choice:?}: expected KEY=V1,V2,..."))?;
+        let mut next = Vec::new();
+        for (label, doc) in &out {
+            for v in values.split(',') {
+                let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                    .or_else(|_| toml::from_str::<toml::Table>(&format!("v = {v:?}")))?
+                    .remove("v")
+                    .context("a value")?;
+                let mut doc = doc.clone();
+                let mut at = &mut doc;
+                let path: Vec<&str> = key.trim().split('.').collect();
+                for (i, part) in path.iter().enumerate() {
+                    let table = at
+                        .as_table_mut()
+                        .with_context(|| format!("--choose {key}: {part} is not in a table"))?;
+                    anyhow::ensure!(
+                        table.contains_key(*part),
+                        "--choose: {section} has no setting {key}"
+                    );
+                    if i + 1 == path.len() {
+                        table.insert((*part).to_string(), value.clone());
+                        break;
+                    }
+                    at = table.get_mut(*part).expect("checked");
+                }
+                let sep = if label.is_empty() { "" } else { " " };
+                next.push((format!("{label}{sep}{}={v}", key.trim()), doc));
+            }
+        }
+        out = next;
+    }
+    out.into_iter()
+        .map(|(label, doc)| {
+            let cfg: T = doc
+                .try_into()
+                .with_context(|| format!("candidate {label}"))?;
+            Ok((
+                if label.is_empty() {
+                    "as configured".into()
+                } else {
+                    label
+                },
+                cfg,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -496,57 +496,11 @@ pub fn candidates(
     base: &DetectConfig,
     choices: &[String],
 ) -> anyhow::Result<Vec<(String, DetectConfig)>> {
-    let mut out = vec![(String::new(), toml::Value::try_from(base)?)];
-    for choice in choices {
-        let (key, values) = choice
-            .split_once('=')
-            .with_context(|| format!("--choose {choice:?}: expected KEY=V1,V2,..."))?;
-        let mut next = Vec::new();
-        for (label, doc) in &out {
-            for v in values.split(',') {
-                let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-                    .or_else(|_| toml::from_str::<toml::Table>(&format!("v = {v:?}")))?
-                    .remove("v")
-                    .context("a value")?;
-                let mut doc = doc.clone();
-                let mut at = &mut doc;
-                let path: Vec<&str> = key.trim().split('.').collect();
-                for (i, part) in path.iter().enumerate() {
-                    let table = at
-                        .as_table_mut()
-                        .with_context(|| format!("--choose {key}: {part} is not in a table"))?;
-                    anyhow::ensure!(
-                        table.contains_key(*part),
-                        "--choose: detect has no setting {key}"
-                    );
-                    if i + 1 == path.len() {
-                        table.insert((*part).to_string(), value.clone());
-                        break;
-                    }
-                    at = table.get_mut(*part).expect("checked");
-                }
-                let sep = if label.is_empty() { "" } else { " " };
-                next.push((format!("{label}{sep}{}={v}", key.trim()), doc));
-            }
-        }
-        out = next;
+    let out = super::candidates_of(base, choices, "detect")?;
+    for (_, cfg) in &out {
+        cfg.stream.validate().map_err(anyhow::Error::msg)?;
     }
-    out.into_iter()
-        .map(|(label, doc)| {
-            let cfg: DetectConfig = doc
-                .try_into()
-                .with_context(|| format!("candidate {label}"))?;
-            cfg.stream.validate().map_err(anyhow::Error::msg)?;
-            Ok((
-                if label.is_empty() {
-                    "as configured".into()
-                } else {
-                    label
-                },
-                cfg,
-            ))
-        })
-        .collect()
+    Ok(out)
 }
 
 /// Scores the corpus with every candidate; the whole-corpus figures are the chosen

@@ -302,9 +302,24 @@ pub trait Store:
     /// Stored points of one series in [from, to), oldest first.
     async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>>;
 
+    /// Forecast rows of one of `tenant`'s series with times in [from, to), by time: every
+    /// forecast run's (oldest run first), or with `latest` only the newest run's. At most
+    /// `MAX_FORECAST_ROWS`.
+    async fn forecasts(
+        &self,
+        tenant: &str,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+        latest: bool,
+    ) -> Result<Vec<Forecast>>;
+
     /// A tenant's series (id, metric name, labels), at most `limit`, by id.
     async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<SeriesInfo>>;
 }
+
+/// Most forecast rows one `Store::forecasts` call returns.
+pub const MAX_FORECAST_ROWS: usize = 10_000;
 
 /// One stored series.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

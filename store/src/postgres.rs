@@ -879,6 +879,50 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn forecasts(
+        &self,
+        tenant: &str,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+        latest: bool,
+    ) -> Result<Vec<Forecast>> {
+        // The tenant check is the join: another tenant's series id finds nothing.
+        let newest = if latest {
+            "AND f.generated_at = (SELECT MAX(g.generated_at) FROM forecasts g \
+             WHERE g.series_id = f.series_id AND g.time >= $3 AND g.time < $4)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT f.series_id, f.generated_at, f.time, f.yhat, f.lower, f.upper, f.model \
+             FROM forecasts f JOIN series s ON s.series_id = f.series_id \
+             WHERE f.series_id = $1 AND s.tenant = $2 AND f.time >= $3 AND f.time < $4 {newest} \
+             ORDER BY f.generated_at, f.time LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(series as i64)
+            .bind(tenant)
+            .bind(self::from_ms(from_ms))
+            .bind(self::from_ms(to_ms))
+            .bind(crate::MAX_FORECAST_ROWS as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Forecast {
+                    series_id: r.try_get::<i64, _>("series_id")? as u64,
+                    generated_at: r.try_get("generated_at")?,
+                    ts: r.try_get("time")?,
+                    yhat: r.try_get("yhat")?,
+                    lower: r.try_get("lower")?,
+                    upper: r.try_get("upper")?,
+                    model: r.try_get("model")?,
+                })
+            })
+            .collect()
+    }
+
     async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<crate::SeriesInfo>> {
         let rows = sqlx::query(
             "SELECT series_id, name, labels FROM series WHERE tenant = $1 ORDER BY series_id LIMIT $2",

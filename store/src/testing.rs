@@ -516,3 +516,68 @@ pub async fn explain_conformance(store: &dyn Store) {
     );
     assert_eq!(calls[2], call("c3", 2, "ok", Some("{\"a\":3}")));
 }
+
+/// The forecasts query: newest run or every run, by time, and only the tenant's series.
+pub async fn forecast_conformance(store: &dyn Store) {
+    use seismo_schemas::{Forecast, MetricPoint};
+    let hour = 3_600_000;
+    let t0 = 1_767_225_600_000; // 2026-01-01
+    let p = MetricPoint {
+        tenant: "acme".into(),
+        name: "disk".into(),
+        labels: Default::default(),
+        ts: t0,
+        value: 1.0,
+    };
+    store.insert_points(std::slice::from_ref(&p)).await.unwrap();
+    let id = p.series_id();
+    let at = |ms: i64| Utc.timestamp_millis_opt(ms).unwrap();
+    let run = |gen_h: i64, yhat: f64| -> Vec<Forecast> {
+        (0..4)
+            .map(|k| Forecast {
+                series_id: id,
+                generated_at: at(t0 + gen_h * hour),
+                ts: at(t0 + (gen_h + k) * hour),
+                yhat: yhat + k as f64,
+                lower: yhat - 1.0,
+                upper: yhat + 10.0,
+                model: "mstl".into(),
+            })
+            .collect()
+    };
+    store.insert_forecasts(&run(1, 10.0)).await.unwrap();
+    store.insert_forecasts(&run(2, 20.0)).await.unwrap();
+    // A replayed run is not stored twice.
+    store.insert_forecasts(&run(2, 20.0)).await.unwrap();
+    let all = store
+        .forecasts("acme", id, t0, t0 + 10 * hour, false)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 8, "{all:?}");
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].generated_at, w[0].ts) < (w[1].generated_at, w[1].ts))
+    );
+    let latest = store
+        .forecasts("acme", id, t0, t0 + 10 * hour, true)
+        .await
+        .unwrap();
+    assert_eq!(latest.len(), 4);
+    assert!(latest.iter().all(|f| f.generated_at == at(t0 + 2 * hour)));
+    assert_eq!(latest[0].yhat, 20.0);
+    assert_eq!(latest[0].model, "mstl");
+    // The window bounds the rows: [t0 + 3 h, t0 + 4 h) holds one row of each run.
+    let window = store
+        .forecasts("acme", id, t0 + 3 * hour, t0 + 4 * hour, false)
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 2);
+    // Another tenant sees nothing of this series.
+    assert!(
+        store
+            .forecasts("other", id, t0, t0 + 10 * hour, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

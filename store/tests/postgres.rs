@@ -140,3 +140,9 @@ async fn tokens_and_audit_follow_the_contract() {
     let store = fresh_postgres().await;
     seismo_store::testing::access_conformance(&store).await;
 }
+
+#[tokio::test]
+async fn forecasts_query_by_run_and_tenant() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::forecast_conformance(&store).await;
+}
