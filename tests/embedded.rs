@@ -19,6 +19,32 @@ async fn temp_store(dir: &tempfile::TempDir) -> (Config, Arc<dyn Store>) {
     (cfg, store)
 }
 
+type Server = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The HTTP API of a running embedded pipeline on a free port; cancel the token to stop it.
+async fn serve(
+    cfg: &Config,
+    running: &Embedded,
+    store: &Arc<dyn Store>,
+) -> (std::net::SocketAddr, CancellationToken, Server) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let server = tokio::spawn(seismo::http::serve(
+        listener,
+        seismo::http::router(
+            cfg,
+            Some(running),
+            Some(store.clone()),
+            running.health.clone(),
+        ),
+        async move { stop.cancelled().await },
+        seismo::http::HttpLimits::from_config(cfg),
+    ));
+    (addr, token, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_faults_become_incidents_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,21 +161,7 @@ async fn graceful_shutdown_stores_every_accepted_point() {
     cfg.http.publish_timeout_ms = 50;
     cfg.stages.checkpoint_interval_ms = 200;
     let running = Embedded::start(&cfg, store.clone()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    let server = tokio::spawn(seismo::http::serve(
-        listener,
-        seismo::http::router(
-            &cfg,
-            Some(&running),
-            Some(store.clone()),
-            running.health.clone(),
-        ),
-        async move { stop.cancelled().await },
-        seismo::http::HttpLimits::from_config(&cfg),
-    ));
+    let (addr, token, server) = serve(&cfg, &running, &store).await;
 
     let client = reqwest::Client::new();
     let (requests, per_request) = (40, 250);
@@ -197,21 +209,7 @@ async fn the_last_bucket_is_scored_at_shutdown_and_a_late_point_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, store) = temp_store(&dir).await;
     let running = Embedded::start(&cfg, store.clone()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    let server = tokio::spawn(seismo::http::serve(
-        listener,
-        seismo::http::router(
-            &cfg,
-            Some(&running),
-            Some(store.clone()),
-            running.health.clone(),
-        ),
-        async move { stop.cancelled().await },
-        seismo::http::HttpLimits::from_config(&cfg),
-    ));
+    let (addr, token, server) = serve(&cfg, &running, &store).await;
     let t0 = 1_767_571_200_000i64;
     let line = |minute: i64, value: f64| {
         format!(
@@ -299,21 +297,7 @@ async fn a_predicted_disk_breach_reaches_correlation_before_the_breach() {
             severity: seismo_schemas::Severity::Critical,
         });
     let running = Embedded::start(&cfg, store.clone()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    let server = tokio::spawn(seismo::http::serve(
-        listener,
-        seismo::http::router(
-            &cfg,
-            Some(&running),
-            Some(store.clone()),
-            running.health.clone(),
-        ),
-        async move { stop.cancelled().await },
-        seismo::http::HttpLimits::from_config(&cfg),
-    ));
+    let (addr, token, server) = serve(&cfg, &running, &store).await;
     // Five-minute points: +0.25 points an hour from 40 % with a daily swing of ±2, seeded
     // noise; it first reaches 90 % (hourly mean) in hour `breach`.
     let t0 = 1_767_225_600_000i64; // 2026-01-01

@@ -9,7 +9,7 @@
 //! bridged, see `select::regular_tail`), from the bucket now open to the horizon; each
 //! `[[forecast.thresholds]]` rule watching the series then raises a `predicted` anomaly
 //! when the forecast first crosses it, reports it again when its ETA moves, and
-//! withdraws it when a later forecast no longer crosses.
+//! withdraws it when two forecasts in a row no longer cross.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
@@ -49,11 +49,18 @@ struct History {
     standing: BTreeMap<String, Standing>,
 }
 
-/// A prediction in force: the bucket its ETA falls in, as last reported.
+/// A prediction in force: the bucket its ETA falls in, as last reported, and how many
+/// forecasts in a row have not crossed since.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Standing {
     eta: Option<i64>,
+    misses: u32,
 }
+
+/// Forecasts in a row that must stop crossing before a prediction is withdrawn: one
+/// forecast whose interval dips just under the limit is not an all-clear (with one, the
+/// demo's leaking host flapped predicted → withdrawn → predicted within three hours).
+const WITHDRAW_AFTER: u32 = 2;
 
 /// Whether a new ETA differs enough from the reported one to report again: it appeared
 /// or vanished, or moved by more than a bucket and a tenth of the time left.
@@ -376,9 +383,20 @@ fn forecast_series(
                     t.name.clone(),
                     Standing {
                         eta: c.eta.map(|e| b + e as i64),
+                        misses: 0,
                     },
                 );
                 out.anomalies.push(a);
+            }
+            (Some(_), _) => {
+                if let Some(s) = h.standing.get_mut(&t.name) {
+                    s.misses = 0;
+                }
+            }
+            (None, Some(s)) if s.misses + 1 < WITHDRAW_AFTER => {
+                if let Some(s) = h.standing.get_mut(&t.name) {
+                    s.misses += 1;
+                }
             }
             (None, Some(_)) => {
                 h.standing.remove(&t.name);
@@ -386,7 +404,7 @@ fn forecast_series(
                     h, id, t, &steps, b, bucket_ms, &p.model, observed, None, horizon,
                 ));
             }
-            _ => {}
+            (None, None) => {}
         }
     }
     Some(steps.len())

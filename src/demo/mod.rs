@@ -161,6 +161,21 @@ pub fn demo_config(base: &Config, fleet: &Fleet) -> Config {
     // The fleet's clock starts at a fixed date (2026-01-05) so every run is the same;
     // those points are history by now, which ingest refuses unless told to backfill.
     cfg.ingest.backfill = true;
+    // Hosts have 2.6 GB for the service: a forecast that reaches it within the horizon
+    // is a predicted breach (the leaking host gets there late on the last day).
+    if cfg.forecast.thresholds.is_empty() {
+        cfg.forecast
+            .thresholds
+            .push(seismo_forecast::thresholds::Threshold {
+                name: "memory-limit".into(),
+                metric: Some("memory_used_bytes".into()),
+                labels: Default::default(),
+                above: Some(2.6e9),
+                below: None,
+                trigger: seismo_forecast::thresholds::Trigger::Interval,
+                severity: seismo_schemas::Severity::Warning,
+            });
+    }
     cfg
 }
 
