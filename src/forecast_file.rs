@@ -8,12 +8,19 @@ use seismo_forecast::ForecastConfig;
 use seismo_forecast::periods::{calendar_candidates, find_periods};
 use seismo_forecast::select::{predict, regular_tail};
 
+/// The longest horizon, in steps (the stage's limit too).
+const MAX_HORIZON: usize = 10_000;
+
 /// A horizon as a number of steps of `step_ms`, from `48` (steps) or a duration (`90m`,
 /// `48h`, `2d`, `30s`).
 pub fn parse_horizon(s: &str, step_ms: i64) -> anyhow::Result<usize> {
     let s = s.trim();
     if let Ok(n) = s.parse::<usize>() {
         ensure!(n > 0, "--horizon must be at least one step");
+        ensure!(
+            n <= MAX_HORIZON,
+            "--horizon {n} steps; at most {MAX_HORIZON}"
+        );
         return Ok(n);
     }
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -27,8 +34,15 @@ pub fn parse_horizon(s: &str, step_ms: i64) -> anyhow::Result<usize> {
         "d" => 86_400,
         _ => bail!("--horizon {s:?}: unit must be s, m, h or d"),
     };
-    let steps = (n * secs * 1000) / step_ms.max(1);
+    let steps = n
+        .checked_mul(secs * 1000)
+        .map(|ms| ms / step_ms.max(1))
+        .with_context(|| format!("--horizon {s:?} is too long"))?;
     ensure!(steps > 0, "--horizon {s:?} is shorter than one step");
+    ensure!(
+        steps <= MAX_HORIZON as i64,
+        "--horizon {s:?} is {steps} steps; at most {MAX_HORIZON}"
+    );
     Ok(steps as usize)
 }
 
@@ -59,8 +73,9 @@ pub fn run(
     if let Some(p) = pts.iter().find(|p| !p.1.is_finite()) {
         bail!("{name}: value at {} is not finite", p.0);
     }
-    // The step is the most common spacing; rows on its grid are kept (a duplicate
-    // timestamp keeps its last row) and missing steps are gaps.
+    // The step is the median spacing; each row goes to the nearest step of the grid from
+    // the first row (jittered timestamps still land; two rows in one step keep the
+    // later) and missing steps are gaps.
     let mut gaps: Vec<i64> = pts
         .windows(2)
         .map(|w| w[1].0 - w[0].0)
@@ -79,11 +94,15 @@ pub fn run(
     );
     let mut grid = vec![f64::NAN; slots];
     for (t, v) in &pts {
-        if (t - t0) % step == 0 {
-            grid[((t - t0) / step) as usize] = *v;
-        }
+        let slot = ((t - t0 + step / 2) / step) as usize;
+        grid[slot.min(slots - 1)] = *v;
     }
-    let candidates = calendar_candidates((step / 1000).max(1) as u64);
+    // Daily and weekly cycles are looked for only at whole-second steps.
+    let candidates = if step % 1000 == 0 {
+        calendar_candidates((step / 1000) as u64)
+    } else {
+        Vec::new()
+    };
     let (start, y) = regular_tail(&grid, (candidates.first().copied().unwrap_or(8) / 8).max(1));
     ensure!(
         y.len() >= 3,
@@ -135,5 +154,8 @@ mod tests {
         assert!(parse_horizon("1m", 3_600_000).is_err());
         assert!(parse_horizon("3w", 3_600_000).is_err());
         assert!(parse_horizon("0", 3_600_000).is_err());
+        assert!(parse_horizon("10001", 3_600_000).is_err());
+        assert!(parse_horizon("9223372036854775807d", 1).is_err());
+        assert!(parse_horizon("100000d", 60_000).is_err());
     }
 }

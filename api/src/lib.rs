@@ -357,17 +357,17 @@ async fn list_anomalies(
     Ok(Json(page).into_response())
 }
 
-/// The series and window of a forecast query; `from` defaults to a day before `to`, `to`
-/// to two days after now (forecasts lie ahead).
-fn forecast_window(p: &ListParams) -> ApiResult<(i64, i64)> {
+/// The window of a forecast query; `from` defaults to three days before `to`, `to` to
+/// two days after now (forecasts lie ahead); at most `max_days` long.
+fn forecast_window(p: &ListParams, max_days: i64) -> ApiResult<(i64, i64)> {
     let to =
         p.to.unwrap_or_else(|| Utc::now() + chrono::Duration::days(2))
             .timestamp_millis();
     let from = p.from.map_or(to - 3 * 86_400_000, |f| f.timestamp_millis());
-    if to - from > 90 * 86_400_000 {
-        return Err(ApiError::BadRequest(
-            "from..to spans more than 90 days; ask for less".into(),
-        ));
+    if to - from > max_days * 86_400_000 {
+        return Err(ApiError::BadRequest(format!(
+            "from..to spans more than {max_days} days; ask for less"
+        )));
     }
     Ok((from, to))
 }
@@ -410,7 +410,7 @@ async fn list_forecasts(
     let series = p
         .series_id
         .ok_or_else(|| ApiError::BadRequest("series_id is required".into()))?;
-    let (from, to) = forecast_window(&p)?;
+    let (from, to) = forecast_window(&p, 90)?;
     let rows = s
         .store
         .forecasts(&who.tenant, series, from, to, latest)
@@ -436,7 +436,8 @@ async fn series_forecast(
     let series = u64::from_str_radix(&id, 16)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a hex series id")))?;
     let p = parse_params(q, &["from", "to"])?;
-    let (from, to) = forecast_window(&p)?;
+    // The observed points are read whole: a week of them at most.
+    let (from, to) = forecast_window(&p, 7)?;
     let forecast = s
         .store
         .forecasts(&who.tenant, series, from, to, true)

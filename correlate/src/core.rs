@@ -140,6 +140,11 @@ struct Open {
     signals: u64,
     /// Fingerprints of its alerts still firing: it does not resolve itself while any is.
     firing: BTreeSet<String>,
+    /// Its standing predicted breaches, by fingerprint, each until the time it predicts
+    /// (the ETA, or the earliest plausible time): it does not resolve itself while one
+    /// stands. A prediction lapses at that time even if nothing withdraws it (its series
+    /// went silent, or its rule was removed): by then the breach has happened or not.
+    predicted: BTreeMap<String, DateTime<Utc>>,
     /// When it last resolved itself (event time), while it may still reopen.
     resolved_at: Option<DateTime<Utc>>,
 }
@@ -314,7 +319,11 @@ impl Correlator {
         let (live, quieted): (Vec<Open>, Vec<Open>) = std::mem::take(&mut self.open)
             .into_iter()
             // An incident with an alert still firing is ongoing however quiet it is.
-            .partition(|o| watermark - o.last <= quiet || !o.firing.is_empty());
+            .partition(|o| {
+                watermark - o.last <= quiet
+                    || !o.firing.is_empty()
+                    || o.predicted.values().any(|until| *until > watermark)
+            });
         self.open = live;
         for mut o in quieted {
             // Quiet since its last signal: resolved as of then plus the quiet period.
@@ -417,8 +426,25 @@ impl Correlator {
     }
 
     fn anomaly(&mut self, a: Anomaly) -> Vec<IncidentWrite> {
-        if let Some(b) = a.explanation.breach.as_ref().filter(|b| b.withdrawn) {
-            return self.withdraw(&a, b.fingerprint(a.series_id));
+        if let Some(b) = a.explanation.breach.as_ref() {
+            let fp = b.fingerprint(a.series_id);
+            if b.withdrawn {
+                return self.withdraw(&a, fp);
+            }
+            // A prediction reported again (its ETA moved) joins the incident that holds
+            // it, however long ago that incident last heard anything.
+            let key = (a.tenant.clone(), fp);
+            if let Some(i) = self
+                .alerts
+                .get(&key)
+                .and_then(|id| self.open.iter().position(|o| &o.incident.id == id))
+            {
+                self.anomaly_time = self.anomaly_time.max(Some(a.ts));
+                let event = self.attach_event(&self.open[i].incident.id, &a);
+                self.absorb(i, &a);
+                self.open[i].last = self.open[i].last.max(a.ts);
+                return vec![self.write(i, vec![a.id.clone()], vec![], vec![event])];
+            }
         }
         let scope = self.scope(&a.tenant, &a.labels);
         self.anomaly_time = self.anomaly_time.max(Some(a.ts));
@@ -457,7 +483,7 @@ impl Correlator {
         let Some(i) = self.open.iter().position(|o| o.incident.id == id) else {
             return Vec::new();
         };
-        self.open[i].firing.remove(&fingerprint);
+        self.open[i].predicted.remove(&fingerprint);
         self.open[i].last = self.open[i].last.max(a.ts);
         let event = IncidentEvent {
             id: format!("{id}-w-{}", a.id),
@@ -622,6 +648,7 @@ impl Correlator {
             announced: severity,
             signals: 0,
             firing: BTreeSet::new(),
+            predicted: BTreeMap::new(),
             resolved_at: None,
         });
         self.open.len() - 1
@@ -699,7 +726,8 @@ impl Correlator {
         // a later forecast withdraws it.
         if let Some(b) = a.explanation.breach.as_ref().filter(|b| !b.withdrawn) {
             let fp = b.fingerprint(a.series_id);
-            self.open[i].firing.insert(fp.clone());
+            let until = b.eta.unwrap_or(b.earliest).max(b.generated_at);
+            self.open[i].predicted.insert(fp.clone(), until);
             self.alerts
                 .insert((a.tenant.clone(), fp), self.open[i].incident.id.clone());
         }
@@ -1209,41 +1237,50 @@ mod tests {
         );
     }
 
+    /// A predicted breach at `minute`, expected at minute `eta`.
+    fn predicted(minute: i64, eta: i64, withdrawn: bool) -> Signal {
+        let mut a = anomaly("db", "db-1", minute, Severity::Critical);
+        a.id = format!("p-{minute}-{withdrawn}");
+        a.kind = AnomalyKind::Predicted;
+        let at = |m: i64| Utc.timestamp_opt(1_700_000_000 + m * 60, 0).unwrap();
+        a.explanation.breach = Some(Box::new(seismo_schemas::PredictedBreach {
+            threshold: "disk-full".into(),
+            limit: 90.0,
+            direction: seismo_schemas::BreachDirection::Above,
+            eta: Some(at(eta)),
+            earliest: at(eta),
+            generated_at: a.ts,
+            model: "mstl".into(),
+            withdrawn,
+            forecast: Vec::new(),
+        }));
+        Signal::Anomaly(a)
+    }
+
     #[test]
     fn a_predicted_breach_holds_its_incident_until_withdrawn() {
         let mut c = Correlator::new(cfg());
-        let predicted = |minute: i64, withdrawn: bool| {
-            let mut a = anomaly("db", "db-1", minute, Severity::Critical);
-            a.id = format!("p-{minute}-{withdrawn}");
-            a.kind = AnomalyKind::Predicted;
-            a.explanation.breach = Some(Box::new(seismo_schemas::PredictedBreach {
-                threshold: "disk-full".into(),
-                limit: 90.0,
-                direction: seismo_schemas::BreachDirection::Above,
-                eta: None,
-                earliest: a.ts,
-                generated_at: a.ts,
-                model: "mstl".into(),
-                withdrawn,
-                forecast: Vec::new(),
-            }));
-            Signal::Anomaly(a)
-        };
         let elsewhere = |m| Signal::Anomaly(anomaly("search", "s-1", m, Severity::Warning));
-        // A critical prediction opens an incident after the group wait.
-        let mut w = c.process(predicted(0, false));
+        // A critical prediction (breach expected at minute 600) opens an incident after
+        // the group wait.
+        let mut w = c.process(predicted(0, 600, false));
         w.extend(c.process(elsewhere(5)));
         let id = w
             .iter()
             .find(|w| w.new_anomaly_ids.contains(&"p-0-false".to_string()))
             .map(|w| w.incident.id.clone())
             .expect("an incident for the prediction");
-        // Far past the quiet period, the standing prediction keeps it from resolving.
+        // Far past the quiet period, the standing prediction keeps it from resolving; a
+        // report with a moved ETA joins the same incident.
         c.process(elsewhere(60));
         c.process(elsewhere(120));
+        let w = c.process(predicted(121, 500, false));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].incident.id, id);
+        assert_eq!(w[0].new_anomaly_ids, vec!["p-121-false".to_string()]);
         assert!(c.take_steps().iter().all(|s| s.incident_id != id));
         // Withdrawn: a note on the incident, which then resolves itself once quiet.
-        let w = c.process(predicted(130, true));
+        let w = c.process(predicted(130, 500, true));
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].incident.id, id);
         assert!(
@@ -1260,9 +1297,28 @@ mod tests {
         );
         // A prediction withdrawn before any incident opened never opens one.
         let mut d = Correlator::new(cfg());
-        assert!(d.process(predicted(0, false)).is_empty());
-        assert!(d.process(predicted(1, true)).is_empty());
+        assert!(d.process(predicted(0, 600, false)).is_empty());
+        assert!(d.process(predicted(1, 600, true)).is_empty());
         assert!(d.flush().is_empty());
+    }
+
+    #[test]
+    fn a_prediction_nobody_withdraws_lapses_at_its_eta() {
+        let mut c = Correlator::new(cfg());
+        let elsewhere = |m| Signal::Anomaly(anomaly("search", "s-1", m, Severity::Warning));
+        let mut w = c.process(predicted(0, 240, false));
+        w.extend(c.process(elsewhere(5)));
+        let id = w[0].incident.id.clone();
+        // Its series went silent: no withdrawal ever comes. Held until minute 240...
+        c.process(elsewhere(200));
+        assert!(c.take_steps().iter().all(|s| s.incident_id != id));
+        // ...and resolved once the predicted time has passed.
+        c.process(elsewhere(260));
+        assert!(
+            c.take_steps()
+                .iter()
+                .any(|s| s.incident_id == id && s.to == IncidentStatus::Resolved)
+        );
     }
 
     #[test]

@@ -180,7 +180,8 @@ impl Stage for CorrelateStage {
     /// 2: services keep their largest change per kind of metric, for ranking.
     /// 3: incidents count their signals instead of listing them.
     /// 4: incidents know their firing alerts and which resolved themselves.
-    const FORMAT: u32 = 4;
+    /// 5: incidents know their standing predicted breaches.
+    const FORMAT: u32 = 5;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {

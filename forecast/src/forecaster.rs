@@ -47,6 +47,9 @@ struct History {
     next_due: i64,
     /// Thresholds with a standing prediction.
     standing: BTreeMap<String, Standing>,
+    /// The bucket width `open` and `values` are in: a checkpoint taken at another width
+    /// is not restored.
+    bucket_ms: i64,
 }
 
 /// A prediction in force: the bucket its ETA falls in, as last reported, and how many
@@ -65,7 +68,9 @@ const WITHDRAW_AFTER: u32 = 2;
 /// Whether a new ETA differs enough from the reported one to report again: it appeared
 /// or vanished, or moved by more than a bucket and a tenth of the time left.
 fn eta_moved(reported: Option<i64>, now: Option<i64>, b: i64) -> bool {
-    match (reported, now) {
+    // A breach already under way has its ETA at the current bucket, which moves with
+    // time: that is not news.
+    match (reported.map(|r| r.max(b)), now.map(|n| n.max(b))) {
         (Some(r), Some(n)) => (n - r).abs() > 1.max((r - b) / 10),
         (None, None) => false,
         _ => true,
@@ -210,6 +215,11 @@ impl Forecaster {
                 .try_into()
                 .map_err(|k| format!("bad checkpoint key {k:?}"))?;
             let mut h: History = postcard::from_bytes(&v).map_err(|e| e.to_string())?;
+            if h.bucket_ms != self.bucket_ms {
+                // forecast.bucket_secs changed: the history is in other units. The
+                // series starts afresh; its standing predictions lapse in correlation.
+                continue;
+            }
             // A smaller history_secs since the checkpoint: keep the newest part.
             while h.values.len() > self.cap {
                 h.values.pop_front();
@@ -237,7 +247,8 @@ impl Forecaster {
     /// withdraws) comes out when its series falls due.
     pub fn process(&mut self, partition: u32, p: &MetricPoint, out: &mut Produced) {
         let id = p.series_id();
-        let b = p.ts.div_euclid(self.bucket_ms);
+        let bucket_ms = self.bucket_ms;
+        let b = p.ts.div_euclid(bucket_ms);
         // The same saturation as the detectors': a value beyond it cannot poison means.
         let value = p.value.clamp(-1e150, 1e150);
         let first_due = self.next_slot(id, b);
@@ -257,6 +268,7 @@ impl Forecaster {
                 last_ts: i64::MIN,
                 next_due: first_due,
                 standing: BTreeMap::new(),
+                bucket_ms,
             });
         if b < h.open || p.ts <= h.last_ts {
             return;
@@ -271,7 +283,8 @@ impl Forecaster {
         // Close the open bucket; a gap is kept as NaN, and one as long as the whole
         // history empties it instead of filling it.
         h.values.push_back(if h.count > 0 {
-            (h.sum / f64::from(h.count)) as f32
+            // Clamped into f32's range: an infinite bucket would read as a gap.
+            (h.sum / f64::from(h.count)).clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
         } else {
             f32::NAN
         });
@@ -295,13 +308,14 @@ impl Forecaster {
             return;
         }
         let started = Instant::now();
+        let before = out.anomalies.len();
         let done = forecast_series(&self.cfg, &self.candidates, self.bucket_ms, id, h, b, out);
         self.budget.spend(started.elapsed().as_secs_f64() * 1000.0);
         if let Some(rows) = done {
             self.stats.forecasts += 1;
             self.stats.rows += rows as u64;
         }
-        for a in &out.anomalies {
+        for a in &out.anomalies[before..] {
             match a.explanation.breach.as_ref().map(|b| b.withdrawn) {
                 Some(true) => self.stats.withdrawn += 1,
                 Some(false) => self.stats.predicted += 1,
@@ -355,6 +369,10 @@ fn forecast_series(
             model: p.model.clone(),
         }));
     let observed = y[y.len() - 1];
+    // A threshold removed from the configuration since its prediction: forget it (the
+    // prediction lapses in correlation at its ETA).
+    h.standing
+        .retain(|name, _| cfg.thresholds.iter().any(|t| &t.name == name));
     for t in cfg
         .thresholds
         .iter()
@@ -599,16 +617,24 @@ mod tests {
     fn a_century_gap_costs_no_memory_and_the_state_survives_a_restart() {
         let mut f = Forecaster::new(cfg());
         let mut out = Produced::default();
-        for i in 0..400 {
+        for i in 0..600 {
             f.process(0, &point("m", "a", T0 + i * HOUR, 1.0), &mut out);
         }
-        assert_eq!(f.values_held(), 14 * 24);
+        // Bounded by history_secs (22 days of hours).
+        assert_eq!(f.values_held(), 22 * 24);
         // A point 100 years later: the history is emptied, not padded.
         f.process(0, &point("m", "a", T0 + 876_600 * HOUR, 1.0), &mut out);
         assert_eq!(f.values_held(), 0);
         f.process(0, &point("m", "a", T0 + 876_601 * HOUR, 2.0), &mut out);
         assert_eq!(f.values_held(), 1);
         let entries = f.take_dirty(0);
+        // A checkpoint at another bucket width is not restored: its units differ.
+        let mut other = Forecaster::new(ForecastConfig {
+            bucket_secs: 600,
+            ..cfg()
+        });
+        other.restore(0, entries.clone()).unwrap();
+        assert_eq!(other.series_count(), 0);
         let mut g = Forecaster::new(cfg());
         g.restore(0, entries).unwrap();
         assert_eq!(g.series_count(), 1);

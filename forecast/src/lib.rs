@@ -26,7 +26,9 @@ pub struct ForecastConfig {
     /// Width of the buckets the history is kept in, in seconds. A day and a week are the
     /// seasonal periods looked for, so the bucket should divide a day.
     pub bucket_secs: u64,
-    /// How much history each series keeps, in seconds (two weeks: two weekly cycles).
+    /// How much history each series keeps, in seconds. 22 days: the weekly period is
+    /// looked for on the history differenced at a day, and its test needs three weeks of
+    /// that.
     pub history_secs: u64,
     /// How far ahead each forecast reaches, in seconds (DESIGN: 3 to 12 hours).
     pub horizon_secs: u64,
@@ -52,7 +54,7 @@ impl Default for ForecastConfig {
     fn default() -> Self {
         ForecastConfig {
             bucket_secs: 3600,
-            history_secs: 14 * 86_400,
+            history_secs: 22 * 86_400,
             horizon_secs: 12 * 3600,
             every_secs: 3600,
             min_history_buckets: 24,
@@ -81,6 +83,14 @@ impl ForecastConfig {
         }
         if self.horizon_secs < self.bucket_secs || self.horizon_secs / self.bucket_secs > 10_000 {
             return Err("forecast.horizon_secs must be between one and 10000 buckets".into());
+        }
+        if self.min_history_buckets > self.capacity() {
+            return Err(format!(
+                "forecast.min_history_buckets ({}) is more than forecast.history_secs holds ({} \
+                 buckets): no series would ever be forecast",
+                self.min_history_buckets,
+                self.capacity()
+            ));
         }
         if !(0.5..=0.995).contains(&self.level) {
             return Err("forecast.level must be between 0.5 and 0.995".into());

@@ -123,20 +123,18 @@ pub fn predict(
     };
     let mut point = vec![0.0; h];
     let mut names = Vec::new();
-    let mut used = 0;
     for mi in &chosen {
-        if let Some(f) = usable[*mi].forecast(y, periods, h) {
-            point.iter_mut().zip(&f).for_each(|(p, v)| *p += v);
-            names.push(usable[*mi].name());
-            used += 1;
-        }
+        // The backtest scored a model that could not forecast from a cut as the naive
+        // forecast; the final forecast does the same, so what is published is what was
+        // scored.
+        let (f, name) = match usable[*mi].forecast(y, periods, h) {
+            Some(f) => (f, usable[*mi].name()),
+            None => (vec![y[n - 1]; h], "naive"),
+        };
+        point.iter_mut().zip(&f).for_each(|(p, v)| *p += v);
+        names.push(name);
     }
-    if used == 0 {
-        point = vec![y[n - 1]; h];
-        names.push("naive");
-        used = 1;
-    }
-    point.iter_mut().for_each(|p| *p /= used as f64);
+    point.iter_mut().for_each(|p| *p /= chosen.len() as f64);
     let half = if cuts.is_empty() {
         fallback_widths(y, h, level)
     } else {

@@ -304,7 +304,7 @@ pub trait Store:
 
     /// Forecast rows of one of `tenant`'s series with times in [from, to), by time: every
     /// forecast run's (oldest run first), or with `latest` only the newest run's. At most
-    /// `MAX_FORECAST_ROWS`.
+    /// `MAX_FORECAST_ROWS`, the newest runs' when more match.
     async fn forecasts(
         &self,
         tenant: &str,

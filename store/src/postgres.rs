@@ -890,7 +890,7 @@ impl Store for PgStore {
         // The tenant check is the join: another tenant's series id finds nothing.
         let newest = if latest {
             "AND f.generated_at = (SELECT MAX(g.generated_at) FROM forecasts g \
-             WHERE g.series_id = f.series_id AND g.time >= $3 AND g.time < $4)"
+             WHERE g.series_id = $1 AND g.time >= $3 AND g.time < $4)"
         } else {
             ""
         };
@@ -898,7 +898,7 @@ impl Store for PgStore {
             "SELECT f.series_id, f.generated_at, f.time, f.yhat, f.lower, f.upper, f.model \
              FROM forecasts f JOIN series s ON s.series_id = f.series_id \
              WHERE f.series_id = $1 AND s.tenant = $2 AND f.time >= $3 AND f.time < $4 {newest} \
-             ORDER BY f.generated_at, f.time LIMIT $5"
+             ORDER BY f.generated_at DESC, f.time DESC LIMIT $5"
         );
         let rows = sqlx::query(&sql)
             .bind(series as i64)
@@ -908,7 +908,9 @@ impl Store for PgStore {
             .bind(crate::MAX_FORECAST_ROWS as i64)
             .fetch_all(&self.pool)
             .await?;
+        // Newest first so a cut keeps the newest runs; returned oldest first.
         rows.iter()
+            .rev()
             .map(|r| {
                 Ok(Forecast {
                     series_id: r.try_get::<i64, _>("series_id")? as u64,
