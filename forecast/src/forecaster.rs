@@ -303,6 +303,13 @@ impl Forecaster {
         if b < h.next_due {
             return;
         }
+        // Too little history to forecast: due again at its next slot, and no charge to
+        // the budget.
+        let known = h.values.iter().filter(|v| v.is_finite()).count();
+        if known < self.cfg.min_history_buckets.max(3) {
+            h.next_due = first_due;
+            return;
+        }
         if !self.budget.available() {
             self.stats.postponed += 1;
             return;
