@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Starts or stops a throwaway PostgreSQL, a Kafka-protocol broker (tansu) and a small local
-# LLM server (scripts/llm.sh) for tests and for trying the distributed mode and the
-# explainer, installing what is missing.
+# Starts or stops two throwaway PostgreSQL servers (one plain, one with TimescaleDB), a
+# Kafka-protocol broker (tansu) and a small local LLM server (scripts/llm.sh) for tests and
+# for trying the distributed mode and the explainer, installing what is missing.
 #
 #   scripts/services.sh start   # prints the environment to use (also in $STATE/env)
 #   scripts/services.sh stop
@@ -10,13 +10,26 @@
 # PostgreSQL runs from this machine's server binaries as the `postgres` user (the server
 # refuses to run as root) with its data under $STATE, sized like a small production
 # server (shared_buffers 1GB, max_wal_size 4GB) rather than with the tiny defaults;
-# tansu keeps topics in memory. Both
-# listen on 127.0.0.1 only. Ports and the state folder can be overridden:
-#   SEISMO_PG_PORT (55432), SEISMO_KAFKA_PORT (19092), SEISMO_SERVICES_DIR (/tmp/seismo-services)
+# tansu keeps topics in memory. All listen on 127.0.0.1 only.
+#
+# TimescaleDB 2.28.3 (the last release for PostgreSQL 15) is built from the source tarball in
+# ../shared/vendor/timescaledb (about 5 CPU-minutes, once; it needs cmake and
+# postgresql-server-dev-15 from apt), staged in a cache outside the clone and copied into the
+# server's directories when they lack it. The first server (SEISMO_TEST_PG_URL) has the
+# extension's files but does not preload it: that is plain PostgreSQL, and also the
+# "installed, not preloaded" server `seismo migrate` must fall back on. The second
+# (SEISMO_TEST_TSDB_URL) preloads it. Ports, folders and the source can be overridden:
+#   SEISMO_PG_PORT (55432), SEISMO_TSDB_PORT (55433), SEISMO_KAFKA_PORT (19092),
+#   SEISMO_SERVICES_DIR (/tmp/seismo-services), SEISMO_CACHE_DIR (~/.cache/seismo),
+#   SEISMO_TIMESCALEDB_SRC (../shared/vendor/timescaledb/timescaledb-2.28.3.tar.gz)
 set -euo pipefail
 
 STATE=${SEISMO_SERVICES_DIR:-/tmp/seismo-services}
 PG_PORT=${SEISMO_PG_PORT:-55432}
+TSDB_PORT=${SEISMO_TSDB_PORT:-55433}
+CACHE=${SEISMO_CACHE_DIR:-$HOME/.cache/seismo}
+TSDB_VERSION=2.28.3
+TSDB_SRC=${SEISMO_TIMESCALEDB_SRC:-$(cd "$(dirname "$0")/../.." && pwd)/shared/vendor/timescaledb/timescaledb-$TSDB_VERSION.tar.gz}
 KAFKA_PORT=${SEISMO_KAFKA_PORT:-19092}
 PG_BIN=${SEISMO_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 TANSU_VERSION=0.6.0
@@ -35,6 +48,7 @@ LLM=$(dirname "$0")/llm.sh
 
 env_lines() {
   echo "export SEISMO_TEST_PG_URL=postgres://seismo@127.0.0.1:${PG_PORT}/postgres"
+  echo "export SEISMO_TEST_TSDB_URL=postgres://seismo@127.0.0.1:${TSDB_PORT}/postgres"
   echo "export SEISMO_TEST_KAFKA=127.0.0.1:${KAFKA_PORT}"
   "$LLM" env
 }
@@ -48,11 +62,45 @@ wait_port() { # host port seconds what
   return 1
 }
 
-start_pg() {
+# Builds TimescaleDB into the cache once and installs it into this server's directories.
+ensure_timescaledb() {
+  local pg_config=$PG_BIN/pg_config libdir sharedir stage=$CACHE/timescaledb-$TSDB_VERSION/stage
+  libdir=$("$pg_config" --pkglibdir)
+  sharedir=$("$pg_config" --sharedir)
+  if [ -f "$libdir/timescaledb-$TSDB_VERSION.so" ] && [ -f "$sharedir/extension/timescaledb.control" ]; then
+    return
+  fi
+  if [ ! -f "$stage/.complete" ]; then
+    [ -f "$TSDB_SRC" ] || die "TimescaleDB is not installed and its source is not at $TSDB_SRC (set SEISMO_TIMESCALEDB_SRC to timescaledb-$TSDB_VERSION.tar.gz)"
+    echo "timescaledb: building $TSDB_VERSION from $TSDB_SRC (about 5 CPU-minutes, once)..."
+    mkdir -p "$CACHE"
+    local log=$CACHE/timescaledb-$TSDB_VERSION-build.log build=$CACHE/timescaledb-$TSDB_VERSION/src
+    if ! command -v cmake >/dev/null 2>&1 || [ ! -f "$("$pg_config" --includedir-server)/postgres.h" ]; then
+      [ "$(id -u)" = 0 ] || die "building TimescaleDB needs cmake and postgresql-server-dev-15: apt-get install cmake postgresql-server-dev-15 libssl-dev"
+      (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake postgresql-server-dev-15 libssl-dev) >"$log" 2>&1 \
+        || die "installing cmake and postgresql-server-dev-15 failed; see $log"
+    fi
+    rm -rf "$build" "$stage"
+    mkdir -p "$build"
+    tar xzf "$TSDB_SRC" -C "$build" --strip-components=1 || die "cannot unpack $TSDB_SRC"
+    (cd "$build" && ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
+        -DCMAKE_BUILD_TYPE=Release -DPG_CONFIG="$pg_config" \
+      && cd build && make -j"$(nproc)" && make install DESTDIR="$stage") >>"$log" 2>&1 \
+      || die "building TimescaleDB failed; see $log"
+    touch "$stage/.complete"
+    rm -rf "$build"
+  fi
+  [ -w "$libdir" ] || die "TimescaleDB is built in $stage but $libdir is not writable; copy it as root: cp -a $stage/. /"
+  cp -a "$stage/usr/." /usr/ || die "installing TimescaleDB from $stage failed"
+  echo "timescaledb: $TSDB_VERSION installed into $libdir"
+}
+
+start_pg() { # name port extra-server-options
   [ -x "$PG_BIN/pg_ctl" ] || die "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin); install postgresql (apt-get install postgresql) or set SEISMO_PG_BIN"
-  local data=$STATE/pg
+  local name=$1 port=$2 extra=$3
+  local data=$STATE/$name
   if [ -f "$data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl -D $data status" >/dev/null 2>&1; then
-    echo "postgres: already running on port $PG_PORT"
+    echo "$name: already running on port $port"
     return
   fi
   mkdir -p "$STATE"
@@ -61,17 +109,17 @@ start_pg() {
     rm -rf "$data"
     mkdir -p "$data"
     [ "$(id -u)" = 0 ] && chown postgres "$data"
-    as_postgres "$PG_BIN/initdb -D $data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$STATE/initdb.log" 2>&1 \
-      || die "initdb failed; see $STATE/initdb.log"
+    as_postgres "$PG_BIN/initdb -D $data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$STATE/initdb-$name.log" 2>&1 \
+      || die "initdb failed; see $STATE/initdb-$name.log"
   fi
-  [ "$(id -u)" = 0 ] && touch "$STATE/pg.log" && chown postgres "$STATE/pg.log"
-  as_postgres "$PG_BIN/pg_ctl -D $data -l $STATE/pg.log -w -t 60 start -o '-p $PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=4GB'" >/dev/null \
-    || die "PostgreSQL did not start; see $STATE/pg.log"
-  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
+  [ "$(id -u)" = 0 ] && touch "$STATE/$name.log" && chown postgres "$STATE/$name.log"
+  as_postgres "$PG_BIN/pg_ctl -D $data -l $STATE/$name.log -w -t 60 start -o '-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 $extra'" >/dev/null \
+    || die "PostgreSQL ($name) did not start; see $STATE/$name.log"
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAt \
     -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'seismo') THEN CREATE ROLE seismo LOGIN SUPERUSER; END IF; END \$\$;" \
-    || die "could not create the seismo role"
-  drop_test_databases
-  echo "postgres: running on 127.0.0.1:$PG_PORT (data in $data)"
+    || die "could not create the seismo role on $name"
+  drop_test_databases "$port"
+  echo "$name: running on 127.0.0.1:$port (data in $data)"
 }
 
 ensure_tansu() {
@@ -100,12 +148,12 @@ start_kafka() {
 
 # Tests create one database each (store::testing::fresh_database) and never drop it; they are
 # dropped here, when no test can be using them, so the throwaway server does not grow without end.
-drop_test_databases() {
+drop_test_databases() { # port
   local names name
-  names=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
+  names=$("$PG_BIN/psql" -h 127.0.0.1 -p "$1" -U postgres -d postgres -qAt \
     -c "SELECT datname FROM pg_database WHERE datname LIKE 'seismo\_t\_%'" 2>/dev/null) || return 0
   for name in $names; do
-    "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt \
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$1" -U postgres -d postgres -qAt \
       -c "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
   done
 }
@@ -116,16 +164,24 @@ stop_all() {
     rm -f "$STATE/tansu.pid"
     echo "kafka (tansu): stopped"
   fi
-  if [ -f "$STATE/pg/postmaster.pid" ]; then
-    drop_test_databases
-    as_postgres "$PG_BIN/pg_ctl -D $STATE/pg -m fast -w stop" >/dev/null 2>&1 || true
-    echo "postgres: stopped"
-  fi
+  local name port
+  for name in pg tsdb; do
+    port=$PG_PORT
+    [ "$name" = tsdb ] && port=$TSDB_PORT
+    if [ -f "$STATE/$name/postmaster.pid" ]; then
+      drop_test_databases "$port"
+      as_postgres "$PG_BIN/pg_ctl -D $STATE/$name -m fast -w stop" >/dev/null 2>&1 || true
+      echo "$name: stopped"
+    fi
+  done
 }
 
 case "${1:-}" in
   start)
-    start_pg
+    ensure_timescaledb
+    # Sized like a small production server rather than with the tiny defaults.
+    start_pg pg "$PG_PORT" "-c shared_buffers=1GB -c max_wal_size=4GB"
+    start_pg tsdb "$TSDB_PORT" "-c shared_buffers=512MB -c max_wal_size=4GB -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
     start_kafka
     "$LLM" start | sed '/^export /d'
     env_lines >"$STATE/env"

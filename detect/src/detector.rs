@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use chrono::{TimeZone, Utc};
 use prometheus::{IntCounter, register_int_counter};
 use seismo_schemas::{
-    Anomaly, AnomalyKind, DetectorPart, Explanation, MetricPoint, SeriesId, Severity,
+    Anomaly, AnomalyKind, BandPoint, DetectorPart, Explanation, MetricPoint, SeriesId, Severity,
 };
 
 use crate::entity::{EntityState, Finding, MAX_MEMBERS};
@@ -145,12 +145,19 @@ pub struct Detector {
     dirty: HashMap<u32, Dirty>,
     /// Points skipped as not newer than their series' last one (replays, disorder).
     pub repeated: u64,
+    /// Expected bands sampled since the last `take_bands` (`band_every_secs`).
+    bands: Vec<BandPoint>,
+    band_every_ms: i64,
 }
 
 /// Keys of a partition's checkpoint entries.
 const KEY_SERIES: u8 = b's';
 const KEY_ENTITY: u8 = b'e';
 const KEY_META: u8 = b'm';
+
+fn cfg_band_every(cfg: &DetectConfig) -> i64 {
+    i64::try_from(cfg.band_every_secs).unwrap_or(0)
+}
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("detector state encodes")
@@ -162,6 +169,7 @@ impl Detector {
         let lateness_ms = i64::try_from(cfg.allowed_lateness_secs)
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
+        let band_every_ms = cfg_band_every(&cfg).saturating_mul(1000);
         Detector {
             cfg,
             bucket_ms,
@@ -171,7 +179,14 @@ impl Detector {
             meta: HashMap::new(),
             dirty: HashMap::new(),
             repeated: 0,
+            bands: Vec::new(),
+            band_every_ms,
         }
+    }
+
+    /// The expected bands sampled since the last call, to be stored.
+    pub fn take_bands(&mut self) -> Vec<BandPoint> {
+        std::mem::take(&mut self.bands)
     }
 
     /// Encoded state entries of `partition` changed since the last call (series, host
@@ -472,6 +487,20 @@ impl Detector {
         let mean = st.sum / f64::from(st.count);
         let scored = st.model.update(&self.cfg, closed_ts, mean);
         let ens = st.ensemble.update(&self.cfg.stream, closed_ts, mean);
+        // Sampled on the event-time grid, so every series' rows line up and a replay
+        // writes the same rows again; nothing while the band is still being learned.
+        if self.band_every_ms > 0
+            && closed_ts.rem_euclid(self.band_every_ms) == 0
+            && self.cfg.warm(st.ensemble.observations())
+        {
+            self.bands.push(BandPoint {
+                series_id: id,
+                ts: chrono::DateTime::from_timestamp_millis(closed_ts).unwrap_or_default(),
+                expected: scored.expected,
+                lower: scored.lower,
+                upper: scored.upper,
+            });
+        }
         st.bucket = closed + 1;
         st.sum = 0.0;
         st.count = 0;

@@ -49,6 +49,11 @@ pub struct DetectConfig {
     /// newer; a point that arrives for it later is late: stored and counted
     /// (`seismo_detect_late_points_total`), but not scored.
     pub allowed_lateness_secs: u64,
+    /// Every this many seconds of event time, each warm series' expected value and band
+    /// are stored (the `bands` table), for dashboards and the series API to draw beside
+    /// the observed values. 0 stores none. A multiple of `bucket_secs`: at the default
+    /// 300 with minute buckets, one row per five points of a minutely series.
+    pub band_every_secs: u64,
     /// The streaming ensemble (`[detect.stream]`): the scorer of `seismo detect` and
     /// `seismo eval nab`, run on every series' buckets.
     pub stream: crate::StreamConfig,
@@ -68,6 +73,7 @@ impl Default for DetectConfig {
             alarm_surprisal: 6.0,
             entity_threshold: 6.0,
             allowed_lateness_secs: 120,
+            band_every_secs: 300,
             stream: crate::StreamConfig::default(),
         }
     }
@@ -91,6 +97,12 @@ impl DetectConfig {
             return Err(format!(
                 "detect.alarm_surprisal is {}: it must be a positive number (6 = one false alarm in a million buckets)",
                 self.alarm_surprisal
+            ));
+        }
+        if !self.band_every_secs.is_multiple_of(self.bucket_secs.max(1)) {
+            return Err(format!(
+                "detect.band_every_secs is {}: it must be 0 (no bands) or a multiple of detect.bucket_secs ({})",
+                self.band_every_secs, self.bucket_secs
             ));
         }
         self.stream.validate()

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use prometheus::{IntCounter, register_int_counter};
 use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
 use seismo_schemas::topics::{self, headers};
-use seismo_schemas::{Anomaly, correlation_key};
+use seismo_schemas::{Anomaly, BandPoint, correlation_key};
 use seismo_store::Store;
 use seismo_transport::{Message, OutRecord, Producer};
 
@@ -45,6 +45,8 @@ pub struct DetectOut {
     pub sources: Vec<Source>,
     /// (source partition, watermark in UTC ms) to announce.
     pub watermarks: Vec<(u32, i64)>,
+    /// Expected bands sampled on the way, for the `bands` table.
+    pub bands: Vec<BandPoint>,
 }
 
 /// Sequence indexes of anomalies raised by a flush start here, above any one record's.
@@ -169,6 +171,7 @@ impl Stage for DetectStage {
         // Count each point once: a replayed duplicate (an upstream retry) is not folded.
         let folded = folded - (self.det.repeated - repeated_before);
         self.points += folded;
+        out.bands.append(&mut self.det.take_bands());
         folded
     }
 
@@ -181,6 +184,7 @@ impl Stage for DetectStage {
                 .timestamp_millis()
                 .saturating_sub(self.det.lateness_ms());
             self.flush(horizon, out);
+            out.bands.append(&mut self.det.take_bands());
         }
         for p in std::mem::take(&mut self.touched) {
             if let Some(wm) = self.det.advance_watermark(p) {
@@ -209,6 +213,7 @@ impl Stage for DetectStage {
     /// The input ended (a file run): every open bucket is scored and announced.
     fn finish(&mut self, out: &mut DetectOut) {
         self.flush(i64::MAX, out);
+        out.bands.append(&mut self.det.take_bands());
         for p in std::mem::take(&mut self.touched) {
             if let Some(wm) = self.det.advance_watermark(p) {
                 out.watermarks.push((p, wm));
@@ -217,12 +222,15 @@ impl Stage for DetectStage {
     }
 
     fn has_output(out: &DetectOut) -> bool {
-        !out.anomalies.is_empty() || !out.watermarks.is_empty()
+        !out.anomalies.is_empty() || !out.watermarks.is_empty() || !out.bands.is_empty()
     }
 
     async fn write(&self, out: &DetectOut) -> Result<(), StageError> {
         if !out.anomalies.is_empty() {
             self.store.insert_anomalies(&out.anomalies).await?;
+        }
+        if !out.bands.is_empty() {
+            self.store.insert_bands(&out.bands).await?;
         }
         let mut records: Vec<OutRecord> = out
             .anomalies

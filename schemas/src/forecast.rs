@@ -23,3 +23,19 @@ pub struct Forecast {
     /// Model name, e.g. `seasonal_naive`.
     pub model: String,
 }
+
+/// What the detector expected of one series at one time: the centre and the band outside
+/// which a value counts as unusual. Sampled every `detect.band_every_secs`, for dashboards
+/// and the series API to draw beside the observed values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BandPoint {
+    /// The series, as a 16-digit hex string.
+    #[serde(with = "crate::point::hex_id")]
+    #[schemars(with = "String")]
+    pub series_id: SeriesId,
+    /// Start of the detection bucket.
+    pub ts: DateTime<Utc>,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+}

@@ -21,7 +21,7 @@ pub use anomaly::{
     ForecastPoint, PredictedBreach, Severity,
 };
 pub use auth::{Caller, Quota, Role};
-pub use forecast::Forecast;
+pub use forecast::{BandPoint, Forecast};
 pub use incident::{
     ChangeKind, Incident, IncidentChange, IncidentEvent, IncidentEventKind, IncidentStatus,
     RootCauseCandidate, TransitionError,

@@ -17,15 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use seismo_schemas::{
-    Alert, Anomaly, Forecast, Incident, IncidentEvent, IncidentStatus, MetricPoint, SeriesId,
-    TransitionError,
+    Alert, Anomaly, BandPoint, Forecast, Incident, IncidentEvent, IncidentStatus, MetricPoint,
+    SeriesId, TransitionError,
 };
 
 pub use access::{AccessStore, ApiToken, AuditEntry, AuditQuery, AuditRecord};
 pub use checkpoint::{CheckpointStore, PartitionCheckpoint, Position, StoredPartition};
 pub use explain::{ExplainStore, LlmCall, StoredExplanation};
 pub use notify::{NotificationRecord, NotificationStatus, NotifyStore, Silence};
-pub use postgres::{Layout, PgStore, TimescaleMode};
+pub use postgres::{Layout, PgStore, TimescaleMode, TimescaleSupport};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store, split by whose fault they are.
@@ -46,6 +46,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The server cannot give what the configuration asks for.
+    #[error("{0}")]
+    Config(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -260,6 +263,8 @@ pub trait Store:
     async fn insert_points(&self, points: &[MetricPoint]) -> Result<u64>;
     async fn insert_anomalies(&self, anomalies: &[Anomaly]) -> Result<u64>;
     async fn insert_forecasts(&self, forecasts: &[Forecast]) -> Result<u64>;
+    /// Writes the detector's sampled expected bands; a row already stored is kept.
+    async fn insert_bands(&self, bands: &[BandPoint]) -> Result<u64>;
     async fn insert_alerts(&self, alerts: &[Alert]) -> Result<u64>;
     /// Applies correlate's incident changes in one transaction.
     async fn write_incidents(&self, writes: &[IncidentWrite]) -> Result<()>;
@@ -313,6 +318,16 @@ pub trait Store:
         to_ms: i64,
         latest: bool,
     ) -> Result<Vec<Forecast>>;
+
+    /// The expected band of one of `tenant`'s series with times in [from, to), oldest
+    /// first; at most `MAX_FORECAST_ROWS`, the newest when more match.
+    async fn bands(
+        &self,
+        tenant: &str,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<BandPoint>>;
 
     /// A tenant's series (id, metric name, labels), at most `limit`, by id.
     async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<SeriesInfo>>;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use seismo_schemas::{
-    Alert, AlertStatus, Anomaly, AnomalyKind, Forecast, Incident, IncidentEvent, IncidentEventKind,
-    IncidentStatus, MetricPoint, SeriesId, Severity,
+    Alert, AlertStatus, Anomaly, AnomalyKind, BandPoint, Forecast, Incident, IncidentEvent,
+    IncidentEventKind, IncidentStatus, MetricPoint, SeriesId, Severity,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
@@ -54,6 +54,24 @@ impl TimescaleMode {
         }
     }
 }
+
+/// Whether a database can use TimescaleDB (`PgStore::timescale_support`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimescaleSupport {
+    /// The server has no timescaledb extension.
+    Missing,
+    /// The extension is installed but cannot be created here: the server's message.
+    Unusable(String),
+    /// The extension exists in this database or can be created.
+    Usable,
+}
+
+/// How far back the 1-minute rollup's refresh reaches, as TimescaleDB prints the interval.
+const CAGG_START_OFFSET: &str = "29 days";
+
+/// What to change on a server whose TimescaleDB is installed but unusable.
+const PRELOAD_HINT: &str = "add shared_preload_libraries = 'timescaledb' to postgresql.conf \
+     and restart PostgreSQL (and give the role the right to create extensions)";
 
 /// How the time-series tables of a migrated database are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,13 +128,33 @@ impl PgStore {
         &self.pool
     }
 
-    /// Whether the server offers the timescaledb extension at all.
-    pub async fn timescale_available(&self) -> Result<bool> {
-        Ok(sqlx::query_scalar(
+    /// Whether this database can use TimescaleDB. The extension's files may be installed
+    /// while the server cannot load it (it must be in `shared_preload_libraries`), or the
+    /// role may not create it; the probe creates it in a transaction that is rolled back,
+    /// on a connection that is closed afterwards, so nothing of the attempt remains.
+    pub async fn timescale_support(&self) -> Result<TimescaleSupport> {
+        let installed: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
         )
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        if !installed {
+            return Ok(TimescaleSupport::Missing);
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        let mut tx = sqlx::Connection::begin(&mut conn).await?;
+        let probe = sqlx::query("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            .execute(&mut *tx)
+            .await;
+        let _ = tx.rollback().await;
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(match probe {
+            Ok(_) => TimescaleSupport::Usable,
+            Err(e) => TimescaleSupport::Unusable(match e.as_database_error() {
+                Some(d) => d.message().to_string(),
+                None => e.to_string(),
+            }),
+        })
     }
 
     /// How the migrated tables are laid out.
@@ -408,10 +446,34 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
+        // Decided here, where the server's reason can be reported: the migration's DO
+        // block would otherwise try `CREATE EXTENSION` and fail on a server that has the
+        // files but does not preload the library.
+        let mode = match self.timescale {
+            TimescaleMode::Off => TimescaleMode::Off,
+            wanted => match self.timescale_support().await? {
+                TimescaleSupport::Usable => wanted,
+                TimescaleSupport::Missing => wanted,
+                TimescaleSupport::Unusable(why) if wanted == TimescaleMode::Require => {
+                    return Err(StoreError::Config(format!(
+                        "storage.timescaledb = require, but the timescaledb extension is \
+                         installed and cannot be used: {why}. To use it, {PRELOAD_HINT}"
+                    )));
+                }
+                TimescaleSupport::Unusable(why) => {
+                    tracing::warn!(
+                        "storage.timescaledb = auto: the timescaledb extension is installed but \
+                         cannot be used ({why}); a new database gets native partitions. To use \
+                         TimescaleDB, {PRELOAD_HINT}, then migrate a new database"
+                    );
+                    TimescaleMode::Off
+                }
+            },
+        };
         let mut conn = self.pool.acquire().await?;
         // Read by the migration's DO block; session-local, so nothing else sees it.
         sqlx::query("SELECT set_config('seismo.timescaledb', $1, false)")
-            .bind(self.timescale.as_str())
+            .bind(mode.as_str())
             .execute(&mut *conn)
             .await?;
         MIGRATOR.run_direct(&mut *conn).await?;
@@ -421,17 +483,50 @@ impl Store for PgStore {
             // here rather than in the migration files; IF NOT EXISTS keeps it idempotent.
             sqlx::query(
                 "CREATE MATERIALIZED VIEW IF NOT EXISTS metric_points_1m \
-                 WITH (timescaledb.continuous) AS \
+                 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS \
                  SELECT series_id, time_bucket(INTERVAL '1 minute', time) AS bucket, \
                  avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count \
                  FROM metric_points GROUP BY 1, 2 WITH NO DATA",
             )
             .execute(&mut *conn)
             .await?;
+            // Real-time: minutes not materialised yet are computed from the raw rows on
+            // read, so a panel shows fresh data at once. (Databases migrated before this
+            // was set get it here.)
             sqlx::query(
+                "ALTER MATERIALIZED VIEW metric_points_1m SET (timescaledb.materialized_only = false)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            // The refresh covers 29 days back, so points backfilled or replayed below
+            // what was already materialised are aggregated within a minute (a policy
+            // over the last hour left them out of the rollup for good). It stops short
+            // of the raw table's 30-day retention: a refresh over dropped chunks would
+            // delete their minutes from the rollup, which keeps a year.
+            let policy: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT config->>'start_offset' FROM timescaledb_information.jobs \
+                 WHERE proc_name = 'policy_refresh_continuous_aggregate' \
+                 AND hypertable_name = 'metric_points_1m'",
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            if policy
+                .as_ref()
+                .is_some_and(|p| p.as_deref() != Some(CAGG_START_OFFSET))
+            {
+                sqlx::query("SELECT remove_continuous_aggregate_policy('metric_points_1m')")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::query(&format!(
                 "SELECT add_continuous_aggregate_policy('metric_points_1m', \
-                 start_offset => INTERVAL '1 hour', end_offset => INTERVAL '1 minute', \
-                 schedule_interval => INTERVAL '1 minute', if_not_exists => true)",
+                 start_offset => INTERVAL '{CAGG_START_OFFSET}', end_offset => INTERVAL '1 minute', \
+                 schedule_interval => INTERVAL '1 minute', if_not_exists => true)"
+            ))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "SELECT add_retention_policy('metric_points_1m', INTERVAL '365 days', if_not_exists => true)",
             )
             .execute(&mut *conn)
             .await?;
@@ -524,6 +619,32 @@ impl Store for PgStore {
                     .push_bind(f.lower)
                     .push_bind(f.upper)
                     .push_bind(&f.model);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            written += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn insert_bands(&self, bands: &[BandPoint]) -> Result<u64> {
+        if bands.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions("bands", bands.iter().map(|b| b.ts))
+            .await?;
+        let mut written = 0;
+        let mut tx = self.pool.begin().await?;
+        for chunk in bands.chunks(MAX_PARAMS / 5) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO bands (series_id, time, expected, lower, upper) ",
+            );
+            qb.push_values(chunk, |mut b, p| {
+                b.push_bind(p.series_id as i64)
+                    .push_bind(p.ts)
+                    .push_bind(p.expected)
+                    .push_bind(p.lower)
+                    .push_bind(p.upper);
             });
             qb.push(" ON CONFLICT DO NOTHING");
             written += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -920,6 +1041,40 @@ impl Store for PgStore {
                     lower: r.try_get("lower")?,
                     upper: r.try_get("upper")?,
                     model: r.try_get("model")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn bands(
+        &self,
+        tenant: &str,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<BandPoint>> {
+        // The tenant check is the join: another tenant's series id finds nothing.
+        let rows = sqlx::query(
+            "SELECT b.series_id, b.time, b.expected, b.lower, b.upper \
+             FROM bands b JOIN series s ON s.series_id = b.series_id \
+             WHERE b.series_id = $1 AND s.tenant = $2 AND b.time >= $3 AND b.time < $4 ORDER BY b.time DESC LIMIT $5",
+        )
+        .bind(series as i64)
+        .bind(tenant)
+        .bind(self::from_ms(from_ms))
+            .bind(self::from_ms(to_ms))
+        .bind(crate::MAX_FORECAST_ROWS as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .rev()
+            .map(|r| {
+                Ok(BandPoint {
+                    series_id: r.try_get::<i64, _>("series_id")? as u64,
+                    ts: r.try_get("time")?,
+                    expected: r.try_get("expected")?,
+                    lower: r.try_get("lower")?,
+                    upper: r.try_get("upper")?,
                 })
             })
             .collect()

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use seismo_schemas::{
-    Alert, AlertStatus, Anomaly, AnomalyKind, Forecast, Incident, IncidentEvent, IncidentEventKind,
-    IncidentStatus, MetricPoint, SeriesId, Severity,
+    Alert, AlertStatus, Anomaly, AnomalyKind, BandPoint, Forecast, Incident, IncidentEvent,
+    IncidentEventKind, IncidentStatus, MetricPoint, SeriesId, Severity,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -296,6 +296,30 @@ impl Store for SqliteStore {
                     .push_bind(f.lower)
                     .push_bind(f.upper)
                     .push_bind(&f.model);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            written += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn insert_bands(&self, bands: &[BandPoint]) -> Result<u64> {
+        if bands.is_empty() {
+            return Ok(0);
+        }
+        let mut written = 0;
+        let mut tx = self.pool.begin().await?;
+        for chunk in bands.chunks(MAX_PARAMS / 5) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO bands (series_id, time, expected, lower, upper) ",
+            );
+            qb.push_values(chunk, |mut b, p| {
+                b.push_bind(p.series_id as i64)
+                    .push_bind(ms(p.ts))
+                    .push_bind(p.expected)
+                    .push_bind(p.lower)
+                    .push_bind(p.upper);
             });
             qb.push(" ON CONFLICT DO NOTHING");
             written += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -723,6 +747,40 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn bands(
+        &self,
+        tenant: &str,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<BandPoint>> {
+        // The tenant check is the join: another tenant's series id finds nothing.
+        let rows = sqlx::query(
+            "SELECT b.series_id, b.time, b.expected, b.lower, b.upper \
+             FROM bands b JOIN series s ON s.series_id = b.series_id \
+             WHERE b.series_id = ?1 AND s.tenant = ?2 AND b.time >= ?3 AND b.time < ?4 ORDER BY b.time DESC LIMIT ?5",
+        )
+        .bind(series as i64)
+        .bind(tenant)
+        .bind(from_ms)
+            .bind(to_ms)
+        .bind(crate::MAX_FORECAST_ROWS as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .rev()
+            .map(|r| {
+                Ok(BandPoint {
+                    series_id: r.try_get::<i64, _>("series_id")? as u64,
+                    ts: self::from_ms(r.try_get("time")?),
+                    expected: r.try_get("expected")?,
+                    lower: r.try_get("lower")?,
+                    upper: r.try_get("upper")?,
+                })
+            })
+            .collect()
+    }
+
     async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<crate::SeriesInfo>> {
         self.series_of(tenant, limit).await
     }
@@ -767,6 +825,13 @@ mod tests {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
         crate::testing::engine_transition_conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn expected_bands_query_by_time_and_tenant() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::band_conformance(&store).await;
     }
 
     #[tokio::test]

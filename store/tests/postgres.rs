@@ -1,10 +1,12 @@
-//! PostgreSQL store tests on a real server: migrations, native partitions, COPY idempotence,
-//! checkpoints, tokens and audit, and the TimescaleDB branch up to its extension check.
+//! PostgreSQL store tests on a real plain server: migrations, native partitions, COPY
+//! idempotence, checkpoints, tokens and audit, and the fall-back on a server that has
+//! TimescaleDB's files without preloading it (tests/timescaledb.rs runs the same contracts
+//! on TimescaleDB).
 
 use chrono::{TimeZone, Utc};
 use seismo_schemas::{Labels, MetricPoint};
 use seismo_store::testing::{fresh_database, fresh_postgres};
-use seismo_store::{Layout, PgStore, Store, TimescaleMode};
+use seismo_store::{Layout, PgStore, Store, TimescaleMode, TimescaleSupport};
 
 fn point(host: &str, ts: i64, value: f64) -> MetricPoint {
     let labels: Labels = [("host".to_string(), host.to_string())].into();
@@ -19,11 +21,21 @@ fn point(host: &str, ts: i64, value: f64) -> MetricPoint {
 
 #[tokio::test]
 async fn plain_postgres_gets_native_partitions_with_the_same_tables() {
+    // scripts/services.sh installs TimescaleDB's files on this server but does not preload
+    // the library: `auto` must fall back to native partitions, not fail.
     let store = fresh_postgres().await;
-    assert!(
-        !store.timescale_available().await.unwrap(),
-        "this test expects a server without TimescaleDB"
-    );
+    match store.timescale_support().await.unwrap() {
+        TimescaleSupport::Unusable(why) => assert!(why.contains("preload"), "{why}"),
+        other => {
+            panic!("this test expects TimescaleDB installed but not preloaded, found {other:?}")
+        }
+    }
+    let extensions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(extensions, 0, "the probe left nothing behind");
     assert_eq!(store.layout().await.unwrap(), Layout::NativePartitions);
     // Migrating again is a no-op.
     store.migrate().await.unwrap();
@@ -33,13 +45,16 @@ async fn plain_postgres_gets_native_partitions_with_the_same_tables() {
     .fetch_all(store.pool())
     .await
     .unwrap();
-    assert_eq!(partitioned, ["anomalies", "forecasts", "metric_points"]);
+    assert_eq!(
+        partitioned,
+        ["anomalies", "bands", "forecasts", "metric_points"]
+    );
     let brin: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE indexdef ILIKE '%USING brin%'")
             .fetch_one(store.pool())
             .await
             .unwrap();
-    assert_eq!(brin, 3);
+    assert_eq!(brin, 4);
     // The 1-minute rollup Grafana reads exists in both layouts.
     let cols: Vec<String> = sqlx::query_scalar(
         "SELECT column_name::text FROM information_schema.columns \
@@ -58,10 +73,9 @@ async fn requiring_timescaledb_fails_clearly_without_it() {
         .await
         .unwrap();
     let err = store.migrate().await.unwrap_err().to_string();
-    assert!(
-        err.contains("timescaledb extension is not available"),
-        "{err}"
-    );
+    // The server's reason and what to change.
+    assert!(err.contains("must be preloaded"), "{err}");
+    assert!(err.contains("shared_preload_libraries"), "{err}");
     // Nothing half-made: the failed migration left no tables behind.
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'metric_points'",
@@ -145,4 +159,10 @@ async fn tokens_and_audit_follow_the_contract() {
 async fn forecasts_query_by_run_and_tenant() {
     let store = fresh_postgres().await;
     seismo_store::testing::forecast_conformance(&store).await;
+}
+
+#[tokio::test]
+async fn expected_bands_query_by_time_and_tenant() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::band_conformance(&store).await;
 }
