@@ -14,7 +14,7 @@ use anyhow::Context;
 use seismo_kafka::{KafkaConsumer, KafkaProducer};
 use seismo_runtime::Health;
 use seismo_schemas::topics;
-use seismo_transport::Producer;
+use seismo_transport::{Consumer, Producer};
 use tokio::sync::watch;
 
 use crate::Config;
@@ -98,6 +98,8 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         health.clone(),
         Duration::from_secs(cfg.stages.stuck_after_secs),
     );
+    // The API's live stream of incident changes; its streams end when the server stops.
+    let feed = seismo_api::stream::ChangeFeed::default();
     let work = match stages::spec(stage) {
         Some(spec) => {
             let producer =
@@ -123,18 +125,32 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
         None => {
             let producer =
                 Arc::new(KafkaProducer::new(&cfg.kafka).context("creating the Kafka producer")?);
+            // The live stream hears every change published from now on, whoever made it.
+            let mut tail = KafkaConsumer::tail(&cfg.kafka, &[topics::INCIDENTS], stop.clone())
+                .context("reading seismo.incidents for the live stream")?;
             router = router.merge(seismo_api::router(
                 seismo_api::ApiState::new(store.clone())
                     .with_explainer(crate::http::explainer_for_api(cfg, store.clone()))
                     .with_auth(auth.clone())
                     .with_correlate(cfg.correlate.clone())
-                    .with_changes(Some(producer as Arc<dyn Producer>)),
+                    .with_changes(Some(producer as Arc<dyn Producer>))
+                    .with_feed(Some(feed.clone())),
             ));
             let h = health.stage("api");
             h.running();
-            let token = token.clone();
+            let feed = feed.clone();
             tokio::spawn(async move {
-                token.cancelled().await;
+                while let Some(batch) = tail.next_batch(256).await {
+                    match batch {
+                        Ok(records) => {
+                            feed.publish_records(records.iter().map(|m| m.payload.as_ref()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading seismo.incidents for the live stream");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
                 h.stopped();
                 Ok(Default::default())
             })
@@ -157,7 +173,10 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(
         listener,
         router,
-        async move { serving.cancelled().await },
+        async move {
+            serving.cancelled().await;
+            feed.close();
+        },
         http::HttpLimits::from_config(cfg),
     ));
     let result = work.await;

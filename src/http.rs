@@ -79,9 +79,8 @@ pub fn router(
                 .with_explainer(explainer)
                 .with_auth(auth.clone())
                 .with_correlate(cfg.correlate.clone())
-                .with_changes(pipeline.map(|p| {
-                    Arc::new(p.incident_changes.clone()) as Arc<dyn seismo_transport::Producer>
-                })),
+                .with_changes(pipeline.map(Embedded::changes_producer))
+                .with_feed(pipeline.map(|p| p.feed.clone())),
         ));
     }
     if let Some(p) = pipeline {

@@ -464,10 +464,14 @@ async fn run_cmd(mut cfg: Config) -> anyhow::Result<()> {
         }
     });
     let router = seismo::http::router(&cfg, Some(&running), Some(store), running.health.clone());
+    let feed = running.feed.clone();
     seismo::http::serve(
         listener,
         router,
-        async move { token.cancelled().await },
+        async move {
+            token.cancelled().await;
+            feed.close();
+        },
         seismo::http::HttpLimits::from_config(&cfg),
     )
     .await?;

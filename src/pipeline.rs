@@ -82,6 +82,9 @@ pub struct Embedded {
     pub source: DiskProducer,
     /// Where the API announces status changes (`seismo.incidents`).
     pub incident_changes: DiskProducer,
+    /// Every incident change published in this process (correlate's and the API's), for
+    /// the API's live stream.
+    pub feed: seismo_api::stream::ChangeFeed,
     tasks: Vec<(&'static str, JoinHandle<Result<PipelineStats, StageError>>)>,
     stop: watch::Sender<bool>,
     failed: watch::Receiver<Option<String>>,
@@ -120,9 +123,14 @@ impl Embedded {
                 .with_stop(stop_rx.clone());
             wired.push((spec, input));
         }
+        let feed = seismo_api::stream::ChangeFeed::default();
         let mut outputs = Vec::new();
         for (spec, _) in &wired {
-            outputs.push(Arc::new(bus.producer(spec.outputs)?) as Arc<dyn Producer>);
+            let mut out = Arc::new(bus.producer(spec.outputs)?) as Arc<dyn Producer>;
+            if spec.outputs.contains(&topics::INCIDENTS) {
+                out = Arc::new(seismo_api::stream::FeedingProducer::new(out, feed.clone()));
+            }
+            outputs.push(out);
         }
         let source = bus.producer(&[topics::METRICS, topics::ALERTS])?;
         let incident_changes = bus.producer(&[topics::INCIDENTS])?;
@@ -157,11 +165,20 @@ impl Embedded {
             health,
             source,
             incident_changes,
+            feed,
             tasks,
             stop,
             failed,
             ingest_limits: ctx.ingest_limits.clone(),
         })
+    }
+
+    /// Where the API announces the status changes people make, heard by the live stream.
+    pub fn changes_producer(&self) -> Arc<dyn Producer> {
+        Arc::new(seismo_api::stream::FeedingProducer::new(
+            Arc::new(self.incident_changes.clone()),
+            self.feed.clone(),
+        ))
     }
 
     /// The HTTP ingest front door of this pipeline.

@@ -39,7 +39,13 @@ async fn serve(
             Some(store.clone()),
             running.health.clone(),
         ),
-        async move { stop.cancelled().await },
+        {
+            let feed = running.feed.clone();
+            async move {
+                stop.cancelled().await;
+                feed.close();
+            }
+        },
         seismo::http::HttpLimits::from_config(cfg),
     ));
     (addr, token, server)
@@ -381,4 +387,109 @@ async fn a_predicted_disk_breach_reaches_correlation_before_the_breach() {
         "no incident holds {}: {incidents:#?}",
         first.id
     );
+}
+
+/// Reads server-sent events from a streaming HTTP answer: (event, data, when received).
+fn sse_events(
+    mut resp: reqwest::Response,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, std::time::Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim_start().to_string())
+                        .unwrap_or_default()
+                };
+                if !field("event:").is_empty() {
+                    let _ = tx.send((field("event:"), field("data:"), std::time::Instant::now()));
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_changes_reach_the_live_stream_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, store) = temp_store(&dir).await;
+    // Opened as soon as correlate reads the alert: the event-time wait for related
+    // signals, and for detect's watermarks, would need more data to pass.
+    cfg.correlate.group_wait_secs = 0;
+    cfg.stages.idle_release_secs = 1;
+    let running = Embedded::start(&cfg, store.clone()).unwrap();
+    let (addr, token, server) = serve(&cfg, &running, &store).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("http://{addr}/api/v1/stream/incidents"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut events = sse_events(resp);
+    // A firing alert: correlate opens an incident for it and publishes the change.
+    let alert = serde_json::json!({
+        "version": "4",
+        "status": "firing",
+        "alerts": [{
+            "status": "firing",
+            "labels": { "alertname": "Down", "service": "db", "severity": "critical" },
+            "startsAt": chrono::Utc::now().to_rfc3339(),
+        }],
+    });
+    let resp = client
+        .post(format!("http://{addr}/api/v1/ingest/alertmanager"))
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let wait = std::time::Duration::from_secs(20);
+    let (event, data, _) = tokio::time::timeout(wait, events.recv())
+        .await
+        .expect("correlate's change reached the stream")
+        .unwrap();
+    assert_eq!(event, "opened", "{data}");
+    let change: seismo_schemas::IncidentChange = serde_json::from_str(&data).unwrap();
+    // A person's change through the API: heard once its answer (after the commit) is out.
+    let resp = client
+        .post(format!(
+            "http://{addr}/api/v1/incidents/{}/transition",
+            change.incident.id
+        ))
+        .json(&serde_json::json!({"status": "ACKNOWLEDGED", "actor": "ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let committed = std::time::Instant::now();
+    let (event, data, at) = loop {
+        let e = tokio::time::timeout(wait, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.0 == "acknowledged" {
+            break e;
+        }
+    };
+    assert!(data.contains(&change.incident.id));
+    eprintln!(
+        "live stream: acknowledged heard {} µs after the API answered ({event})",
+        at.saturating_duration_since(committed).as_micros()
+    );
+    token.cancel();
+    // The open stream does not hold the server's drain.
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the server stopped with a stream open")
+        .unwrap()
+        .unwrap();
+    running.finish().await.unwrap();
 }

@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 pub mod silences;
+pub mod stream;
 
 use std::sync::{Arc, LazyLock};
 
@@ -58,6 +59,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The service cannot answer this now (503), e.g. too many streams.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -79,6 +83,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(detail) => {
                 // Internal details go to the log, not to the client.
                 tracing::error!(%detail, "API request failed");
@@ -103,6 +108,8 @@ pub struct ApiState {
     pub changes: Option<Arc<dyn seismo_transport::Producer>>,
     /// Regenerates explanations on request (`POST .../explanation`).
     pub explainer: Option<Arc<seismo_explain::Explainer>>,
+    /// The incident changes this process hears of, for `/api/v1/stream/incidents`.
+    pub feed: Option<stream::ChangeFeed>,
 }
 
 impl ApiState {
@@ -113,7 +120,13 @@ impl ApiState {
             auth: None,
             changes: None,
             explainer: None,
+            feed: None,
         }
+    }
+
+    pub fn with_feed(mut self, feed: Option<stream::ChangeFeed>) -> Self {
+        self.feed = feed;
+        self
     }
 
     pub fn with_explainer(mut self, e: Option<Arc<seismo_explain::Explainer>>) -> Self {
@@ -191,6 +204,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/audit", get(admin::list_audit))
+        .route("/api/v1/stream/incidents", get(stream::incidents))
         .with_state(state)
 }
 

@@ -638,6 +638,123 @@ async fn transitions_are_announced_on_the_bus(store: Arc<dyn Store>) {
     assert_eq!(consumer.lag(), 0);
 }
 
+/// The next server-sent event of a stream (comments skipped), or `None` when nothing comes
+/// within `wait` or the stream ended.
+async fn next_event(
+    body: &mut Body,
+    buf: &mut String,
+    wait: std::time::Duration,
+) -> Option<(String, String, String)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(name))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            if block.lines().all(|l| l.starts_with(':') || l.is_empty()) {
+                continue;
+            }
+            return Some((field("event:"), field("id:"), field("data:")));
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .ok()??;
+        if let Ok(data) = frame.unwrap().into_data() {
+            buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+async fn open_stream(app: &axum::Router, uri: &str, tenant: &str) -> (StatusCode, Body) {
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(uri)
+                .header(seismo_api::auth::TENANT_HEADER, tenant)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    if status == StatusCode::OK {
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    }
+    (status, resp.into_body())
+}
+
+/// Status changes reach the live stream of their tenant once published, in order, each
+/// with its kind and id; a kind filter and the tenant hold; closing the feed ends streams.
+async fn transitions_reach_the_live_stream(store: Arc<dyn Store>) {
+    use seismo_api::stream::{ChangeFeed, FeedingProducer};
+    use seismo_schemas::{IncidentChange, topics};
+    use seismo_transport::InProcBus;
+    let bus = InProcBus::new(1, 100);
+    let _keep = bus.subscribe(topics::INCIDENTS, "notify", 1);
+    let feed = ChangeFeed::default();
+    let producer: Arc<dyn seismo_transport::Producer> = Arc::new(FeedingProducer::new(
+        Arc::new(bus.producer(&[topics::INCIDENTS])),
+        feed.clone(),
+    ));
+    let _ = seeded(store.clone()).await;
+    let app = router(
+        ApiState::new(store.clone())
+            .with_changes(Some(producer))
+            .with_feed(Some(feed.clone())),
+    );
+    let wait = std::time::Duration::from_secs(5);
+    let (code, mut all) = open_stream(&app, "/api/v1/stream/incidents", "default").await;
+    assert_eq!(code, StatusCode::OK);
+    let (_, mut resolved_only) =
+        open_stream(&app, "/api/v1/stream/incidents?kind=resolved", "default").await;
+    let (_, mut other) = open_stream(&app, "/api/v1/stream/incidents", "other").await;
+    let (mut b1, mut b2, mut b3) = (String::new(), String::new(), String::new());
+    for to in ["ACKNOWLEDGED", "RESOLVED"] {
+        let (code, v) = call(
+            &app,
+            "POST",
+            "/api/v1/incidents/inc1/transition",
+            &format!(r#"{{"status":"{to}","actor":"ann"}}"#),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        let (event, id, data) = next_event(&mut all, &mut b1, wait).await.expect("a change");
+        let change: IncidentChange = serde_json::from_str(&data).unwrap();
+        assert_eq!(event, to.to_lowercase());
+        assert_eq!(id, change.id);
+        assert_eq!(change.incident.id, "inc1");
+        assert_eq!(change.incident.status.as_str(), to);
+    }
+    let (event, _, _) = next_event(&mut resolved_only, &mut b2, wait).await.unwrap();
+    assert_eq!(event, "resolved", "the filter let only resolutions through");
+    assert!(
+        next_event(&mut other, &mut b3, std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "another tenant heard of it"
+    );
+    // Bad filters are refused with the reason; a process without a feed says so.
+    let (code, _) = open_stream(&app, "/api/v1/stream/incidents?kind=exploded", "default").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, _) = open_stream(&app, "/api/v1/stream/incidents?since=1", "default").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let bare = router(ApiState::new(store));
+    let (code, _) = open_stream(&bare, "/api/v1/stream/incidents", "default").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    // Shutting down ends the open streams, so the server's drain does not wait on them.
+    feed.close();
+    let end = tokio::time::timeout(wait, all.frame()).await;
+    assert!(matches!(end, Ok(None)), "the stream ended (not timed out)");
+    assert!(b1.trim().is_empty(), "nothing else was sent: {b1}");
+}
+
 /// An incident's scope lists its services and hosts; a filter finds it by any one of them,
 /// and only by a whole one.
 async fn incidents_filter_by_any_of_their_services_and_hosts(store: Arc<dyn Store>) {
@@ -878,6 +995,7 @@ on_every_store!(
     one_incident_answers_with_at_most_a_thousand_anomalies,
     investigate_ranks_the_starved_database_first,
     transitions_are_announced_on_the_bus,
+    transitions_reach_the_live_stream,
     incidents_filter_by_any_of_their_services_and_hosts,
     explanations_are_served_regenerated_and_drafted_as_post_mortems,
     forecasts_are_served_beside_the_observed_values

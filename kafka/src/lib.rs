@@ -316,6 +316,36 @@ impl KafkaConsumer {
         topics: &[&str],
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, TransportError> {
+        Self::joining(cfg, group, topics, shutdown, "earliest")
+    }
+
+    /// Reads `topics` from their ends as the only member of a group of its own, without
+    /// committing: a listener that wants what is published from now on (the API's live
+    /// stream), not a share of the work.
+    pub fn tail(
+        cfg: &KafkaConfig,
+        topics: &[&str],
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, TransportError> {
+        let group = format!(
+            "{}-tail-{}-{}",
+            cfg.group_prefix,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros()
+        );
+        Self::joining(cfg, &group, topics, shutdown, "latest")
+    }
+
+    fn joining(
+        cfg: &KafkaConfig,
+        group: &str,
+        topics: &[&str],
+        shutdown: watch::Receiver<bool>,
+        reset: &str,
+    ) -> Result<Self, TransportError> {
         let ctx = GroupContext::default();
         let revoked = ctx.revoked.clone();
         let revocations = ctx.revocations.clone();
@@ -323,7 +353,7 @@ impl KafkaConsumer {
             .client()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", reset)
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
