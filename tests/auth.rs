@@ -269,6 +269,7 @@ fn routes(victim_token_id: &str) -> Vec<(Method, String, Vec<u8>, Role)> {
             Role::Admin,
         ),
         (Method::GET, "/api/v1/audit".into(), vec![], Role::Admin),
+        (Method::GET, "/api/v1/series".into(), vec![], Role::Read),
         (
             Method::POST,
             "/api/v1/ingest/points".into(),

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+mod series;
 pub mod silences;
 pub mod stream;
 
@@ -184,6 +185,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/anomalies", get(list_anomalies))
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/forecasts", get(list_forecasts))
+        .route("/api/v1/series", get(series::list))
+        .route("/api/v1/series/{id}", get(series::one))
         .route("/api/v1/series/{id}/forecast", get(series_forecast))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/transition", post(transition))
@@ -270,6 +273,10 @@ struct ListParams {
     min_score: Option<f64>,
     status: Option<IncidentStatus>,
     series_id: Option<u64>,
+    /// A metric name (series listing).
+    name: Option<String>,
+    /// The last series id of the previous page (series listing).
+    after: Option<u64>,
     limit: usize,
     cursor: Option<Cursor>,
 }
@@ -310,11 +317,16 @@ fn parse_params(raw: Option<String>, allowed: &[&str]) -> ApiResult<ListParams> 
                     ApiError::BadRequest(format!("status={v:?} is not one of DETECTED, ACKNOWLEDGED, INVESTIGATING, MITIGATED, RESOLVED, LEARNED, INCONCLUSIVE"))
                 })?)
             }
-            "series_id" => {
-                p.series_id = Some(
+            "series_id" | "after" => {
+                let id = Some(
                     u64::from_str_radix(&v, 16)
-                        .map_err(|_| ApiError::BadRequest(format!("series_id={v:?} is not a hex series id")))?,
-                )
+                        .map_err(|_| ApiError::BadRequest(format!("{k}={v:?} is not a hex series id")))?,
+                );
+                if k == "after" { p.after = id } else { p.series_id = id }
+            }
+            "name" => {
+                seismo_schemas::validate_metric_name(&v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                p.name = Some(v);
             }
             "limit" => {
                 let n: usize = v.parse().map_err(|_| ApiError::BadRequest(format!("limit={v:?} is not a number")))?;

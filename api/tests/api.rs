@@ -755,6 +755,136 @@ async fn transitions_reach_the_live_stream(store: Arc<dyn Store>) {
     assert!(b1.trim().is_empty(), "nothing else was sent: {b1}");
 }
 
+/// The tenant's series are listed by name and label in pages; one series answers with its
+/// points beside its expected band, anomalies and newest forecast, for its tenant only.
+async fn series_are_listed_and_shown_with_band_anomalies_and_forecast(store: Arc<dyn Store>) {
+    use seismo_schemas::{BandPoint, Forecast, MetricPoint};
+    let minute = 60_000i64;
+    let t0 = 1_767_225_600_000i64; // 2026-01-01
+    let at = |ms: i64| Utc.timestamp_millis_opt(ms).unwrap();
+    let point = |tenant: &str, service: &str, i: i64| MetricPoint {
+        tenant: tenant.into(),
+        name: "latency".into(),
+        labels: [("service".to_string(), service.to_string())].into(),
+        ts: t0 + i * minute,
+        value: i as f64,
+    };
+    let mut points: Vec<MetricPoint> = (0..120).map(|i| point("default", "db", i)).collect();
+    points.extend((0..10).map(|i| point("default", "web", i)));
+    points.push(point("acme", "db", 0));
+    store.insert_points(&points).await.unwrap();
+    let db = points[0].series_id();
+    let theirs = points.last().unwrap().series_id();
+    store
+        .insert_bands(
+            &(0..24)
+                .map(|k| BandPoint {
+                    series_id: db,
+                    ts: at(t0 + k * 5 * minute),
+                    expected: 1.0,
+                    lower: 0.0,
+                    upper: 2.0,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut a = anomaly(7, "db", 0.9);
+    a.series_id = db;
+    a.ts = at(t0 + 30 * minute);
+    store.insert_anomalies(&[a.clone()]).await.unwrap();
+    store
+        .insert_forecasts(
+            &(0..3)
+                .map(|k| Forecast {
+                    series_id: db,
+                    generated_at: at(t0 + 60 * minute),
+                    ts: at(t0 + (60 + k * 60) * minute),
+                    yhat: 1.0,
+                    lower: 0.0,
+                    upper: 3.0,
+                    model: "theta".into(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let app = router(ApiState::new(store));
+    let (status, v) = call(&app, "GET", "/api/v1/series", "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v.get("next_after").is_none());
+    let (_, v) = call(
+        &app,
+        "GET",
+        "/api/v1/series?label=service:db&name=latency",
+        "",
+    )
+    .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["items"][0]["series_id"], format!("{db:016x}"));
+    // Pages of one.
+    let (_, first) = call(&app, "GET", "/api/v1/series?limit=1", "").await;
+    let after = first["next_after"].as_str().unwrap().to_string();
+    let (_, second) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/series?limit=1&after={after}"),
+        "",
+    )
+    .await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_ne!(
+        first["items"][0]["series_id"],
+        second["items"][0]["series_id"]
+    );
+    assert!(second.get("next_after").is_none(), "{second}");
+    // One series over two hours.
+    let window = format!("from={t0}&to={}", t0 + 120 * minute);
+    let (status, v) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/series/{db:016x}?{window}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["name"], "latency");
+    assert_eq!(v["labels"]["service"], "db");
+    assert_eq!(v["observed"].as_array().unwrap().len(), 120);
+    assert_eq!(
+        v["observed"][5],
+        serde_json::json!([(t0 + 5 * minute) as f64, 5.0])
+    );
+    assert_eq!(v["band"].as_array().unwrap().len(), 24);
+    assert_eq!(v["anomalies"].as_array().unwrap().len(), 1);
+    assert_eq!(v["anomalies"][0]["id"], a.id);
+    assert_eq!(v["forecast"].as_array().unwrap().len(), 1, "{v}");
+    // Another tenant's series is not found; bad requests say why.
+    let (status, _) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/series/{theirs:016x}?{window}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (uri, want) in [
+        ("/api/v1/series/xyz".to_string(), "hex series id"),
+        (
+            format!("/api/v1/series/{db:016x}?from=0&to={}", 8 * 86_400_000i64),
+            "7 days",
+        ),
+        ("/api/v1/series?label=service".to_string(), "name:value"),
+        ("/api/v1/series?after=nothex".to_string(), "hex series id"),
+        ("/api/v1/series?name=bad%20name".to_string(), "name"),
+    ] {
+        let (status, v) = call(&app, "GET", &uri, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{uri}: {v}");
+    }
+}
+
 /// An incident's scope lists its services and hosts; a filter finds it by any one of them,
 /// and only by a whole one.
 async fn incidents_filter_by_any_of_their_services_and_hosts(store: Arc<dyn Store>) {
@@ -998,5 +1128,6 @@ on_every_store!(
     transitions_reach_the_live_stream,
     incidents_filter_by_any_of_their_services_and_hosts,
     explanations_are_served_regenerated_and_drafted_as_post_mortems,
-    forecasts_are_served_beside_the_observed_values
+    forecasts_are_served_beside_the_observed_values,
+    series_are_listed_and_shown_with_band_anomalies_and_forecast
 );

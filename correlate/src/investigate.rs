@@ -63,7 +63,13 @@ pub async fn investigate(
     q: &Question,
 ) -> Result<Answer, InvestigateError> {
     let label = &cfg.service_label;
-    let all = store.list_series(tenant, MAX_SERIES + 1).await?;
+    let all = store
+        .list_series(&seismo_store::SeriesQuery {
+            tenant: tenant.to_string(),
+            limit: MAX_SERIES + 1,
+            ..Default::default()
+        })
+        .await?;
     if all.len() > MAX_SERIES {
         return Err(InvestigateError::Invalid(format!(
             "the tenant has more than {MAX_SERIES} series; investigations read at most that many"

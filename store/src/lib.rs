@@ -329,12 +329,27 @@ pub trait Store:
         to_ms: i64,
     ) -> Result<Vec<BandPoint>>;
 
-    /// A tenant's series (id, metric name, labels), at most `limit`, by id.
-    async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<SeriesInfo>>;
+    /// A tenant's series (id, metric name, labels) matching `q`, by id.
+    async fn list_series(&self, q: &SeriesQuery) -> Result<Vec<SeriesInfo>>;
 }
 
 /// Most forecast rows one `Store::forecasts` call returns.
 pub const MAX_FORECAST_ROWS: usize = 10_000;
+
+/// Filters for listing series, by id.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesQuery {
+    pub tenant: String,
+    /// Only this series.
+    pub series_id: Option<SeriesId>,
+    /// Only series of this metric name.
+    pub name: Option<String>,
+    /// Every (name, value) must match the series' labels.
+    pub labels: Vec<(String, String)>,
+    /// Only series with ids above this one (the next page).
+    pub after: Option<SeriesId>,
+    pub limit: usize,
+}
 
 /// One stored series.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -1080,14 +1080,31 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<crate::SeriesInfo>> {
-        let rows = sqlx::query(
-            "SELECT series_id, name, labels FROM series WHERE tenant = $1 ORDER BY series_id LIMIT $2",
-        )
-        .bind(tenant)
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn list_series(&self, q: &crate::SeriesQuery) -> Result<Vec<crate::SeriesInfo>> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT series_id, name, labels FROM series WHERE tenant = ",
+        );
+        qb.push_bind(&q.tenant);
+        if let Some(id) = q.series_id {
+            qb.push(" AND series_id = ").push_bind(id as i64);
+        }
+        if let Some(name) = &q.name {
+            qb.push(" AND name = ").push_bind(name);
+        }
+        for (k, v) in &q.labels {
+            qb.push(" AND labels ->> ")
+                .push_bind(k)
+                .push(" = ")
+                .push_bind(v);
+        }
+        // Ids are unsigned and stored as their two's-complement signed values, so order
+        // and pages follow the signed value.
+        if let Some(after) = q.after {
+            qb.push(" AND series_id > ").push_bind(after as i64);
+        }
+        qb.push(" ORDER BY series_id LIMIT ")
+            .push_bind(q.limit.min(i64::MAX as usize) as i64);
+        let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(crate::SeriesInfo {

@@ -781,24 +781,31 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn list_series(&self, tenant: &str, limit: usize) -> Result<Vec<crate::SeriesInfo>> {
-        self.series_of(tenant, limit).await
-    }
-}
-
-impl SqliteStore {
-    pub(crate) async fn series_of(
-        &self,
-        tenant: &str,
-        limit: usize,
-    ) -> Result<Vec<crate::SeriesInfo>> {
-        let rows = sqlx::query(
-            "SELECT series_id, name, labels FROM series WHERE tenant = ? ORDER BY series_id LIMIT ?",
-        )
-        .bind(tenant)
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn list_series(&self, q: &crate::SeriesQuery) -> Result<Vec<crate::SeriesInfo>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT series_id, name, labels FROM series WHERE tenant = ",
+        );
+        qb.push_bind(&q.tenant);
+        if let Some(id) = q.series_id {
+            qb.push(" AND series_id = ").push_bind(id as i64);
+        }
+        if let Some(name) = &q.name {
+            qb.push(" AND name = ").push_bind(name);
+        }
+        for (k, v) in &q.labels {
+            qb.push(" AND json_extract(labels, '$.' || ")
+                .push_bind(k)
+                .push(") = ")
+                .push_bind(v);
+        }
+        // Ids are unsigned and stored as their two's-complement signed values, so order
+        // and pages follow the signed value.
+        if let Some(after) = q.after {
+            qb.push(" AND series_id > ").push_bind(after as i64);
+        }
+        qb.push(" ORDER BY series_id LIMIT ")
+            .push_bind(q.limit.min(i64::MAX as usize) as i64);
+        let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(crate::SeriesInfo {
@@ -825,6 +832,13 @@ mod tests {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
         crate::testing::engine_transition_conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn series_list_by_name_labels_and_pages() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::series_conformance(&store).await;
     }
 
     #[tokio::test]

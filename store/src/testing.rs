@@ -658,3 +658,89 @@ pub async fn band_conformance(store: &dyn Store) {
             .is_empty()
     );
 }
+
+/// The series listing contract: filters by name, labels and id, pages by id, and never
+/// shows another tenant's series.
+pub async fn series_conformance(store: &dyn Store) {
+    use seismo_schemas::MetricPoint;
+    let point = |tenant: &str, name: &str, service: &str, host: &str| MetricPoint {
+        tenant: tenant.into(),
+        name: name.into(),
+        labels: [
+            ("service".to_string(), service.to_string()),
+            ("host".to_string(), host.to_string()),
+        ]
+        .into(),
+        ts: 1_767_225_600_000,
+        value: 1.0,
+    };
+    let mut points = Vec::new();
+    for i in 0..12 {
+        let service = if i % 3 == 0 { "db" } else { "web" };
+        points.push(point("acme", "cpu", service, &format!("h{i}")));
+        points.push(point("acme", "mem", service, &format!("h{i}")));
+    }
+    points.push(point("other", "cpu", "db", "h0"));
+    store.insert_points(&points).await.unwrap();
+    let q = |f: &dyn Fn(&mut crate::SeriesQuery)| {
+        let mut q = crate::SeriesQuery {
+            tenant: "acme".into(),
+            limit: 100,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    let all = store.list_series(&q(&|_| {})).await.unwrap();
+    assert_eq!(all.len(), 24);
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].series_id as i64) < (w[1].series_id as i64))
+    );
+    let db_cpu = store
+        .list_series(&q(&|q| {
+            q.name = Some("cpu".into());
+            q.labels = vec![("service".into(), "db".into())];
+        }))
+        .await
+        .unwrap();
+    assert_eq!(db_cpu.len(), 4);
+    assert!(
+        db_cpu
+            .iter()
+            .all(|s| s.name == "cpu" && s.labels["service"] == "db")
+    );
+    let one = store
+        .list_series(&q(&|q| q.series_id = Some(points[5].series_id())))
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].labels["host"], "h2");
+    // Pages of 10 walk every series once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_series(&q(&|q| {
+                q.limit = 10;
+                q.after = after;
+            }))
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|s| s.series_id);
+        seen.extend(page.into_iter().map(|s| s.series_id));
+    }
+    assert_eq!(seen, all.iter().map(|s| s.series_id).collect::<Vec<_>>());
+    // Another tenant's series is not found by its id.
+    let theirs = points.last().unwrap().series_id();
+    assert!(
+        store
+            .list_series(&q(&|q| q.series_id = Some(theirs)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

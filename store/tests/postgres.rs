@@ -166,3 +166,9 @@ async fn expected_bands_query_by_time_and_tenant() {
     let store = fresh_postgres().await;
     seismo_store::testing::band_conformance(&store).await;
 }
+
+#[tokio::test]
+async fn series_list_by_name_labels_and_pages() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::series_conformance(&store).await;
+}
