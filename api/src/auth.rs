@@ -26,7 +26,7 @@ use crate::ApiError;
 /// The header naming the tenant a request acts on (an admin token may name any).
 pub const TENANT_HEADER: &str = "x-seismo-tenant";
 /// Paths served to anyone: probes and scrapers carry no token.
-pub const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"];
 /// Longest token name, in bytes.
 pub const MAX_TOKEN_NAME_BYTES: usize = 256;
 

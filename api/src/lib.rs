@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+pub mod openapi;
 mod series;
 pub mod silences;
 pub mod stream;
@@ -177,6 +178,13 @@ pub fn ops_router(health: Health, stuck_after: std::time::Duration) -> Router {
             }),
         )
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi_json))
+}
+
+/// The OpenAPI document, built once.
+async fn openapi_json() -> Json<&'static serde_json::Value> {
+    static DOC: LazyLock<serde_json::Value> = LazyLock::new(openapi::document);
+    Json(&DOC)
 }
 
 /// The API routes.
@@ -524,7 +532,7 @@ async fn list_incidents(
 }
 
 /// One incident with its timeline and (some of) its anomalies.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IncidentDetail {
     /// The incident; its `anomaly_ids` are those of `anomalies`, at most
     /// [`MAX_INCIDENT_ANOMALIES`] of them.
@@ -668,9 +676,10 @@ fn not_found_as(e: StoreError, id: &str) -> ApiError {
 }
 
 /// Body of `POST /api/v1/incidents/{id}/transition`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TransitionBody {
+#[schemars(rename = "TransitionRequest")]
+pub(crate) struct TransitionBody {
     /// Target status, e.g. `ACKNOWLEDGED`.
     status: String,
     /// The person acting, recorded on the timeline beside the token that acts.

@@ -18,16 +18,16 @@ pub const MAX_POINTS: usize = 10_080;
 pub const MAX_ANOMALIES: usize = 1000;
 
 /// A page of series.
-#[derive(Debug, Serialize)]
-struct SeriesPage {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct SeriesPage {
     items: Vec<SeriesItem>,
     /// Pass as `after` for the next page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct SeriesItem {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct SeriesItem {
     series_id: String,
     name: String,
     labels: Labels,
@@ -77,8 +77,8 @@ pub(crate) async fn list(
 }
 
 /// One series over a window.
-#[derive(Debug, Serialize)]
-struct SeriesView {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct SeriesView {
     series_id: String,
     name: String,
     labels: Labels,

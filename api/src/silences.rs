@@ -24,9 +24,10 @@ pub const MAX_SILENCES: usize = 1000;
 /// Longest a silence may last.
 pub const MAX_DAYS: i64 = 366;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewSilence {
+#[schemars(rename = "SilenceRequest")]
+pub(crate) struct NewSilence {
     matchers: Vec<String>,
     #[serde(default)]
     starts_at: Option<DateTime<Utc>>,

@@ -21,8 +21,9 @@ pub const MAX_SERIES: usize = 5_000;
 const READ_SPAN_MS: i64 = 3_600_000;
 
 /// What the SRE names.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "InvestigateRequest")]
 pub struct Question {
     /// The service showing the symptom (a value of `correlate.service_label`). With a
     /// dependency graph, only it and what it calls can be the cause.
@@ -36,7 +37,8 @@ pub struct Question {
 }
 
 /// The answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "InvestigateAnswer")]
 pub struct Answer {
     pub symptom: Option<String>,
     pub at: DateTime<Utc>,

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 /// What a token may do. Each role includes nothing of the others except `admin`, which may
 /// do everything (and name another tenant with `X-Seismo-Tenant`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Send points, remote_write and alerts.

@@ -70,6 +70,7 @@ pub fn json_schemas() -> Vec<(String, serde_json::Value)> {
         one::<AlertmanagerWebhook>("alertmanager_webhook"),
         one::<Anomaly>("anomaly"),
         one::<Forecast>("forecast"),
+        one::<BandPoint>("band_point"),
         one::<Incident>("incident"),
         one::<IncidentEvent>("incident_event"),
         one::<IncidentChange>("incident_change"),

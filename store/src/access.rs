@@ -14,7 +14,7 @@ pub const ACTION_TOKEN_REVOKE: &str = "token.revoke";
 pub const ACTION_INCIDENT_TRANSITION: &str = "incident.transition";
 
 /// An API token as stored: everything but its secret, of which only the SHA-256 is kept.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct ApiToken {
     /// Public part of the token (12 hex digits); names it in listings and the audit log.
     pub id: String,
@@ -32,7 +32,7 @@ pub struct ApiToken {
 
 /// One change worth remembering: who (`actor`) did what (`action`) to which object
 /// (`target`) of which tenant.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct AuditRecord {
     pub time: DateTime<Utc>,
     pub tenant: String,
@@ -44,7 +44,7 @@ pub struct AuditRecord {
 }
 
 /// An audit record as stored, with its id.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub id: i64,
     #[serde(flatten)]

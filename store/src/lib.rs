@@ -99,7 +99,8 @@ impl Cursor {
 }
 
 /// One page of a listing.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "{T}Page")]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass back as `cursor` to get the next page; absent on the last page.

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use crate::Result;
 
 /// How a notification ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NotificationStatus {
     /// The receiver accepted it (2xx).
@@ -34,7 +36,7 @@ impl NotificationStatus {
 }
 
 /// One finished notification.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct NotificationRecord {
     /// Deterministic: incident, receiver, action and its ordinal, so a replay finds it.
     pub id: String,
@@ -52,7 +54,7 @@ pub struct NotificationRecord {
 
 /// A silence: while it is active, pages about the tenant's incidents whose labels match
 /// every matcher are held.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Silence {
     pub id: String,
     pub tenant: String,
