@@ -99,6 +99,30 @@ pub enum Command {
     /// Quality harnesses on a data folder.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Reports on the result tables (storage.url).
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// A week of anomalies and incidents per service, time to acknowledge and to resolve,
+    /// the noisiest series and forecast capacity warnings: report.md, report.html and
+    /// report.json with SVG charts.
+    Weekly {
+        /// End of the week: RFC 3339, or a date (the week ends when that day does).
+        /// Default: now.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = seismo_schemas::DEFAULT_TENANT)]
+        tenant: String,
+        /// Folder to write the report into.
+        #[arg(long, short, default_value = "seismo-report")]
+        out: PathBuf,
+        /// Rows in the noisiest-series table.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod forecast_file;
 pub mod http;
 pub mod pipeline;
+pub mod report;
 pub mod stages;
 
 pub use config::Config;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use seismo::Config;
-use seismo::cli::{Cli, Command, EvalCommand, TokenCommand, TopicsCommand};
+use seismo::cli::{Cli, Command, EvalCommand, ReportCommand, TokenCommand, TopicsCommand};
 use seismo::demo::{self, DemoOptions};
 use seismo::pipeline::{self, Embedded};
 use tokio_util::sync::CancellationToken;
@@ -158,6 +158,12 @@ fn main() -> anyhow::Result<()> {
             } => {
                 seismo::forecast_file::run(&cfg.forecast, &file, &horizon, level, output.as_deref())
             }
+            Command::Report(ReportCommand::Weekly {
+                to,
+                tenant,
+                out,
+                top,
+            }) => report_cmd(&cfg, to.as_deref(), tenant, &out, top).await,
             Command::Eval(EvalCommand::Rca {
                 dir,
                 json,
@@ -319,6 +325,38 @@ async fn rca_cmd(
             )?,
         )?;
     }
+    Ok(())
+}
+
+async fn report_cmd(
+    cfg: &Config,
+    to: Option<&str>,
+    tenant: String,
+    out: &std::path::Path,
+    top: usize,
+) -> anyhow::Result<()> {
+    let to = match to {
+        None => chrono::Utc::now(),
+        Some(t) => seismo::report::parse_end(t)?,
+    };
+    let store = pipeline::open_store(cfg).await?;
+    let opts = seismo::report::ReportOptions {
+        tenant,
+        to,
+        service_label: cfg.correlate.service_label.clone(),
+        top,
+    };
+    let w = seismo::report::weekly(store.as_ref(), &opts).await?;
+    seismo::report::write(&w, out)?;
+    println!(
+        "{} to {}: {} anomalies, {} incidents, {} capacity warnings; report in {}/report.html (and report.md, report.json)",
+        w.from.format("%Y-%m-%d %H:%M"),
+        w.to.format("%Y-%m-%d %H:%M UTC"),
+        w.anomalies,
+        w.incidents.len(),
+        w.capacity.len(),
+        out.display()
+    );
     Ok(())
 }
 
