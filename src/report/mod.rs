@@ -318,22 +318,35 @@ pub fn charts(w: &Weekly) -> Vec<(String, String)> {
         .collect();
     let mut services: Vec<(&String, &u64)> = w.anomalies_by_service.iter().collect();
     services.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let series: Vec<(String, Vec<f64>)> = services
+    let per_day = |wanted: &dyn Fn(&str) -> bool| -> Vec<f64> {
+        days.iter()
+            .map(|d| {
+                w.anomalies_by_day.get(d).map_or(0, |m| {
+                    m.iter()
+                        .filter(|(s, _)| wanted(s))
+                        .map(|(_, n)| *n)
+                        .sum::<u64>()
+                }) as f64
+            })
+            .collect()
+    };
+    // The busiest services each get a colour; the rest stack as one "other".
+    let shown = if services.len() > svg::PALETTE.len() {
+        svg::PALETTE.len() - 1
+    } else {
+        services.len()
+    };
+    let mut series: Vec<(String, Vec<f64>)> = services[..shown]
         .iter()
-        .map(|(s, _)| {
-            let per_day = days
-                .iter()
-                .map(|d| {
-                    w.anomalies_by_day
-                        .get(d)
-                        .and_then(|m| m.get(*s))
-                        .copied()
-                        .unwrap_or(0) as f64
-                })
-                .collect();
-            ((*s).clone(), per_day)
-        })
+        .map(|(s, _)| ((*s).clone(), per_day(&|x| x == s.as_str())))
         .collect();
+    if shown < services.len() {
+        let rest: Vec<&str> = services[shown..].iter().map(|(s, _)| s.as_str()).collect();
+        series.push((
+            format!("other ({})", rest.len()),
+            per_day(&|x| rest.contains(&x)),
+        ));
+    }
     let by_day = svg::stacked_bars(
         "Anomalies per day, by service",
         &days

@@ -1,17 +1,20 @@
 //! Bar charts as SVG text: enough for a report, with no drawing library to build.
 
-/// Colours for the stacked series, in order (Okabe–Ito, readable by colour-blind people);
-/// series beyond them repeat the cycle.
-const PALETTE: [&str; 8] = [
+/// Colours for the stacked series, in order (Okabe–Ito, readable by colour-blind people).
+/// Callers stack at most this many series (the rest as one "other"), so no two share one.
+pub const PALETTE: [&str; 8] = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#999999",
 ];
 
 const WIDTH: f64 = 900.0;
-const HEIGHT: f64 = 380.0;
-const LEFT: f64 = 60.0;
 const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
-const BOTTOM: f64 = 70.0;
+const PLOT_HEIGHT: f64 = 270.0;
+/// Width of one character at the 12 px font, roughly.
+const CHAR_W: f64 = 7.0;
+/// Slope of category labels that do not fit flat (35°).
+const TURN_COS: f64 = 0.819;
+const TURN_SIN: f64 = 0.574;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -48,13 +51,31 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[(String, Vec<f
     let max = totals.iter().copied().fold(0.0, f64::max);
     let step = nice_step(max);
     let top_value = (max / step).ceil().max(1.0) * step;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
+    // Category labels lie flat when every one fits its slot, and all turn otherwise; the
+    // margins grow so turned labels are never cut off.
+    let longest = categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    let slot_guess = (WIDTH - 60.0 - RIGHT) / categories.len().max(1) as f64;
+    let turn = longest * CHAR_W > slot_guess * 0.95;
+    let (left, bottom) = if turn {
+        (
+            (longest * CHAR_W * TURN_COS - slot_guess / 2.0 + 8.0).max(60.0),
+            longest * CHAR_W * TURN_SIN + 30.0,
+        )
+    } else {
+        (60.0, 40.0)
+    };
+    let height = TOP + PLOT_HEIGHT + bottom;
+    let plot_w = WIDTH - left - RIGHT;
+    let plot_h = PLOT_HEIGHT;
     let y = |v: f64| TOP + plot_h * (1.0 - v / top_value);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{LEFT}\" y=\"24\" font-size=\"16\" font-weight=\"bold\">{}</text>\n",
+         <text x=\"{left}\" y=\"24\" font-size=\"16\" font-weight=\"bold\">{}</text>\n",
         escape(title)
     );
     // Gridlines and the value axis.
@@ -62,10 +83,10 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[(String, Vec<f
     while v <= top_value + step / 2.0 {
         let yy = y(v);
         s += &format!(
-            "<line x1=\"{LEFT}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/>\n\
+            "<line x1=\"{left}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/>\n\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{}</text>\n",
-            LEFT + plot_w,
-            LEFT - 6.0,
+            left + plot_w,
+            left - 6.0,
             yy + 4.0,
             v
         );
@@ -74,14 +95,14 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[(String, Vec<f
     if categories.is_empty() || max <= 0.0 {
         s += &format!(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">nothing to show</text>\n",
-            LEFT + plot_w / 2.0,
+            left + plot_w / 2.0,
             TOP + plot_h / 2.0
         );
     }
     let slot = plot_w / categories.len().max(1) as f64;
     let bar = (slot * 0.7).min(80.0);
     for (i, cat) in categories.iter().enumerate() {
-        let x = LEFT + slot * i as f64 + (slot - bar) / 2.0;
+        let x = left + slot * i as f64 + (slot - bar) / 2.0;
         let mut base = 0.0;
         for (k, (name, values)) in series.iter().enumerate() {
             let value = values.get(i).copied().unwrap_or(0.0);
@@ -105,10 +126,9 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[(String, Vec<f
                 totals[i]
             );
         }
-        // Category labels turn when they would collide.
         let lx = x + bar / 2.0;
         let ly = TOP + plot_h + 16.0;
-        if slot < 8.0 * cat.chars().count() as f64 {
+        if turn {
             s += &format!(
                 "<text x=\"{lx:.1}\" y=\"{ly:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {lx:.1} {ly:.1})\">{}</text>\n",
                 escape(cat)
@@ -121,9 +141,9 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[(String, Vec<f
         }
     }
     s += &format!(
-        "<line x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\n",
+        "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\n",
         TOP + plot_h,
-        LEFT + plot_w,
+        left + plot_w,
         TOP + plot_h
     );
     // Legend, for stacks.
