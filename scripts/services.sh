@@ -48,7 +48,10 @@ LLM=$(dirname "$0")/llm.sh
 
 env_lines() {
   echo "export SEISMO_TEST_PG_URL=postgres://seismo@127.0.0.1:${PG_PORT}/postgres"
-  echo "export SEISMO_TEST_TSDB_URL=postgres://seismo@127.0.0.1:${TSDB_PORT}/postgres"
+  # Only where the TimescaleDB server runs: its tests then fail saying it is not set.
+  if [ -f "$STATE/tsdb/postmaster.pid" ]; then
+    echo "export SEISMO_TEST_TSDB_URL=postgres://seismo@127.0.0.1:${TSDB_PORT}/postgres"
+  fi
   echo "export SEISMO_TEST_KAFKA=127.0.0.1:${KAFKA_PORT}"
   "$LLM" env
 }
@@ -62,36 +65,51 @@ wait_port() { # host port seconds what
   return 1
 }
 
-# Builds TimescaleDB into the cache once and installs it into this server's directories.
+# Builds TimescaleDB into the cache once (per PostgreSQL major version) and installs it
+# into this server's directories. Returns non-zero, with the reason, when it cannot: the
+# plain services still start, and the TimescaleDB tests fail saying what is missing.
 ensure_timescaledb() {
-  local pg_config=$PG_BIN/pg_config libdir sharedir stage=$CACHE/timescaledb-$TSDB_VERSION/stage
+  local pg_config=$PG_BIN/pg_config libdir sharedir major
   libdir=$("$pg_config" --pkglibdir)
   sharedir=$("$pg_config" --sharedir)
+  major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+  local stage=$CACHE/timescaledb-$TSDB_VERSION-pg$major/stage
   if [ -f "$libdir/timescaledb-$TSDB_VERSION.so" ] && [ -f "$sharedir/extension/timescaledb.control" ]; then
-    return
+    return 0
   fi
   if [ ! -f "$stage/.complete" ]; then
-    [ -f "$TSDB_SRC" ] || die "TimescaleDB is not installed and its source is not at $TSDB_SRC (set SEISMO_TIMESCALEDB_SRC to timescaledb-$TSDB_VERSION.tar.gz)"
-    echo "timescaledb: building $TSDB_VERSION from $TSDB_SRC (about 5 CPU-minutes, once)..."
-    mkdir -p "$CACHE"
-    local log=$CACHE/timescaledb-$TSDB_VERSION-build.log build=$CACHE/timescaledb-$TSDB_VERSION/src
-    if ! command -v cmake >/dev/null 2>&1 || [ ! -f "$("$pg_config" --includedir-server)/postgres.h" ]; then
-      [ "$(id -u)" = 0 ] || die "building TimescaleDB needs cmake and postgresql-server-dev-15: apt-get install cmake postgresql-server-dev-15 libssl-dev"
-      (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake postgresql-server-dev-15 libssl-dev) >"$log" 2>&1 \
-        || die "installing cmake and postgresql-server-dev-15 failed; see $log"
+    if [ ! -f "$TSDB_SRC" ]; then
+      echo "timescaledb: not installed, and its source is not at $TSDB_SRC (set SEISMO_TIMESCALEDB_SRC to timescaledb-$TSDB_VERSION.tar.gz); starting without it" >&2
+      return 1
     fi
+    local log=$CACHE/timescaledb-$TSDB_VERSION-pg$major-build.log build=$CACHE/timescaledb-$TSDB_VERSION-pg$major/src
+    mkdir -p "$CACHE"
+    if ! command -v cmake >/dev/null 2>&1 || [ ! -f "$("$pg_config" --includedir-server)/postgres.h" ]; then
+      if [ "$(id -u)" != 0 ]; then
+        echo "timescaledb: building it needs cmake and postgresql-server-dev-$major (apt-get install cmake postgresql-server-dev-$major libssl-dev, as root); starting without it" >&2
+        return 1
+      fi
+      (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "postgresql-server-dev-$major" libssl-dev) >"$log" 2>&1 \
+        || { echo "timescaledb: installing cmake and postgresql-server-dev-$major failed; see $log" >&2; return 1; }
+    fi
+    echo "timescaledb: building $TSDB_VERSION for PostgreSQL $major from $TSDB_SRC (about 5 CPU-minutes, once)..."
     rm -rf "$build" "$stage"
     mkdir -p "$build"
-    tar xzf "$TSDB_SRC" -C "$build" --strip-components=1 || die "cannot unpack $TSDB_SRC"
+    tar xzf "$TSDB_SRC" -C "$build" --strip-components=1 \
+      || { echo "timescaledb: cannot unpack $TSDB_SRC" >&2; return 1; }
     (cd "$build" && ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
         -DCMAKE_BUILD_TYPE=Release -DPG_CONFIG="$pg_config" \
       && cd build && make -j"$(nproc)" && make install DESTDIR="$stage") >>"$log" 2>&1 \
-      || die "building TimescaleDB failed; see $log"
+      || { echo "timescaledb: building failed; see $log" >&2; return 1; }
     touch "$stage/.complete"
     rm -rf "$build"
   fi
-  [ -w "$libdir" ] || die "TimescaleDB is built in $stage but $libdir is not writable; copy it as root: cp -a $stage/. /"
-  cp -a "$stage/usr/." /usr/ || die "installing TimescaleDB from $stage failed"
+  if [ ! -w "$libdir" ] || [ ! -w "$sharedir/extension" ]; then
+    echo "timescaledb: built in $stage, but $libdir is not writable; as root: cp -a $stage$libdir/. $libdir/ && cp -a $stage$sharedir/extension/. $sharedir/extension/" >&2
+    return 1
+  fi
+  cp -a "$stage$libdir/." "$libdir/" && cp -a "$stage$sharedir/extension/." "$sharedir/extension/" \
+    || { echo "timescaledb: installing from $stage failed" >&2; return 1; }
   echo "timescaledb: $TSDB_VERSION installed into $libdir"
 }
 
@@ -178,10 +196,11 @@ stop_all() {
 
 case "${1:-}" in
   start)
-    ensure_timescaledb
     # Sized like a small production server rather than with the tiny defaults.
     start_pg pg "$PG_PORT" "-c shared_buffers=1GB -c max_wal_size=4GB"
-    start_pg tsdb "$TSDB_PORT" "-c shared_buffers=512MB -c max_wal_size=4GB -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+    if ensure_timescaledb; then
+      start_pg tsdb "$TSDB_PORT" "-c shared_buffers=512MB -c max_wal_size=4GB -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+    fi
     start_kafka
     "$LLM" start | sed '/^export /d'
     env_lines >"$STATE/env"

@@ -143,10 +143,14 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
                 while let Some(batch) = tail.next_batch(256).await {
                     match batch {
                         Ok(records) => {
+                            h.running();
                             feed.publish_records(records.iter().map(|m| m.payload.as_ref()));
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "reading seismo.incidents for the live stream");
+                            // Readiness says so: the API answers, its live stream is deaf.
+                            h.retrying(&format!(
+                                "reading seismo.incidents for the live stream: {e}"
+                            ));
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }

@@ -153,6 +153,12 @@ fn expand(
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for name in names {
+        // `${name:sqlstring}`: every value quoted, quotes inside doubled (Grafana's format).
+        let quoted = match &vars[name] {
+            VarValue::Raw(v) | VarValue::All(v) => VarValue::Quoted(vec![v.clone()]).sql(),
+            q @ VarValue::Quoted(_) => q.sql(),
+        };
+        s = s.replace(&format!("${{{name}:sqlstring}}"), &quoted);
         let v = vars[name].sql();
         s = s
             .replace(&format!("${{{name}}}"), &v)
@@ -347,6 +353,30 @@ async fn check_dashboard(db: &Filled, dashboard: &Value) {
                 );
             }
         }
+        // A hostile value in a single-valued variable (typed in, or put in the URL) stays a
+        // string: the query still runs, and finds nothing of that "tenant".
+        let mut hostile = vars.clone();
+        hostile.insert("tenant".into(), VarValue::Raw("x' OR 'a'='a".into()));
+        let sql_h = expand(&sql, &hostile, db.from, db.to);
+        if sql.contains("tenant") {
+            assert!(
+                sql_h.contains("'x'' OR ''a''=''a'"),
+                "{what}: the tenant is not quoted:\n{sql_h}"
+            );
+        }
+        run(db, &sql_h, &format!("{what} with a hostile tenant")).await;
+        // A hostile value in a single-valued variable (typed in, or put in the URL) stays a
+        // string: the query still runs, and finds nothing of that "tenant".
+        let mut hostile = vars.clone();
+        hostile.insert("tenant".into(), VarValue::Raw("x' OR 'a'='a".into()));
+        let sql_h = expand(&sql, &hostile, db.from, db.to);
+        if sql.contains("tenant") {
+            assert!(
+                sql_h.contains("'x'' OR ''a''=''a'"),
+                "{what}: the tenant is not quoted:\n{sql_h}"
+            );
+        }
+        run(db, &sql_h, &format!("{what} with a hostile tenant")).await;
         // Each filter also runs with one concrete value chosen (it may match nothing).
         for (name, first) in &firsts {
             let mut one = vars.clone();

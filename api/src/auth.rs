@@ -148,7 +148,15 @@ pub fn need(method: &Method, path: &str) -> Need {
         {
             Need::Read
         }
-        ["api", "v1", "forecasts"] | ["api", "v1", "series", _, "forecast"] if reads => Need::Read,
+        ["api", "v1", "forecasts"]
+        | ["api", "v1", "series"]
+        | ["api", "v1", "series", _]
+        | ["api", "v1", "series", _, "forecast"]
+        | ["api", "v1", "stream", "incidents"]
+            if reads =>
+        {
+            Need::Read
+        }
         ["api", "v1", "incidents", _, "transition"] if *method == Method::POST => Need::Write,
         ["api", "v1", "incidents", _, "explanation" | "postmortem"] if reads => Need::Read,
         // May make a model call, which costs.

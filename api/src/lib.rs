@@ -394,10 +394,18 @@ async fn list_anomalies(
 /// The window of a forecast query; `from` defaults to three days before `to`, `to` to
 /// two days after now (forecasts lie ahead); at most `max_days` long.
 fn forecast_window(p: &ListParams, max_days: i64) -> ApiResult<(i64, i64)> {
-    let to =
-        p.to.unwrap_or_else(|| Utc::now() + chrono::Duration::days(2))
-            .timestamp_millis();
+    // With only `from`, the window runs 3 days from it; with neither, it is the 3 days
+    // before 2 days from now (a forecast's horizon ahead).
+    let to = match (p.from, p.to) {
+        (_, Some(t)) => t,
+        (Some(f), None) => f + chrono::Duration::days(3),
+        (None, None) => Utc::now() + chrono::Duration::days(2),
+    }
+    .timestamp_millis();
     let from = p.from.map_or(to - 3 * 86_400_000, |f| f.timestamp_millis());
+    if from >= to {
+        return Err(ApiError::BadRequest("from must be before to".into()));
+    }
     if to - from > max_days * 86_400_000 {
         return Err(ApiError::BadRequest(format!(
             "from..to spans more than {max_days} days; ask for less"

@@ -150,7 +150,9 @@ fn answers(ok: &[(u16, &str, Option<Value>)], errors: &[u16], public: bool) -> V
     }
     let mut codes: Vec<u16> = errors.to_vec();
     if !public {
-        codes.extend([401, 403]);
+        // The authentication layer: no or a bad token, a role too low, a malformed
+        // `X-Seismo-Tenant`, or the token store unreachable.
+        codes.extend([400, 401, 403, 503]);
     }
     codes.sort_unstable();
     codes.dedup();
@@ -161,7 +163,9 @@ fn answers(ok: &[(u16, &str, Option<Value>)], errors: &[u16], public: bool) -> V
             403 => "The token's role may not do this, or names another tenant.",
             404 => "Not found for the caller's tenant.",
             409 => "The lifecycle forbids this step.",
+            408 => "The body did not arrive in time (`http.body_timeout_ms`).",
             413 => "Beyond a request size limit (the answer names it).",
+            415 => "An unsupported content type or encoding.",
             429 => "Beyond the token's ingest rate; retry after `Retry-After` seconds.",
             503 => {
                 "Not now: the bus is full, too much is in flight, or the service is unavailable; safe to retry."
@@ -746,7 +750,23 @@ pub fn document() -> Value {
         },
     ];
     let mut paths = Map::new();
-    for op in ops {
+    for mut op in ops {
+        // Every body passes the size and time limits in front of the handlers, and the
+        // ingest routes check its type and encoding.
+        if op.body.is_some() {
+            let mut extra = vec![408, 413];
+            if INGEST_PATHS.contains(&op.path) {
+                extra.push(415);
+            }
+            let have = op.responses.as_object().expect("responses").clone();
+            let missing: Vec<u16> = extra
+                .into_iter()
+                .filter(|c| !have.contains_key(&c.to_string()))
+                .collect();
+            for (k, v) in answers(&[], &missing, true).as_object().expect("responses") {
+                op.responses[k] = v.clone();
+            }
+        }
         let mut o = json!({
             "tags": [op.tag],
             "summary": op.summary,

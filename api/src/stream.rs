@@ -13,7 +13,10 @@ use futures_util::Stream;
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use seismo_schemas::{Caller, IncidentChange, topics};
 use seismo_transport::{OutRecord, Producer, TransportError};
-use tokio::sync::broadcast;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::{ApiError, ApiResult, ApiState, caller};
@@ -21,7 +24,10 @@ use crate::{ApiError, ApiResult, ApiState, caller};
 /// Changes a slow client may fall behind by before it is told it missed some.
 const FEED_CAPACITY: usize = 1024;
 /// Most concurrent streams per process: each holds a connection and a feed slot.
-pub const MAX_STREAMS: i64 = 512;
+pub const MAX_STREAMS: usize = 512;
+/// A stream ends after this long and the client reconnects (EventSource does on its
+/// own): its token is checked again then, so a revoked token stops hearing changes.
+pub const MAX_STREAM_SECS: u64 = 900;
 
 static STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -38,12 +44,16 @@ static LAGGED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric")
 });
 
-/// The incident changes this process hears of, fanned out to every stream client. It
-/// holds nothing: a client hears the changes made while it is connected (the incidents
-/// API has the rest).
+/// The incident changes this process hears of, fanned out to every stream client of
+/// their tenant. It holds nothing: a client hears the changes made while it is connected
+/// (the incidents API has the rest).
 #[derive(Clone)]
 pub struct ChangeFeed {
-    tx: broadcast::Sender<Arc<IncidentChange>>,
+    /// One channel per tenant with a listener, so a client's lag counts only its own
+    /// tenant's changes and a busy tenant cannot make a quiet one's clients fall behind.
+    tenants: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<IncidentChange>>>>>,
+    /// Stream slots: one per connected client, at most [`MAX_STREAMS`].
+    slots: Arc<Semaphore>,
     /// Ends every stream: an HTTP server drains its connections on shutdown, and a
     /// stream left open would hold it until its drain timeout.
     closing: CancellationToken,
@@ -52,7 +62,8 @@ pub struct ChangeFeed {
 impl Default for ChangeFeed {
     fn default() -> Self {
         ChangeFeed {
-            tx: broadcast::channel(FEED_CAPACITY).0,
+            tenants: Arc::default(),
+            slots: Arc::new(Semaphore::new(MAX_STREAMS)),
             closing: CancellationToken::new(),
         }
     }
@@ -61,21 +72,28 @@ impl Default for ChangeFeed {
 impl std::fmt::Debug for ChangeFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangeFeed")
-            .field("receivers", &self.tx.receiver_count())
+            .field("free_slots", &self.slots.available_permits())
             .finish()
     }
 }
 
 impl ChangeFeed {
-    /// Hands the records published to `seismo.incidents` to the connected clients.
+    /// Hands the records published to `seismo.incidents` to their tenants' clients.
     pub fn publish_records<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) {
-        if self.tx.receiver_count() == 0 {
+        let mut tenants = self.tenants.lock().expect("feed lock");
+        // Channels whose clients all left go, so the map holds only tenants listened to.
+        tenants.retain(|_, tx| tx.receiver_count() > 0);
+        if tenants.is_empty() {
             return;
         }
         for payload in records {
             match serde_json::from_slice::<IncidentChange>(payload) {
-                // No receiver left is not an error: nobody is listening.
-                Ok(c) => drop(self.tx.send(Arc::new(c))),
+                Ok(c) => {
+                    if let Some(tx) = tenants.get(&c.incident.tenant) {
+                        // No receiver left is not an error: nobody is listening.
+                        drop(tx.send(Arc::new(c)));
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "a seismo.incidents record that is not a change")
                 }
@@ -83,8 +101,13 @@ impl ChangeFeed {
         }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<IncidentChange>> {
-        self.tx.subscribe()
+    fn subscribe(&self, tenant: &str) -> broadcast::Receiver<Arc<IncidentChange>> {
+        self.tenants
+            .lock()
+            .expect("feed lock")
+            .entry(tenant.to_string())
+            .or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
+            .subscribe()
     }
 
     /// Ends every open stream (and refuses new ones): call when the server shuts down.
@@ -140,8 +163,8 @@ impl Producer for FeedingProducer {
     }
 }
 
-/// Counts a connected client for as long as its stream lives.
-struct Connected;
+/// A connected client's slot, counted for as long as its stream lives.
+struct Connected(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Drop for Connected {
     fn drop(&mut self) {
@@ -152,8 +175,9 @@ impl Drop for Connected {
 /// `GET /api/v1/stream/incidents[?kind=opened,resolved]`: the caller's tenant's incident
 /// changes as server-sent events (`event:` the change kind, `id:` the change id, `data:`
 /// the change as JSON), with a comment every 15 s to keep proxies from closing it. A
-/// client that falls more than 1024 changes behind gets a `lagged` event saying how many
-/// it missed, and goes on.
+/// client that falls more than 1024 of its tenant's changes behind gets a `lagged` event
+/// saying how many it missed, and goes on. A stream ends after 15 minutes (clients
+/// reconnect, and their token is checked again).
 pub(crate) async fn incidents(
     State(s): State<ApiState>,
     found: Option<Extension<Caller>>,
@@ -193,32 +217,29 @@ pub(crate) async fn incidents(
     if feed.closing.is_cancelled() {
         return Err(ApiError::Unavailable("the server is shutting down".into()));
     }
-    if STREAMS.get() >= MAX_STREAMS {
+    let Ok(permit) = feed.slots.clone().try_acquire_owned() else {
         return Err(ApiError::Unavailable(format!(
             "{MAX_STREAMS} streams are open, the most this process serves"
         )));
-    }
+    };
     STREAMS.inc();
+    let until = tokio::time::Instant::now() + Duration::from_secs(MAX_STREAM_SECS);
     let state = (
-        feed.subscribe(),
+        feed.subscribe(&who.tenant),
         feed.closing.clone(),
-        who.tenant,
         kinds,
-        Connected,
+        Connected(permit),
     );
-    let stream = futures_util::stream::unfold(
-        state,
-        |(mut rx, closing, tenant, kinds, guard)| async move {
+    let stream =
+        futures_util::stream::unfold(state, move |(mut rx, closing, kinds, guard)| async move {
             loop {
                 let received = tokio::select! {
                     r = rx.recv() => r,
                     _ = closing.cancelled() => return None,
+                    _ = tokio::time::sleep_until(until) => return None,
                 };
                 let event = match received {
                     Ok(c) => {
-                        if c.incident.tenant != tenant {
-                            continue;
-                        }
                         let kind = serde_json::to_value(c.kind)
                             .ok()
                             .and_then(|v| v.as_str().map(str::to_string))
@@ -239,9 +260,8 @@ pub(crate) async fn incidents(
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
-                return Some((Ok(event), (rx, closing, tenant, kinds, guard)));
+                return Some((Ok(event), (rx, closing, kinds, guard)));
             }
-        },
-    );
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -58,6 +58,22 @@ fn every_registered_route_is_documented_and_nothing_else() {
             );
         }
     }
+    // The role each operation names is the one the authentication layer asks for.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let text = op["description"].as_str().unwrap();
+            let Some(role) = text
+                .split("Role: `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+            else {
+                continue;
+            };
+            let concrete = path.replace("{id}", "x");
+            let need = seismo_api::auth::need(&method.to_uppercase().parse().unwrap(), &concrete);
+            assert_eq!(format!("{need:?}").to_lowercase(), role, "{method} {path}");
+        }
+    }
     // Public paths are exactly the ones the authentication layer lets through.
     let public: BTreeSet<String> = doc["paths"]
         .as_object()

@@ -313,8 +313,13 @@ fn cell(s: &str) -> String {
 
 /// The charts: (file name, SVG).
 pub fn charts(w: &Weekly) -> Vec<(String, String)> {
-    let days: Vec<NaiveDate> = (0..7)
-        .map(|d| (w.from + Duration::days(d)).date_naive())
+    // Every UTC date the week touches: 8 when it does not start at midnight.
+    let last = (w.to - Duration::milliseconds(1)).date_naive();
+    let days: Vec<NaiveDate> = w
+        .from
+        .date_naive()
+        .iter_days()
+        .take_while(|d| *d <= last)
         .collect();
     let mut services: Vec<(&String, &u64)> = w.anomalies_by_service.iter().collect();
     services.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

@@ -141,6 +141,14 @@ impl PgStore {
         if !installed {
             return Ok(TimescaleSupport::Missing);
         }
+        let created: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if created {
+            return Ok(TimescaleSupport::Usable);
+        }
         let mut conn = self.pool.acquire().await?.detach();
         let mut tx = sqlx::Connection::begin(&mut conn).await?;
         let probe = sqlx::query("CREATE EXTENSION IF NOT EXISTS timescaledb")
@@ -150,6 +158,10 @@ impl PgStore {
         let _ = sqlx::Connection::close(conn).await;
         Ok(match probe {
             Ok(_) => TimescaleSupport::Usable,
+            // Another process migrating the same database created it meanwhile.
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") => {
+                TimescaleSupport::Usable
+            }
             Err(e) => TimescaleSupport::Unusable(match e.as_database_error() {
                 Some(d) => d.message().to_string(),
                 None => e.to_string(),
@@ -503,10 +515,14 @@ impl Store for PgStore {
             // over the last hour left them out of the rollup for good). It stops short
             // of the raw table's 30-day retention: a refresh over dropped chunks would
             // delete their minutes from the rollup, which keeps a year.
+            // Matched through the aggregate's view: before TimescaleDB 2.20 the jobs view
+            // named its materialisation hypertable instead.
             let policy: Option<Option<String>> = sqlx::query_scalar(
-                "SELECT config->>'start_offset' FROM timescaledb_information.jobs \
-                 WHERE proc_name = 'policy_refresh_continuous_aggregate' \
-                 AND hypertable_name = 'metric_points_1m'",
+                "SELECT j.config->>'start_offset' FROM timescaledb_information.jobs j \
+                 JOIN timescaledb_information.continuous_aggregates c \
+                 ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) \
+                 WHERE j.proc_name = 'policy_refresh_continuous_aggregate' \
+                 AND c.view_name = 'metric_points_1m'",
             )
             .fetch_optional(&mut *conn)
             .await?;
@@ -654,6 +670,19 @@ impl Store for PgStore {
     }
 
     async fn insert_alerts(&self, alerts: &[Alert]) -> Result<u64> {
+        // One statement may not update a row twice ("ON CONFLICT DO UPDATE command cannot
+        // affect row a second time"): an alert that fired and resolved within one batch
+        // is written once, in its last state, as consecutive upserts would leave it.
+        let mut last: HashMap<(&str, &str, DateTime<Utc>), usize> = HashMap::new();
+        for (i, a) in alerts.iter().enumerate() {
+            last.insert((&a.tenant, &a.fingerprint, a.starts_at), i);
+        }
+        let alerts: Vec<&Alert> = alerts
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| last[&(a.tenant.as_str(), a.fingerprint.as_str(), a.starts_at)] == *i)
+            .map(|(_, a)| a)
+            .collect();
         let mut written = 0;
         for chunk in alerts.chunks(MAX_PARAMS / 8) {
             let mut qb = QueryBuilder::<Postgres>::new(

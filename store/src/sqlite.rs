@@ -835,6 +835,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn alerts_fired_and_resolved_in_one_batch_are_stored_once() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::alert_conformance(&store).await;
+    }
+
+    #[tokio::test]
     async fn series_list_by_name_labels_and_pages() {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();

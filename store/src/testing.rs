@@ -744,3 +744,37 @@ pub async fn series_conformance(store: &dyn Store) {
             .is_empty()
     );
 }
+
+/// An alert that fires and resolves within one batch is stored once, resolved (one
+/// PostgreSQL statement may not update a row twice).
+pub async fn alert_conformance(store: &dyn Store) {
+    use seismo_schemas::{Alert, AlertStatus};
+    let at = Utc.timestamp_millis_opt(1_767_225_600_000).unwrap();
+    let firing = Alert {
+        tenant: "acme".into(),
+        fingerprint: "f1".into(),
+        status: AlertStatus::Firing,
+        labels: [("alertname".to_string(), "Down".to_string())].into(),
+        annotations: Default::default(),
+        starts_at: at,
+        ends_at: None,
+        source: "test".into(),
+    };
+    let resolved = Alert {
+        status: AlertStatus::Resolved,
+        ends_at: Some(at + chrono::Duration::minutes(5)),
+        ..firing.clone()
+    };
+    let other = Alert {
+        fingerprint: "f2".into(),
+        ..firing.clone()
+    };
+    store
+        .insert_alerts(&[firing.clone(), other, resolved])
+        .await
+        .unwrap();
+    assert_eq!(store.counts().await.unwrap().alerts, 2);
+    // A replay of the same batch changes nothing.
+    store.insert_alerts(&[firing]).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().alerts, 2);
+}

@@ -254,3 +254,9 @@ async fn series_list_by_name_labels_and_pages() {
     let store = fresh_timescale().await;
     seismo_store::testing::series_conformance(&store).await;
 }
+
+#[tokio::test]
+async fn alerts_fired_and_resolved_in_one_batch_are_stored_once() {
+    let store = fresh_timescale().await;
+    seismo_store::testing::alert_conformance(&store).await;
+}
