@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh start | grep '^export ')"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --all-features "$@"

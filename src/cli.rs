@@ -102,6 +102,29 @@ pub enum Command {
     /// Reports on the result tables (storage.url).
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Read-only SQL over one tenant's result tables (storage.url): anomalies, incidents,
+    /// incident_anomalies, incident_events, alerts, series, forecasts, bands. Needs a build
+    /// with `--features sql`; limits from the `[query]` section.
+    Query {
+        /// One SELECT, WITH or EXPLAIN statement.
+        sql: String,
+        #[arg(long, default_value = seismo_schemas::DEFAULT_TENANT)]
+        tenant: String,
+        /// table (for a terminal), json, or arrow (an Arrow IPC stream, to stdout).
+        #[arg(long, default_value = "table")]
+        format: QueryFormat,
+        /// Most rows to print (query.max_rows caps it).
+        #[arg(long)]
+        max_rows: Option<usize>,
+    },
+}
+
+/// How `seismo query` prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryFormat {
+    Table,
+    Json,
+    Arrow,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,8 @@ pub struct Config {
     pub correlate: CorrelateConfig,
     pub notify: seismo_notify::NotifyConfig,
     pub explain: seismo_explain::ExplainConfig,
+    /// Limits of ad-hoc SQL (`seismo query`, `POST /api/v1/query`).
+    pub query: seismo_store::scan::QueryLimits,
 }
 
 /// Where results are stored.

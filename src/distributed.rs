@@ -133,6 +133,7 @@ pub async fn run_stage(cfg: &Config, stage: Stage) -> anyhow::Result<()> {
                     .with_explainer(crate::http::explainer_for_api(cfg, store.clone()))
                     .with_auth(auth.clone())
                     .with_correlate(cfg.correlate.clone())
+                    .with_query_limits(cfg.query)
                     .with_changes(Some(producer as Arc<dyn Producer>))
                     .with_feed(Some(feed.clone())),
             ));

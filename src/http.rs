@@ -79,6 +79,7 @@ pub fn router(
                 .with_explainer(explainer)
                 .with_auth(auth.clone())
                 .with_correlate(cfg.correlate.clone())
+                .with_query_limits(cfg.query)
                 .with_changes(pipeline.map(Embedded::changes_producer))
                 .with_feed(pipeline.map(|p| p.feed.clone())),
         ));

@@ -164,6 +164,12 @@ fn main() -> anyhow::Result<()> {
                 out,
                 top,
             }) => report_cmd(&cfg, to.as_deref(), tenant, &out, top).await,
+            Command::Query {
+                sql,
+                tenant,
+                format,
+                max_rows,
+            } => query_cmd(&cfg, &sql, &tenant, format, max_rows).await,
             Command::Eval(EvalCommand::Rca {
                 dir,
                 json,
@@ -326,6 +332,58 @@ async fn rca_cmd(
         )?;
     }
     Ok(())
+}
+
+#[cfg(feature = "sql")]
+async fn query_cmd(
+    cfg: &Config,
+    sql: &str,
+    tenant: &str,
+    format: seismo::cli::QueryFormat,
+    max_rows: Option<usize>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    seismo_schemas::validate_tenant(tenant)?;
+    let store = pipeline::open_store(cfg).await?;
+    let engine = seismo_query::QueryEngine::new(store, cfg.query);
+    let a = engine.run(tenant, sql, max_rows).await?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        seismo::cli::QueryFormat::Table => {
+            writeln!(out, "{}", a.to_table()?)?;
+            // To stderr, so the table can be piped on its own.
+            eprintln!(
+                "{} row{}{} in {} ms",
+                a.rows,
+                if a.rows == 1 { "" } else { "s" },
+                if a.truncated {
+                    format!(" (cut at the row limit {}; more matched)", a.rows)
+                } else {
+                    String::new()
+                },
+                a.elapsed.as_millis()
+            );
+        }
+        seismo::cli::QueryFormat::Json => {
+            out.write_all(&a.to_json()?)?;
+            writeln!(out)?;
+        }
+        seismo::cli::QueryFormat::Arrow => out.write_all(&a.to_arrow_ipc()?)?,
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "sql"))]
+async fn query_cmd(
+    _cfg: &Config,
+    _sql: &str,
+    _tenant: &str,
+    _format: seismo::cli::QueryFormat,
+    _max_rows: Option<usize>,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this build of seismo has no SQL engine: build it with `cargo build --release --features sql`"
+    )
 }
 
 async fn report_cmd(

@@ -631,6 +631,160 @@ fn cli(s: &Server, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `POST /api/v1/query` answers for the token's tenant only, in JSON or Arrow, refuses
+/// writes and bad SQL, and takes only read tokens.
+#[cfg(feature = "sql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_answers_for_the_tokens_tenant_only() {
+    let s = start(AuthMode::On, |_| {}).await;
+    let bravo_read = s.token("bravo", Role::Read, None).await;
+    let bravo_ingest = s.token("bravo", Role::Ingest, None).await;
+    let query = |token: String, body: Value, tenant: Option<&'static str>| {
+        let s = &s;
+        async move {
+            s.call(
+                &Method::POST,
+                "/api/v1/query",
+                Some(&bearer(&token)),
+                tenant,
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    // Joined, nested and common-table forms all see bravo's two anomalies and one incident.
+    for sql in [
+        "SELECT a.id, i.id AS incident FROM anomalies a JOIN incident_anomalies m ON m.anomaly_id = a.id \
+         JOIN incidents i ON i.id = m.incident_id",
+        "SELECT id, (SELECT count(*) FROM incidents) AS incident FROM anomalies WHERE id IN \
+         (SELECT anomaly_id FROM incident_anomalies)",
+        "WITH x AS (SELECT * FROM anomalies), y AS (SELECT id FROM incidents) SELECT x.id, y.id AS incident FROM x, y",
+    ] {
+        let (code, headers, v) = query(bravo_read.clone(), json!({ "sql": sql }), None).await;
+        assert_eq!(code, StatusCode::OK, "{sql}: {v}");
+        assert_eq!(v["row_count"], 2, "{sql}: {v}");
+        assert_eq!(headers["x-seismo-truncated"], "false");
+        let text = v["rows"].to_string();
+        assert!(!text.contains("acme"), "{sql} leaked: {text}");
+    }
+    let (_, headers, v) = query(
+        bravo_read.clone(),
+        json!({"sql": "SELECT * FROM incidents"}),
+        None,
+    )
+    .await;
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(v["rows"][0]["id"], "inc-bravo");
+    assert_eq!(v["rows"][0]["started_at"], "2023-11-14T22:13:20Z");
+    // A row limit cuts the answer and says so.
+    let (code, headers, v) = query(
+        bravo_read.clone(),
+        json!({"sql": "SELECT id FROM anomalies", "max_rows": 1}),
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        (v["row_count"].as_u64(), v["truncated"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(headers["x-seismo-truncated"], "true");
+    // Arrow IPC: the same rows, decoded by Arrow's own reader.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/query", s.url))
+        .header("authorization", bearer(&bravo_read))
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .body(json!({"sql": "SELECT id, ts, score FROM anomalies ORDER BY ts"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
+    let bytes = resp.bytes().await.unwrap();
+    let reader =
+        seismo_query::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert_eq!(batches[0].schema().field(0).name(), "id");
+    // Writes, other tables and bad SQL are refused with the reason.
+    for sql in [
+        "DELETE FROM anomalies",
+        "DROP TABLE incidents",
+        "SELECT * FROM api_tokens",
+        "SELECT * FROM anomalies WHERE tenant = 'acme'",
+        "SELEC 1",
+    ] {
+        let (code, _, v) = query(bravo_read.clone(), json!({ "sql": sql }), None).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{sql}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    let (code, _, _) = query(
+        bravo_read.clone(),
+        json!({"sql": "SELECT 1", "tenant": "acme"}),
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "unknown fields are refused");
+    // Naming another tenant takes an admin; an ingest token may not query at all.
+    let (code, _, _) = query(bravo_read.clone(), json!({"sql": "SELECT 1"}), Some("acme")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, _, _) = query(bravo_ingest, json!({"sql": "SELECT 1"}), None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+
+    // `seismo query` on the same database, as a tenant named on the command line.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_seismo"))
+            .arg("query")
+            .args(args)
+            .env("SEISMO_STORAGE__URL", &s.db_url)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "SELECT id FROM incidents",
+        "--tenant",
+        "bravo",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], json!([{"id": "inc-bravo"}]));
+    let out = cli(&[
+        "SELECT i.id, count(*) AS members FROM incidents i JOIN incident_anomalies m ON m.incident_id = i.id GROUP BY i.id",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The default tenant has no incidents.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("inc-"));
+    let out = cli(&["SELECT id, title FROM incidents", "--tenant", "acme"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("inc-acme") && !table.contains("inc-bravo"),
+        "{table}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 row"));
+    let out = cli(&["DELETE FROM incidents", "--tenant", "acme"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DML"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_transitions_are_audited_and_revocations_apply() {
     let s = start(AuthMode::On, |cfg| cfg.http.auth_cache_ms = 300).await;

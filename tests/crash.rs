@@ -373,6 +373,34 @@ async fn positions_report(pool: &sqlx::PgPool, brokers: &str, tag: &str) -> Stri
     out
 }
 
+/// How many records of `seismo.anomalies` correlate has not checkpointed past, over all
+/// partitions, as the broker's partition ends and the stored positions say.
+async fn correlate_behind(pool: &sqlx::PgPool, brokers: &str, tag: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let done: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM stage_positions WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(format!("{tag}-correlate"))
+    .bind(topics::ANOMALIES)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("a diagnostic consumer");
+    let topic = format!("{tag}.{}", topics::ANOMALIES);
+    let mut behind = 0;
+    for p in 0..4 {
+        let Ok((_, end)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) else {
+            return i64::MAX;
+        };
+        let at = done.iter().find(|d| d.0 == i64::from(p)).map_or(0, |d| d.1);
+        behind += (end - at).max(0);
+    }
+    behind
+}
+
 /// The distributed stages, with SIGKILLs of random stage processes while the input is
 /// produced straight to Kafka (keyed by host, as producers should).
 async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
@@ -485,6 +513,24 @@ async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
             let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
             panic!(
                 "distributed run did not catch up (detected {detected}, stored {stored}):\n{}\n{}",
+                positions_report(&pool, &brokers, &tag).await,
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And correlate has taken every anomaly detect sent: a restarted correlate can take
+    // longer than any fixed quiet spell to rejoin its group on a loaded machine.
+    let t = Instant::now();
+    loop {
+        let behind = correlate_behind(&pool, &brokers, &tag).await;
+        if behind == 0 {
+            break;
+        }
+        if t.elapsed() >= Duration::from_secs(240) {
+            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            panic!(
+                "correlate did not catch up ({behind} anomaly records behind):\n{}\n{}",
                 positions_report(&pool, &brokers, &tag).await,
                 logs.join("\n----\n")
             );

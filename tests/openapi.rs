@@ -235,6 +235,10 @@ async fn every_documented_operation_answers_as_documented() {
             call("post", "/api/v1/investigate", "/api/v1/investigate"),
             json!({"service": "db", "at": Utc::now().to_rfc3339()}),
         ),
+        with_json(
+            call("post", "/api/v1/query", "/api/v1/query"),
+            json!({"sql": "SELECT service, count(*) AS n FROM anomalies GROUP BY service ORDER BY n DESC", "max_rows": 5}),
+        ),
         call(
             "get",
             "/api/v1/forecasts",

@@ -163,6 +163,8 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["api", "v1", "incidents", _, "explanation"] if *method == Method::POST => Need::Write,
         // Reads the stored points and writes nothing.
         ["api", "v1", "investigate"] if *method == Method::POST => Need::Read,
+        // Read-only SQL over the caller's tenant.
+        ["api", "v1", "query"] if *method == Method::POST => Need::Read,
         ["api", "v1", "silences"] if reads => Need::Read,
         ["api", "v1", "silences"] if *method == Method::POST => Need::Write,
         ["api", "v1", "silences", _] if *method == Method::DELETE => Need::Write,
@@ -635,6 +637,8 @@ mod tests {
             (&get, "/api/v1/incidents/abc/transition", Need::Admin),
             (&post, "/api/v1/anomalies", Need::Admin),
             (&post, "/api/v1/investigate", Need::Read),
+            (&post, "/api/v1/query", Need::Read),
+            (&get, "/api/v1/query", Need::Admin),
             (&get, "/api/v1/silences", Need::Read),
             (&post, "/api/v1/silences", Need::Write),
             (&delete, "/api/v1/silences/abc", Need::Write),

@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 pub mod openapi;
+pub mod query;
 mod series;
 pub mod silences;
 pub mod stream;
@@ -64,6 +65,12 @@ pub enum ApiError {
     /// The service cannot answer this now (503), e.g. too many streams.
     #[error("{0}")]
     Unavailable(String),
+    /// Understood, but it went past a limit (422): a query's time or memory.
+    #[error("{0}")]
+    Limit(String),
+    /// This build lacks the part that would answer (501).
+    #[error("{0}")]
+    NotBuilt(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -86,6 +93,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotBuilt(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(detail) => {
                 // Internal details go to the log, not to the client.
                 tracing::error!(%detail, "API request failed");
@@ -112,6 +121,8 @@ pub struct ApiState {
     pub explainer: Option<Arc<seismo_explain::Explainer>>,
     /// The incident changes this process hears of, for `/api/v1/stream/incidents`.
     pub feed: Option<stream::ChangeFeed>,
+    /// Limits of `POST /api/v1/query`.
+    pub query_limits: query::QueryLimits,
 }
 
 impl ApiState {
@@ -123,7 +134,13 @@ impl ApiState {
             changes: None,
             explainer: None,
             feed: None,
+            query_limits: query::QueryLimits::default(),
         }
+    }
+
+    pub fn with_query_limits(mut self, limits: query::QueryLimits) -> Self {
+        self.query_limits = limits;
+        self
     }
 
     pub fn with_feed(mut self, feed: Option<stream::ChangeFeed>) -> Self {
@@ -204,6 +221,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/incidents/{id}/postmortem", get(get_postmortem))
         .route("/api/v1/investigate", post(investigate))
+        .route("/api/v1/query", post(query::run))
         .route(
             "/api/v1/silences",
             get(silences::list).post(silences::create),

@@ -163,6 +163,8 @@ fn answers(ok: &[(u16, &str, Option<Value>)], errors: &[u16], public: bool) -> V
             403 => "The token's role may not do this, or names another tenant.",
             404 => "Not found for the caller's tenant.",
             409 => "The lifecycle forbids this step.",
+            422 => "Understood, but it went past a limit (the answer names it).",
+            501 => "This build lacks the part that would answer (the answer says how to build it).",
             408 => "The body did not arrive in time (`http.body_timeout_ms`).",
             413 => "Beyond a request size limit (the answer names it).",
             415 => "An unsupported content type or encoding.",
@@ -213,6 +215,8 @@ pub fn document() -> Value {
     let change = s.answer::<IncidentChange>();
     let transition_body = s.request::<crate::TransitionBody>();
     let question = s.request::<seismo_correlate::investigate::Question>();
+    let query = s.request::<crate::query::QueryRequest>();
+    let query_answer = s.answer::<crate::query::QueryAnswer>();
     let new_silence = s.request::<crate::silences::NewSilence>();
     let new_token = s.request::<crate::admin::CreateBody>();
     let webhook = s.request::<AlertmanagerWebhook>();
@@ -363,6 +367,28 @@ pub fn document() -> Value {
             responses: answers(
                 &[(200, "The ranked candidates.", ok_json(&answer))],
                 &[400],
+                false,
+            ),
+        },
+        Op {
+            method: "post",
+            path: "/api/v1/query",
+            tag: "results",
+            summary: "Read-only SQL over the caller's result tables",
+            description: "One SELECT, WITH or EXPLAIN over anomalies, incidents, incident_anomalies, incident_events, alerts, series, forecasts and bands, each holding only the caller's tenant's rows (the tenant is bound inside every scan). Answers JSON, or an Arrow IPC stream with `format: arrow` or `Accept: application/vnd.apache.arrow.stream`; `X-Seismo-Truncated` and `X-Seismo-Row-Count` say whether the row limit cut it. Stops at the server's `query` time and memory limits (422). Writes, DDL and `SET` are refused (400).",
+            role: Some("read"),
+            params: vec![],
+            body: Some(json_body(query)),
+            responses: answers(
+                &[(
+                    200,
+                    "The rows.",
+                    Some(json!({
+                        "application/json": {"schema": query_answer},
+                        "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}}
+                    })),
+                )],
+                &[400, 422, 501],
                 false,
             ),
         },

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod explain;
 pub mod notify;
 mod postgres;
+pub mod scan;
 mod sqlite;
 pub mod testing;
 
@@ -26,6 +27,7 @@ pub use checkpoint::{CheckpointStore, PartitionCheckpoint, Position, StoredParti
 pub use explain::{ExplainStore, LlmCall, StoredExplanation};
 pub use notify::{NotificationRecord, NotificationStatus, NotifyStore, Silence};
 pub use postgres::{Layout, PgStore, TimescaleMode, TimescaleSupport};
+pub use scan::{ScanBatch, ScanRequest, ScanStore, ScanStream};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store, split by whose fault they are.
@@ -255,7 +257,7 @@ pub struct TableCounts {
 /// The result tables, with the checkpoints and the API's tokens and audit log beside them.
 #[async_trait]
 pub trait Store:
-    CheckpointStore + AccessStore + NotifyStore + ExplainStore + Send + Sync + 'static
+    CheckpointStore + AccessStore + NotifyStore + ExplainStore + ScanStore + Send + Sync + 'static
 {
     /// Creates or upgrades the tables.
     async fn migrate(&self) -> Result<()>;

@@ -1150,3 +1150,45 @@ crate::checkpoint::checkpoint_store!(PgStore, sqlx::Postgres);
 crate::access::access_store!(PgStore, sqlx::Postgres);
 crate::notify::notify_store!(PgStore, sqlx::Postgres);
 crate::explain::explain_store!(PgStore, sqlx::Postgres);
+
+/// PostgreSQL's spelling of a scan.
+struct PgScan;
+
+impl crate::scan::Dialect for PgScan {
+    fn param(n: usize) -> String {
+        format!("${n}")
+    }
+    fn time(e: &str) -> String {
+        format!("(extract(epoch FROM {e}) * 1000)::int8")
+    }
+    fn json(e: &str) -> String {
+        format!("{e}::text")
+    }
+    fn label(e: &str, key: &str) -> String {
+        // `key` comes from the compiled-in catalogue, never from a query.
+        format!("{e}->>'{key}'")
+    }
+}
+
+#[async_trait]
+impl crate::scan::ScanStore for PgStore {
+    async fn scan(&self, req: crate::scan::ScanRequest) -> Result<crate::scan::ScanStream> {
+        let (sql, binds) = crate::scan::scan_sql::<PgScan>(&req);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut q = sqlx::query(&sql).bind(&req.tenant);
+            if binds[0] {
+                q = q.bind(from_ms(req.from_ms.unwrap_or_default()));
+            }
+            if binds[1] {
+                q = q.bind(from_ms(req.to_ms.unwrap_or_default()));
+            }
+            if binds[2] {
+                q = q.bind(req.limit.unwrap_or_default().min(i64::MAX as u64) as i64);
+            }
+            crate::scan::pump(q.fetch(&pool), &req, tx).await;
+        });
+        Ok(rx)
+    }
+}

@@ -823,6 +823,48 @@ crate::access::access_store!(SqliteStore, sqlx::Sqlite);
 crate::notify::notify_store!(SqliteStore, sqlx::Sqlite);
 crate::explain::explain_store!(SqliteStore, sqlx::Sqlite);
 
+/// SQLite's spelling of a scan: times are stored as epoch milliseconds, JSON as text.
+struct SqliteScan;
+
+impl crate::scan::Dialect for SqliteScan {
+    fn param(n: usize) -> String {
+        format!("?{n}")
+    }
+    fn time(e: &str) -> String {
+        e.to_string()
+    }
+    fn json(e: &str) -> String {
+        e.to_string()
+    }
+    fn label(e: &str, key: &str) -> String {
+        // `key` comes from the compiled-in catalogue, never from a query.
+        format!("json_extract({e}, '$.{key}')")
+    }
+}
+
+#[async_trait]
+impl crate::scan::ScanStore for SqliteStore {
+    async fn scan(&self, req: crate::scan::ScanRequest) -> Result<crate::scan::ScanStream> {
+        let (sql, binds) = crate::scan::scan_sql::<SqliteScan>(&req);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut q = sqlx::query(&sql).bind(&req.tenant);
+            if binds[0] {
+                q = q.bind(req.from_ms.unwrap_or_default());
+            }
+            if binds[1] {
+                q = q.bind(req.to_ms.unwrap_or_default());
+            }
+            if binds[2] {
+                q = q.bind(req.limit.unwrap_or_default().min(i64::MAX as u64) as i64);
+            }
+            crate::scan::pump(q.fetch(&pool), &req, tx).await;
+        });
+        Ok(rx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
