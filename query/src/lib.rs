@@ -20,6 +20,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
@@ -115,6 +116,9 @@ impl Answer {
     }
 }
 
+/// Queries running at once in this process; more wait for a turn (within their time limit).
+static QUERIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Runs ad-hoc SQL for tenants.
 #[derive(Clone)]
 pub struct QueryEngine {
@@ -154,10 +158,20 @@ impl QueryEngine {
             .with_target_partitions(1)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Functions that make one value of any size from a small query (`repeat('x',
+        // 2000000000)`): such a value is allocated before any memory limit can refuse it.
+        for f in ["repeat", "lpad", "rpad"] {
+            ctx.deregister_udf(f);
+        }
         for t in seismo_store::scan::TABLES {
             ctx.register_table(
                 t.name,
-                Arc::new(TenantTable::new(t, tenant, self.store.clone())),
+                Arc::new(TenantTable::new(
+                    t,
+                    tenant,
+                    self.store.clone(),
+                    self.limits.timeout_ms,
+                )),
             )
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         }
@@ -177,7 +191,14 @@ impl QueryEngine {
             .unwrap_or(self.limits.max_rows)
             .min(self.limits.max_rows);
         let work = async {
+            // Queries run a few at a time, so their memory limits add up to a bound.
+            let _turn = QUERIES
+                .acquire()
+                .await
+                .expect("the query semaphore is never closed");
             let ctx = self.session(tenant)?;
+            // The answer held here counts against the same limit as the query's work.
+            let answer = MemoryConsumer::new("answer").register(&ctx.runtime_env().memory_pool);
             let options = SQLOptions::new()
                 .with_allow_ddl(false)
                 .with_allow_dml(false)
@@ -187,12 +208,17 @@ impl QueryEngine {
                 .await
                 .map_err(|e| self.error(e))?;
             // One row past the limit tells a cut answer from one that just fits.
-            let df = df.limit(0, Some(max_rows + 1)).map_err(|e| self.error(e))?;
+            let df = df
+                .limit(0, Some(max_rows.saturating_add(1)))
+                .map_err(|e| self.error(e))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await.map_err(|e| self.error(e))?;
             let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
             while let Some(b) = stream.next().await {
                 let b = b.map_err(|e| self.error(e))?;
+                answer
+                    .try_grow(b.get_array_memory_size())
+                    .map_err(|e| self.error(e))?;
                 let room = max_rows - rows;
                 if b.num_rows() > room {
                     truncated = true;
@@ -228,12 +254,20 @@ impl QueryEngine {
                 limit_mb: self.limits.memory_mb,
                 detail: detail.clone(),
             },
+            // The caller's to fix: the SQL, its names, its types, its values.
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Execution(_)
+            | DataFusionError::ArrowError(..)
+            | DataFusionError::Configuration(_) => QueryError::Invalid(e.find_root().to_string()),
             DataFusionError::External(inner) if inner.downcast_ref::<StoreError>().is_some() => {
                 QueryError::Internal(format!("reading the result tables: {inner}"))
             }
-            DataFusionError::External(inner) => QueryError::Internal(inner.to_string()),
-            DataFusionError::Internal(m) => QueryError::Internal(m.clone()),
-            other => QueryError::Invalid(other.to_string()),
+            // Anything else is ours (a panic, I/O, the engine's own errors): logged, not
+            // shown.
+            other => QueryError::Internal(other.to_string()),
         }
     }
 }

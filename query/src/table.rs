@@ -22,6 +22,13 @@ use seismo_store::{Store, StoreError};
 
 /// Rows per batch a scan sends.
 const BATCH_ROWS: usize = 8192;
+/// Store scans running at once for ad-hoc SQL in this process, whatever the queries: each
+/// holds a database connection the pipeline also writes through. A plan with more scans
+/// (a UNION of many) runs them in turn.
+static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Time bounds pushed into the database stay within years 1..9999, which every backend can
+/// represent; a bound beyond is left to the engine (the filter is applied there anyway).
+const PUSHABLE_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
 fn data_type(kind: Kind) -> DataType {
     match kind {
@@ -50,10 +57,17 @@ pub struct TenantTable {
     schema: SchemaRef,
     /// Name of the column time bounds can be pushed into the store on.
     time_column: Option<&'static str>,
+    /// The database's limit on each scan, in ms.
+    timeout_ms: u64,
 }
 
 impl TenantTable {
-    pub fn new(table: &'static Table, tenant: &str, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        table: &'static Table,
+        tenant: &str,
+        store: Arc<dyn Store>,
+        timeout_ms: u64,
+    ) -> Self {
         let time_column = table.time.and_then(|t| {
             table
                 .columns
@@ -67,6 +81,7 @@ impl TenantTable {
             store,
             schema: schema_of(table),
             time_column,
+            timeout_ms,
         }
     }
 
@@ -116,7 +131,10 @@ fn millis(e: &Expr) -> Option<(i64, i64)> {
         return None;
     };
     let (v, per_ms) = match v {
-        ScalarValue::TimestampSecond(Some(v), _) => return Some((v * 1000, v * 1000)),
+        ScalarValue::TimestampSecond(Some(v), _) => {
+            let ms = v.checked_mul(1000)?;
+            return Some((ms, ms));
+        }
         ScalarValue::TimestampMillisecond(Some(v), _) => (*v, 1),
         ScalarValue::TimestampMicrosecond(Some(v), _) => (*v, 1000),
         ScalarValue::TimestampNanosecond(Some(v), _) => (*v, 1_000_000),
@@ -167,6 +185,10 @@ impl TableProvider for TenantTable {
         };
         let (mut from_ms, mut to_ms): (Option<i64>, Option<i64>) = (None, None);
         for (lo, hi) in filters.iter().filter_map(|f| self.bound(f)) {
+            let (lo, hi) = (
+                lo.filter(|v| PUSHABLE_MS.contains(v)),
+                hi.filter(|v| PUSHABLE_MS.contains(v)),
+            );
             if let Some(lo) = lo {
                 from_ms = Some(from_ms.map_or(lo, |f| f.max(lo)));
             }
@@ -186,6 +208,7 @@ impl TableProvider for TenantTable {
                 to_ms,
                 limit: limit.map(|l| l as u64),
                 batch_rows: BATCH_ROWS,
+                timeout_ms: self.timeout_ms,
             },
         };
         Ok(Arc::new(StreamingTableExec::try_new(
@@ -240,22 +263,30 @@ impl PartitionStream for ScanPartition {
             .map(|f| f.data_type().clone())
             .collect();
         let out_schema = schema.clone();
-        let batches = futures_util::stream::once(async move { store.scan(req).await })
-            .map(move |started| {
-                let (schema, types) = (schema.clone(), types.clone());
-                match started {
-                    Ok(rx) => futures_util::stream::unfold(rx, |mut rx| async move {
-                        rx.recv().await.map(|b| (b, rx))
-                    })
-                    .map(move |b| {
-                        b.map_err(external)
-                            .and_then(|b| to_record_batch(&schema, &types, b))
-                    })
-                    .boxed(),
-                    Err(e) => futures_util::stream::iter([Err(external(e))]).boxed(),
-                }
-            })
-            .flatten();
+        let batches = futures_util::stream::once(async move {
+            // Waiting for a turn counts against the query's time limit.
+            let permit = SCANS
+                .acquire()
+                .await
+                .expect("the scan semaphore is never closed");
+            store.scan(req).await.map(|rx| (rx, permit))
+        })
+        .map(move |started| {
+            let (schema, types) = (schema.clone(), types.clone());
+            match started {
+                // The permit lives as long as the stream of rows.
+                Ok(state) => futures_util::stream::unfold(state, |(mut rx, permit)| async move {
+                    rx.recv().await.map(|b| (b, (rx, permit)))
+                })
+                .map(move |b| {
+                    b.map_err(external)
+                        .and_then(|b| to_record_batch(&schema, &types, b))
+                })
+                .boxed(),
+                Err(e) => futures_util::stream::iter([Err(external(e))]).boxed(),
+            }
+        })
+        .flatten();
         Box::pin(RecordBatchStreamAdapter::new(out_schema, batches))
     }
 }

@@ -404,6 +404,23 @@ async fn limits(store: Arc<dyn Store>) {
     assert!(matches!(r, Err(QueryError::Timeout(_))), "{r:?}");
     // Generous: the point is that it stops, not how fast.
     assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+    // Rows made from nothing, and a recursion that never ends, stop the same way.
+    for sql in [
+        "SELECT sum(value % 7) FROM generate_series(1, 9000000000000000000)",
+        "WITH RECURSIVE r(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM r) SELECT count(*) FROM r",
+    ] {
+        let r = quick.run("acme", sql, None).await;
+        assert!(matches!(r, Err(QueryError::Timeout(_))), "{sql}: {r:?}");
+    }
+    // A value of any size from a tiny query is not on offer.
+    for sql in [
+        "SELECT repeat('x', 2000000000)",
+        "SELECT lpad('x', 2000000000)",
+    ] {
+        let r = engine.run("acme", sql, None).await;
+        assert!(matches!(r, Err(QueryError::Invalid(_))), "{sql}: {r:?}");
+    }
+
     // Memory: a join must hold its build side, here 27,000 long keys, which do not fit in
     // 1 MiB; nothing spills to disk.
     const HUNGRY: &str = "SELECT count(*) AS n FROM (SELECT a.labels || b.labels || c.labels AS k FROM anomalies a, \

@@ -1159,7 +1159,8 @@ impl crate::scan::Dialect for PgScan {
         format!("${n}")
     }
     fn time(e: &str) -> String {
-        format!("(extract(epoch FROM {e}) * 1000)::int8")
+        // Floored, as the time bounds are: a row at 1.6 ms is 1 ms, and `>= 1 ms` keeps it.
+        format!("floor(extract(epoch FROM {e}) * 1000)::int8")
     }
     fn json(e: &str) -> String {
         format!("{e}::text")
@@ -1177,6 +1178,25 @@ impl crate::scan::ScanStore for PgStore {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let pool = self.pool.clone();
         tokio::spawn(async move {
+            // A read-only transaction whose statements the server stops at the query's
+            // limit: a query stopped early must not leave its scan running on the server.
+            let mut conn = match pool.begin().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let mut setup = vec!["SET TRANSACTION READ ONLY".to_string()];
+            if req.timeout_ms > 0 {
+                setup.push(format!("SET LOCAL statement_timeout = {}", req.timeout_ms));
+            }
+            for s in setup {
+                if let Err(e) = sqlx::query(&s).execute(&mut *conn).await {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
             let mut q = sqlx::query(&sql).bind(&req.tenant);
             if binds[0] {
                 q = q.bind(from_ms(req.from_ms.unwrap_or_default()));
@@ -1187,7 +1207,7 @@ impl crate::scan::ScanStore for PgStore {
             if binds[2] {
                 q = q.bind(req.limit.unwrap_or_default().min(i64::MAX as u64) as i64);
             }
-            crate::scan::pump(q.fetch(&pool), &req, tx).await;
+            crate::scan::pump(q.fetch(&mut *conn), &req, tx).await;
         });
         Ok(rx)
     }

@@ -332,6 +332,9 @@ pub struct ScanRequest {
     pub limit: Option<u64>,
     /// Rows per batch sent.
     pub batch_rows: usize,
+    /// The database stops the scan after this long (PostgreSQL's `statement_timeout`); 0
+    /// for no limit. A stopped query's scan must not run on unseen.
+    pub timeout_ms: u64,
 }
 
 /// Values of one column of a batch.
@@ -452,11 +455,8 @@ pub(crate) fn new_batch(req: &ScanRequest) -> ScanBatch {
 
 /// Reads `rows` into batches of `req.batch_rows` and sends them, until the rows end, an
 /// error (sent on), or the receiver is dropped (the query stopped: the rows are dropped too).
-pub(crate) async fn pump<R, S>(
-    mut rows: S,
-    req: &ScanRequest,
-    tx: mpsc::Sender<Result<ScanBatch>>,
-) where
+pub(crate) async fn pump<R, S>(mut rows: S, req: &ScanRequest, tx: mpsc::Sender<Result<ScanBatch>>)
+where
     R: sqlx::Row,
     S: futures_util::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
     usize: sqlx::ColumnIndex<R>,
@@ -467,7 +467,13 @@ pub(crate) async fn pump<R, S>(
     use futures_util::TryStreamExt;
     let mut batch = new_batch(req);
     loop {
-        match rows.try_next().await {
+        // A query that stopped (its limit, or an error elsewhere) closes the channel: stop
+        // reading now rather than at the next full batch.
+        let next = tokio::select! {
+            r = rows.try_next() => r,
+            _ = tx.closed() => return,
+        };
+        match next {
             Ok(Some(row)) => {
                 let mut decoded = Ok(());
                 for (i, values) in batch.columns.iter_mut().enumerate() {
@@ -537,6 +543,7 @@ mod tests {
                 to_ms: Some(1),
                 limit: Some(5),
                 batch_rows: 10,
+                timeout_ms: 0,
             };
             let (sql, binds) = scan_sql::<Pg>(&req);
             assert!(sql.contains(&format!("WHERE {} = $1", t.tenant)), "{sql}");
