@@ -32,8 +32,8 @@ QUERIES = [
 # another tenant a tenth as many beside them; 10,000 incidents of ten anomalies each.
 FILL_PG = [
     "SELECT seismo_ensure_partitions('anomalies', '2026-01-01', '2026-01-25')",
-    "INSERT INTO anomalies SELECT 'a' || g, 'acme', g % 1000, 'latency', jsonb_build_object('service', 'svc' || (g % 20), 'host', 'h' || (g % 1000)), timestamptz '2026-01-01' + g * interval '2 seconds', 50 + g % 50, 1, 0, 2, (g % 997) / 997.0, (ARRAY['info', 'warning', 'critical'])[1 + g % 3], 'point', 'iforest', '{}'::jsonb FROM generate_series(1, {rows}) g",
-    "INSERT INTO anomalies SELECT 'r' || g, 'rival', g % 1000, 'latency', jsonb_build_object('service', 'rsvc' || (g % 20)), timestamptz '2026-01-01' + g * interval '20 seconds', 1, 1, 0, 2, 0.5, 'info', 'point', 'iforest', '{}'::jsonb FROM generate_series(1, {rows} / 10) g",
+    "INSERT INTO anomalies SELECT 'a' || g, 'acme', g % 1000, 'latency', jsonb_build_object('service', 'svc' || (g % 20), 'host', 'h' || (g % 1000)), timestamptz '2026-01-01' + g * interval '2 seconds', 50 + g % 50, 1, 0, 2, (g % 997) / 997.0, (ARRAY['info', 'warning', 'critical'])[1 + g % 3], 'point', 'iforest', '{{}}'::jsonb FROM generate_series(1, {rows}) g",
+    "INSERT INTO anomalies SELECT 'r' || g, 'rival', g % 1000, 'latency', jsonb_build_object('service', 'rsvc' || (g % 20)), timestamptz '2026-01-01' + g * interval '20 seconds', 1, 1, 0, 2, 0.5, 'info', 'point', 'iforest', '{{}}'::jsonb FROM generate_series(1, {rows} / 10) g",
     "INSERT INTO incidents SELECT 'i' || k, 'acme', 'incident ' || k, 'DETECTED', 'warning', timestamptz '2026-01-01' + k * interval '3 minutes', timestamptz '2026-01-01' + k * interval '3 minutes', NULL, '{{}}'::jsonb, '[]'::jsonb FROM generate_series(0, 9999) k",
     "INSERT INTO incident_anomalies SELECT 'i' || (g / 10), 'a' || g FROM generate_series(1, 99999) g",
     "VACUUM ANALYZE",

@@ -1,5 +1,7 @@
 //! Authentication end to end: the real router and embedded pipeline on port 0 over a temp SQLite, tokens from the library, the API and the CLI.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,22 +209,6 @@ fn point_line(name: &str, tenant: Option<&str>) -> String {
     )
 }
 
-fn remote_write_body() -> Vec<u8> {
-    use seismo_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
-    encode(&WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: vec![Label {
-                name: "__name__".into(),
-                value: "cpu".into(),
-            }],
-            samples: vec![Sample {
-                value: 0.5,
-                timestamp: Utc::now().timestamp_millis(),
-            }],
-        }],
-    })
-}
-
 fn alertmanager_body() -> Vec<u8> {
     json!({
         "version": "4",
@@ -285,7 +271,7 @@ fn routes(victim_token_id: &str) -> Vec<(Method, String, Vec<u8>, Role)> {
         (
             Method::POST,
             "/api/v1/write".into(),
-            remote_write_body(),
+            common::remote_write_body(),
             Role::Ingest,
         ),
     ]
@@ -514,7 +500,7 @@ async fn no_token_reaches_another_tenants_data() {
             &bravo_ingest,
             "/api/v1/write",
             Method::POST,
-            remote_write_body(),
+            common::remote_write_body(),
         ),
         (
             &bravo_ingest,

@@ -403,6 +403,42 @@ async fn correlate_behind(pool: &sqlx::PgPool, brokers: &str, tag: &str) -> i64 
 
 /// The distributed stages, with SIGKILLs of random stage processes while the input is
 /// produced straight to Kafka (keyed by host, as producers should).
+/// Polls `missing` every 200 ms until it reports nothing missing, or fails after 240 s
+/// with what is missing, each stage's readiness, the checkpointed positions and the logs.
+async fn wait_distributed(
+    pool: &sqlx::PgPool,
+    brokers: &str,
+    tag: &str,
+    procs: &[Proc],
+    missing: impl AsyncFn() -> Option<String>,
+) {
+    let t = Instant::now();
+    loop {
+        let Some(what) = missing().await else {
+            return;
+        };
+        if t.elapsed() >= Duration::from_secs(240) {
+            let mut ready = Vec::new();
+            for p in procs {
+                ready.push(
+                    match reqwest::get(format!("http://{}/readyz", p.addr())).await {
+                        Ok(r) => r.text().await.unwrap_or_default(),
+                        Err(e) => e.to_string(),
+                    },
+                );
+            }
+            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            panic!(
+                "{what}:\nreadyz: {}\n{}\n{}",
+                ready.join("\nreadyz: "),
+                positions_report(pool, brokers, tag).await,
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
     let brokers = kafka_brokers();
     let db_url = seismo_store::testing::fresh_database().await;
@@ -489,54 +525,26 @@ async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
         }
     }
     // Caught up: detect has checkpointed every point, and the incidents stop changing.
-    let t = Instant::now();
-    loop {
+    wait_distributed(&pool, &brokers, &tag, &procs, async || {
         let detected = pg_count(
             &pool,
             "SELECT sum(records)::bigint FROM stage_positions WHERE consumer_group LIKE '%-detect'",
         )
         .await;
         let stored = pg_count(&pool, "SELECT count(*) FROM metric_points").await;
-        if detected == total_points() && stored == total_points() {
-            break;
-        }
-        if t.elapsed() >= Duration::from_secs(240) {
-            for p in &procs {
-                let ready = match reqwest::get(format!("http://{}/readyz", p.addr())).await {
-                    Ok(r) => r.text().await.unwrap_or_default(),
-                    Err(e) => e.to_string(),
-                };
-                eprintln!("readyz: {ready}");
-            }
-        }
-        if t.elapsed() >= Duration::from_secs(240) {
-            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
-            panic!(
-                "distributed run did not catch up (detected {detected}, stored {stored}):\n{}\n{}",
-                positions_report(&pool, &brokers, &tag).await,
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (detected != total_points() || stored != total_points()).then(|| {
+            format!("distributed run did not catch up (detected {detected}, stored {stored})")
+        })
+    })
+    .await;
     // And correlate has taken every anomaly detect sent: a restarted correlate can take
     // longer than any fixed quiet spell to rejoin its group on a loaded machine.
-    let t = Instant::now();
-    loop {
+    wait_distributed(&pool, &brokers, &tag, &procs, async || {
         let behind = correlate_behind(&pool, &brokers, &tag).await;
-        if behind == 0 {
-            break;
-        }
-        if t.elapsed() >= Duration::from_secs(240) {
-            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
-            panic!(
-                "correlate did not catch up ({behind} anomaly records behind):\n{}\n{}",
-                positions_report(&pool, &brokers, &tag).await,
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (behind != 0)
+            .then(|| format!("correlate did not catch up ({behind} anomaly records behind)"))
+    })
+    .await;
     let mut last = outcome_pg(&pool).await;
     let mut stable_since = Instant::now();
     // Longer than a restarted stage takes to rejoin its group (session timeout 6 s): a

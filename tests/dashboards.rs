@@ -11,6 +11,7 @@ use regex::Regex;
 use seismo::Config;
 use seismo::demo::{self, DemoOptions};
 use seismo::pipeline;
+use seismo_store::READER_ROLE;
 use seismo_store::testing::{database_on, pg_url, tsdb_url};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -28,6 +29,8 @@ const INTERVAL_S: i64 = 300;
 struct Filled {
     what: &'static str,
     pool: PgPool,
+    /// Connected as Grafana's data source is: a member of the read-only role migrate grants.
+    reader: PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 }
@@ -66,12 +69,67 @@ async fn fill(what: &'static str, server: String, timescaledb: &str) -> Filled {
     .fetch_one(&pool)
     .await
     .unwrap();
+    // Grafana's login, made as compose makes it, and connected as the data source does.
+    sqlx::query(&grafana_user_statement())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (user, password) = datasource_login();
+    let reader = PgPool::connect_with(
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .unwrap()
+            .username(&user)
+            .password(&password),
+    )
+    .await
+    .unwrap();
+    // What the role must not read: tokens, the audit trail, prompts and stage state.
+    for secret in ["api_tokens", "audit_log", "llm_calls", "stage_positions"] {
+        let e = sqlx::query(&format!("SELECT count(*) FROM {secret}"))
+            .fetch_one(&reader)
+            .await
+            .expect_err(secret);
+        assert!(
+            e.to_string().contains("permission denied"),
+            "{what}: {secret}: {e}"
+        );
+    }
     Filled {
         what,
         pool,
+        reader,
         from,
         to,
     }
+}
+
+/// The statement compose's `grafana-user` service runs once migrate is done, as psql gets
+/// it (compose turns each `$$` into `$`).
+fn grafana_user_statement() -> String {
+    let yaml = read_yaml("deploy/docker-compose.yml");
+    let entrypoint = yaml["services"]["grafana-user"]["entrypoint"]
+        .as_sequence()
+        .expect("compose has a grafana-user service with an entrypoint");
+    let sql = entrypoint
+        .last()
+        .and_then(|v| v.as_str())
+        .expect("its statement");
+    assert!(sql.contains(READER_ROLE), "{sql}");
+    sql.replace("$$", "$")
+}
+
+/// The user and password Grafana's provisioned data source logs in with.
+fn datasource_login() -> (String, String) {
+    let yaml = read_yaml("deploy/grafana/provisioning/datasources/seismo.yml");
+    let ds = &yaml["datasources"][0];
+    let field = |v: &serde_norway::Value| v.as_str().expect("a string").to_string();
+    (field(&ds["user"]), field(&ds["secureJsonData"]["password"]))
+}
+
+fn read_yaml(path: &str) -> serde_norway::Value {
+    let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// A variable's value as Grafana interpolates it into SQL.
@@ -173,7 +231,7 @@ fn expand(
 
 async fn run(db: &Filled, sql: &str, what: &str) -> Vec<PgRow> {
     sqlx::query(sql)
-        .fetch_all(&db.pool)
+        .fetch_all(&db.reader)
         .await
         .unwrap_or_else(|e| panic!("{} on {}: {e}\n{sql}", what, db.what))
 }
@@ -222,7 +280,7 @@ async fn check_columns(db: &Filled, rows: &[PgRow], format: &str, sql: &str, wha
                 "\"time\"::float8"
             };
             let times: Vec<f64> = sqlx::query_scalar(&format!("SELECT {epoch} FROM ({sql}) q"))
-                .fetch_all(&db.pool)
+                .fetch_all(&db.reader)
                 .await
                 .unwrap();
             assert!(

@@ -301,7 +301,41 @@ fn grafana_reads_the_compose_database() {
     let compose = &yaml_docs("deploy/docker-compose.yml")[0]["services"];
     let db = &compose["timescaledb"]["environment"];
     assert_eq!(ds["url"].as_str(), Some("timescaledb:5432"));
-    assert_eq!(ds["user"], db["POSTGRES_USER"]);
     assert_eq!(ds["jsonData"]["database"], db["POSTGRES_DB"]);
-    assert_eq!(ds["secureJsonData"]["password"], db["POSTGRES_PASSWORD"]);
+    // Grafana logs in as the read-only user compose's grafana-user service creates (as
+    // the database's owner) before Grafana starts; tests/dashboards.rs runs its statement.
+    let user = ds["user"].as_str().unwrap();
+    let password = ds["secureJsonData"]["password"].as_str().unwrap();
+    assert_ne!(
+        Some(user),
+        db["POSTGRES_USER"].as_str(),
+        "Grafana must not log in as the owner"
+    );
+    let maker = &compose["grafana-user"];
+    let statement = strings(&maker["entrypoint"]).pop().unwrap();
+    assert!(
+        statement.contains(&format!(
+            "CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {}",
+            seismo_store::READER_ROLE
+        )),
+        "{statement}"
+    );
+    assert!(
+        strings(&maker["entrypoint"])
+            .iter()
+            .any(|a| a.contains(&format!(
+                "{}@timescaledb:5432/{}",
+                db["POSTGRES_USER"].as_str().unwrap(),
+                db["POSTGRES_DB"].as_str().unwrap()
+            )))
+    );
+    assert_eq!(maker["environment"]["PGPASSWORD"], db["POSTGRES_PASSWORD"]);
+    assert_eq!(
+        maker["depends_on"]["setup"]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
+    assert_eq!(
+        compose["grafana"]["depends_on"]["grafana-user"]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
 }

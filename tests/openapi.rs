@@ -2,6 +2,8 @@
 //! embedded process: each answers with a status the description lists for it, the
 //! served description is the generated one, and no documented operation goes uncalled.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -123,22 +125,6 @@ async fn seed(store: &Arc<dyn Store>) -> (u64, String) {
         .await
         .unwrap();
     (series, incident.id)
-}
-
-fn remote_write_body() -> Vec<u8> {
-    use seismo_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
-    encode(&WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: vec![Label {
-                name: "__name__".into(),
-                value: "cpu".into(),
-            }],
-            samples: vec![Sample {
-                value: 0.5,
-                timestamp: Utc::now().timestamp_millis(),
-            }],
-        }],
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +270,7 @@ async fn every_documented_operation_answers_as_documented() {
             alert,
         ),
         Call {
-            body: Some((remote_write_body(), "application/x-protobuf")),
+            body: Some((common::remote_write_body(), "application/x-protobuf")),
             ..call("post", "/api/v1/write", "/api/v1/write")
         },
     ];

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::NewToken;
-use crate::{ApiError, ApiResult, ApiState, caller, parse_params};
+use crate::{ApiError, ApiResult, ApiState, caller, json_body, parse_params};
 
 /// Body of `POST /api/v1/tokens`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -37,8 +37,7 @@ pub(crate) async fn create_token(
     body: Bytes,
 ) -> ApiResult<Response> {
     let who = caller(found, &headers)?;
-    let b: CreateBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let b: CreateBody = json_body(&body)?;
     let role = Role::parse(&b.role).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "role {:?} is not one of ingest, read, write, admin",

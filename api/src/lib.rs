@@ -276,6 +276,12 @@ fn caller(found: Option<Extension<Caller>>, headers: &HeaderMap) -> ApiResult<Ca
     }
 }
 
+/// A request body as `T`, or a 400 saying what is wrong with it.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
 fn parse_time(name: &str, v: &str) -> ApiResult<DateTime<Utc>> {
     if let Ok(ms) = v.parse::<i64>() {
         return Utc
@@ -496,7 +502,6 @@ async fn series_forecast(
     let series = u64::from_str_radix(&id, 16)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a hex series id")))?;
     let p = parse_params(q, &["from", "to"])?;
-    // The observed points are read whole: a week of them at most.
     let (from, to) = forecast_window(&p, 7)?;
     let forecast = s
         .store
@@ -517,12 +522,9 @@ async fn series_forecast(
     }
     let observed: Vec<[f64; 2]> = s
         .store
-        .points(series, from, to)
+        .newest_points(series, from, to, series::MAX_POINTS)
         .await?
         .into_iter()
-        .rev()
-        .take(10_000)
-        .rev()
         .map(|(t, v)| [t as f64, v])
         .collect();
     Ok(Json(json!({
@@ -728,8 +730,7 @@ async fn investigate(
 ) -> ApiResult<Json<seismo_correlate::investigate::Answer>> {
     use seismo_correlate::investigate::{InvestigateError, Question, investigate};
     let who = caller(found, &headers)?;
-    let q: Question = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let q: Question = json_body(&body)?;
     match investigate(s.store.as_ref(), &s.correlate, &who.tenant, &q).await {
         Ok(a) => Ok(Json(a)),
         Err(InvestigateError::Invalid(m)) => Err(ApiError::BadRequest(m)),
@@ -746,8 +747,7 @@ async fn transition(
 ) -> ApiResult<Json<Incident>> {
     let authenticated = found.is_some();
     let who = caller(found, &headers)?;
-    let b: TransitionBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let b: TransitionBody = json_body(&body)?;
     if b.note.len() > MAX_NOTE_BYTES {
         return Err(ApiError::BadRequest(format!(
             "note has {} bytes; at most {MAX_NOTE_BYTES} are accepted",

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use seismo_schemas::Caller;
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiResult, ApiState, caller};
+use crate::{ApiError, ApiResult, ApiState, caller, json_body};
 
 pub use seismo_store::scan::QueryLimits;
 
@@ -72,8 +72,7 @@ pub(crate) async fn run(
     body: Bytes,
 ) -> ApiResult<Response> {
     let who = caller(found, &headers)?;
-    let req: QueryRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let req: QueryRequest = json_body(&body)?;
     if req.sql.len() > MAX_SQL_BYTES {
         return Err(ApiError::BadRequest(format!(
             "the query is {} bytes; at most {MAX_SQL_BYTES} are accepted",

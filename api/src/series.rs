@@ -121,9 +121,13 @@ pub(crate) async fn one(
         .await?
         .pop()
         .ok_or_else(|| ApiError::NotFound(format!("series {id}")))?;
-    let mut points = s.store.points(series, from, to).await?;
-    let cut = points.len().saturating_sub(MAX_POINTS);
-    let observed = points.drain(cut..).map(|(t, v)| [t as f64, v]).collect();
+    let observed = s
+        .store
+        .newest_points(series, from, to, MAX_POINTS)
+        .await?
+        .into_iter()
+        .map(|(t, v)| [t as f64, v])
+        .collect();
     let band = s.store.bands(&who.tenant, series, from, to).await?;
     let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms);
     let anomalies = s

@@ -11,7 +11,7 @@ use seismo_store::{AuditRecord, Silence};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{ApiError, ApiResult, ApiState, caller, not_found_as};
+use crate::{ApiError, ApiResult, ApiState, caller, json_body, not_found_as};
 
 /// Most matchers of one silence, and the longest one, in bytes.
 pub const MAX_MATCHERS: usize = 32;
@@ -49,8 +49,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Json<Silence>> {
     let who = caller(found, &headers)?;
-    let b: NewSilence =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed JSON body: {e}")))?;
+    let b: NewSilence = json_body(&body)?;
     if b.matchers.is_empty() || b.matchers.len() > MAX_MATCHERS {
         return Err(bad(format!(
             "a silence needs 1 to {MAX_MATCHERS} matchers; it has {}",

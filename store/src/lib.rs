@@ -61,7 +61,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => match e {
-                sqlx::Error::Database(d) => matches!(d.kind(), sqlx::error::ErrorKind::Other),
+                sqlx::Error::Database(d) => {
+                    matches!(d.kind(), sqlx::error::ErrorKind::Other)
+                        && d.code().is_none_or(|c| transient_code(&c))
+                }
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::Tls(_)
@@ -73,6 +76,27 @@ impl StoreError {
         }
     }
 }
+
+/// Whether a database's error code says a retry may succeed. PostgreSQL's five-character
+/// SQLSTATE: a lost connection (08), a rolled-back transaction such as a serialization
+/// failure or deadlock (40), too few resources (53), a shutdown or cancel (57), a system
+/// error (58), a lock not available (55P03) or a standby during failover (25006); not a
+/// data exception (22) or a cardinality violation (21), which fail the same way every
+/// time. SQLite's numeric result code: busy (5), locked (6), an I/O error (10) or a full
+/// disk (13), in its low byte.
+fn transient_code(code: &str) -> bool {
+    if code.len() == 5 {
+        matches!(&code[..2], "08" | "40" | "53" | "57" | "58") || code == "55P03" || code == "25006"
+    } else {
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13))
+    }
+}
+
+/// The PostgreSQL role Grafana and other read-only users log in through (as its members,
+/// `CREATE ROLE grafana LOGIN PASSWORD '…' IN ROLE seismo_read`): `seismo migrate`
+/// creates it when it may and lets it read the result tables and nothing else.
+pub const READER_ROLE: &str = "seismo_read";
 
 /// Position in a listing sorted by (time, id) descending; opaque to API clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +334,16 @@ pub trait Store:
     /// Stored points of one series in [from, to), oldest first.
     async fn points(&self, series: SeriesId, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>>;
 
+    /// The newest `n` stored points of one series in [from, to), oldest first: a window
+    /// longer than an answer may hold is cut in the database, not after reading it whole.
+    async fn newest_points(
+        &self,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+        n: usize,
+    ) -> Result<Vec<(i64, f64)>>;
+
     /// Forecast rows of one of `tenant`'s series with times in [from, to), by time: every
     /// forecast run's (oldest run first), or with `latest` only the newest run's. At most
     /// `MAX_FORECAST_ROWS`, the newest runs' when more match.
@@ -360,4 +394,43 @@ pub struct SeriesInfo {
     pub series_id: SeriesId,
     pub name: String,
     pub labels: seismo_schemas::Labels,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    #[tokio::test]
+    async fn a_refused_statement_is_not_retried_and_a_busy_database_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut a = opts.connect().await.unwrap();
+        let mut b = opts.connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        let e = sqlx::query("SELECT json_extract('not json', '$.a')")
+            .execute(&mut a)
+            .await
+            .unwrap_err();
+        let e = StoreError::from(e);
+        assert!(!e.is_transient(), "{e}");
+        // Another connection holds the write lock: SQLITE_BUSY, worth retrying.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        let e = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut b)
+            .await
+            .unwrap_err();
+        let e = StoreError::from(e);
+        assert!(e.is_transient(), "{e}");
+    }
 }

@@ -15,8 +15,9 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use crate::{
-    AnomalyQuery, Cursor, IncidentQuery, IncidentWrite, Page, Result, Store, StoreError,
-    TableCounts, corrupt, count_slots, page_skipping, skip_undecodable, status_changed_event,
+    AnomalyQuery, Cursor, IncidentQuery, IncidentWrite, Page, READER_ROLE, Result, Store,
+    StoreError, TableCounts, corrupt, count_slots, page_skipping, skip_undecodable,
+    status_changed_event,
 };
 
 /// PostgreSQL accepts at most 65535 bound parameters per statement.
@@ -550,7 +551,7 @@ impl Store for PgStore {
         } else {
             tracing::info!("storage: native PostgreSQL partitions (timescaledb not in use)");
         }
-        Ok(())
+        grant_readers(&mut conn).await
     }
 
     async fn insert_points(&self, points: &[MetricPoint]) -> Result<u64> {
@@ -1029,6 +1030,31 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn newest_points(
+        &self,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+        n: usize,
+    ) -> Result<Vec<(i64, f64)>> {
+        let rows = sqlx::query(
+            "SELECT time, value FROM (SELECT time, value FROM metric_points WHERE series_id = $1 \
+             AND time >= $2 AND time < $3 ORDER BY time DESC LIMIT $4) q ORDER BY time",
+        )
+        .bind(series as i64)
+        .bind(self::from_ms(from_ms))
+        .bind(self::from_ms(to_ms))
+        .bind(n.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t: DateTime<Utc> = r.try_get("time")?;
+                Ok((t.timestamp_millis(), r.try_get("value")?))
+            })
+            .collect()
+    }
+
     async fn forecasts(
         &self,
         tenant: &str,
@@ -1152,6 +1178,45 @@ crate::notify::notify_store!(PgStore, sqlx::Postgres);
 crate::explain::explain_store!(PgStore, sqlx::Postgres);
 
 /// PostgreSQL's spelling of a scan.
+/// The result tables a read-only user may read: what dashboards and analytics look at,
+/// and not tokens, the audit trail, model prompts, notification targets or stage state.
+const READABLE: &str = "alerts, anomalies, bands, explanations, forecasts, incident_alerts, \
+     incident_anomalies, incident_events, incidents, metric_points, metric_points_1m, series, \
+     silences";
+
+/// Creates the server's read-only role when it is missing and lets it read this database's
+/// result tables. Roles belong to the server, so another database's migration may create
+/// it at the same moment; a user without CREATEROLE gets a warning naming the statement.
+async fn grant_readers(conn: &mut sqlx::PgConnection) -> Result<()> {
+    let made = sqlx::query(&format!(
+        "DO $$ BEGIN CREATE ROLE {READER_ROLE} NOLOGIN; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+    ))
+    .execute(&mut *conn)
+    .await;
+    match made {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42501") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+            .bind(READER_ROLE)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        tracing::warn!(
+            "storage: no read-only role for dashboards: this user may not create roles; \
+             as an administrator run `CREATE ROLE {READER_ROLE} NOLOGIN`, then migrate again"
+        );
+        return Ok(());
+    }
+    sqlx::query(&format!("GRANT SELECT ON {READABLE} TO {READER_ROLE}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 struct PgScan;
 
 impl crate::scan::Dialect for PgScan {
@@ -1197,16 +1262,7 @@ impl crate::scan::ScanStore for PgStore {
                     return;
                 }
             }
-            let mut q = sqlx::query(&sql).bind(&req.tenant);
-            if binds[0] {
-                q = q.bind(from_ms(req.from_ms.unwrap_or_default()));
-            }
-            if binds[1] {
-                q = q.bind(from_ms(req.to_ms.unwrap_or_default()));
-            }
-            if binds[2] {
-                q = q.bind(req.limit.unwrap_or_default().min(i64::MAX as u64) as i64);
-            }
+            let q = crate::scan::bind_scan::<sqlx::Postgres, _>(&sql, &req, binds, from_ms);
             crate::scan::pump(q.fetch(&mut *conn), &req, tx).await;
         });
         Ok(rx)

@@ -396,7 +396,7 @@ pub(crate) trait Dialect {
 pub(crate) fn scan_sql<D: Dialect>(req: &ScanRequest) -> (String, [bool; 3]) {
     let t = req.table;
     let cols: Vec<String> = if req.columns.is_empty() {
-        // A query that needs no column (count(*)) still needs the rows.
+        // Counted below: a query that needs no column (count(*)) needs only how many.
         vec!["1".to_string()]
     } else {
         req.columns
@@ -438,6 +438,11 @@ pub(crate) fn scan_sql<D: Dialect>(req: &ScanRequest) -> (String, [bool; 3]) {
         sql += &format!(" LIMIT {}", D::param(n));
         binds[2] = true;
     }
+    if req.columns.is_empty() {
+        // A scan that needs no column (count(*)) needs only how many rows there are: the
+        // database counts them rather than sending each one.
+        sql = format!("SELECT count(*) FROM ({sql}) q");
+    }
     (sql, binds)
 }
 
@@ -451,6 +456,37 @@ pub(crate) fn new_batch(req: &ScanRequest) -> ScanBatch {
             .collect(),
         rows: 0,
     }
+}
+
+/// A query whose parameters are bound one by one.
+pub(crate) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
+
+/// Binds a scan's parameters in the order [`scan_sql`] numbered them: the tenant, then
+/// the time bounds and row limit it used. Times go through `time`, since each backend
+/// stores them its own way.
+pub(crate) fn bind_scan<'q, DB, T>(
+    sql: &'q str,
+    req: &ScanRequest,
+    binds: [bool; 3],
+    time: impl Fn(i64) -> T,
+) -> Query<'q, DB>
+where
+    DB: sqlx::Database,
+    T: 'q + sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::query::<DB>(sql).bind(req.tenant.clone());
+    if binds[0] {
+        q = q.bind(time(req.from_ms.unwrap_or_default()));
+    }
+    if binds[1] {
+        q = q.bind(time(req.to_ms.unwrap_or_default()));
+    }
+    if binds[2] {
+        q = q.bind(req.limit.unwrap_or_default().min(i64::MAX as u64) as i64);
+    }
+    q
 }
 
 /// Reads `rows` into batches of `req.batch_rows` and sends them, until the rows end, an
@@ -474,6 +510,32 @@ where
             _ = tx.closed() => return,
         };
         match next {
+            Ok(Some(row)) if req.columns.is_empty() => {
+                // The count a column-less scan asks for (see `scan_sql`): that many rows
+                // of nothing, in batches of the usual size.
+                let mut n = match row.try_get::<Option<i64>, _>(0) {
+                    Ok(n) => n.unwrap_or(0).max(0) as usize,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                while n > 0 {
+                    let rows = n.min(req.batch_rows.max(1));
+                    n -= rows;
+                    if tx
+                        .send(Ok(ScanBatch {
+                            columns: Vec::new(),
+                            rows,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                return;
+            }
             Ok(Some(row)) => {
                 let mut decoded = Ok(());
                 for (i, values) in batch.columns.iter_mut().enumerate() {

@@ -701,6 +701,28 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn newest_points(
+        &self,
+        series: SeriesId,
+        from_ms: i64,
+        to_ms: i64,
+        n: usize,
+    ) -> Result<Vec<(i64, f64)>> {
+        let rows = sqlx::query(
+            "SELECT time, value FROM (SELECT time, value FROM metric_points WHERE series_id = ? \
+             AND time >= ? AND time < ? ORDER BY time DESC LIMIT ?) ORDER BY time",
+        )
+        .bind(series as i64)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(n.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("time")?, r.try_get("value")?)))
+            .collect()
+    }
+
     async fn forecasts(
         &self,
         tenant: &str,
@@ -849,16 +871,7 @@ impl crate::scan::ScanStore for SqliteStore {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            let mut q = sqlx::query(&sql).bind(&req.tenant);
-            if binds[0] {
-                q = q.bind(req.from_ms.unwrap_or_default());
-            }
-            if binds[1] {
-                q = q.bind(req.to_ms.unwrap_or_default());
-            }
-            if binds[2] {
-                q = q.bind(req.limit.unwrap_or_default().min(i64::MAX as u64) as i64);
-            }
+            let q = crate::scan::bind_scan::<sqlx::Sqlite, _>(&sql, &req, binds, |ms| ms);
             crate::scan::pump(q.fetch(&pool), &req, tx).await;
         });
         Ok(rx)
@@ -888,6 +901,13 @@ mod tests {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
         crate::testing::series_conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn the_newest_points_of_a_window_are_cut_in_the_database() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        crate::testing::newest_points_conformance(&store).await;
     }
 
     #[tokio::test]

@@ -619,6 +619,55 @@ pub async fn forecast_conformance(store: &dyn Store) {
 
 /// The expected-band contract: rows by time within the window, a replay stored once, and
 /// another tenant sees nothing; rows cross days (native partitions are made on demand).
+/// `newest_points` keeps the newest of a window, oldest first, and the window's bounds.
+pub async fn newest_points_conformance(store: &dyn Store) {
+    use seismo_schemas::MetricPoint;
+    let t0 = 1_767_225_600_000; // 2026-01-01T00:00Z
+    let points: Vec<MetricPoint> = (0..50)
+        .map(|k| MetricPoint {
+            tenant: "acme".into(),
+            name: "latency".into(),
+            labels: Default::default(),
+            ts: t0 + k * 60_000,
+            value: k as f64,
+        })
+        .collect();
+    store.insert_points(&points).await.unwrap();
+    let id = points[0].series_id();
+    let want = |ks: std::ops::Range<i64>| -> Vec<(i64, f64)> {
+        ks.map(|k| (t0 + k * 60_000, k as f64)).collect()
+    };
+    let end = t0 + 50 * 60_000;
+    assert_eq!(
+        store.newest_points(id, t0, end, 5).await.unwrap(),
+        want(45..50)
+    );
+    assert_eq!(
+        store.newest_points(id, t0, end, 500).await.unwrap(),
+        want(0..50)
+    );
+    // `to` is exclusive: the point at 40 minutes is past a window ending there.
+    let to = t0 + 40 * 60_000;
+    assert_eq!(
+        store.newest_points(id, t0, to, 3).await.unwrap(),
+        want(37..40)
+    );
+    assert!(
+        store
+            .newest_points(id, end, end + 1, 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .newest_points(id ^ 1, t0, end, 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn band_conformance(store: &dyn Store) {
     use seismo_schemas::{BandPoint, MetricPoint};
     let step = 5 * 60_000;

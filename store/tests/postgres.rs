@@ -162,6 +162,12 @@ async fn forecasts_query_by_run_and_tenant() {
 }
 
 #[tokio::test]
+async fn the_newest_points_of_a_window_are_cut_in_the_database() {
+    let store = fresh_postgres().await;
+    seismo_store::testing::newest_points_conformance(&store).await;
+}
+
+#[tokio::test]
 async fn expected_bands_query_by_time_and_tenant() {
     let store = fresh_postgres().await;
     seismo_store::testing::band_conformance(&store).await;
@@ -177,4 +183,36 @@ async fn series_list_by_name_labels_and_pages() {
 async fn alerts_fired_and_resolved_in_one_batch_are_stored_once() {
     let store = fresh_postgres().await;
     seismo_store::testing::alert_conformance(&store).await;
+}
+
+#[tokio::test]
+async fn errors_that_fail_every_time_are_not_retried_and_a_cancelled_statement_is() {
+    let pool = sqlx::PgPool::connect(&fresh_database().await)
+        .await
+        .unwrap();
+    let refused = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let e = sqlx::query(sql).execute(&pool).await.unwrap_err();
+            seismo_store::StoreError::from(e)
+        }
+    };
+    // A data exception (22012) and a cardinality violation (21000) come back identical on
+    // every retry.
+    let e = refused("SELECT 1 / 0").await;
+    assert!(!e.is_transient(), "{e}");
+    let e = refused("SELECT (SELECT g FROM generate_series(1, 2) g)").await;
+    assert!(!e.is_transient(), "{e}");
+    // A statement the server cancelled (57014, here at its timeout) may pass next time.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET statement_timeout = 20")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT pg_sleep(1)")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    let e = seismo_store::StoreError::from(e);
+    assert!(e.is_transient(), "{e}");
 }

@@ -153,3 +153,20 @@ pub fn rss_of(pid: u32) -> u64 {
         .map(|kib| kib * 1024)
         .unwrap()
 }
+
+/// A Prometheus remote-write body of one `cpu` sample now.
+pub fn remote_write_body() -> Vec<u8> {
+    use seismo_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
+    encode(&WriteRequest {
+        timeseries: vec![TimeSeries {
+            labels: vec![Label {
+                name: "__name__".into(),
+                value: "cpu".into(),
+            }],
+            samples: vec![Sample {
+                value: 0.5,
+                timestamp: chrono::Utc::now().timestamp_millis(),
+            }],
+        }],
+    })
+}
