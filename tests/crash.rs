@@ -401,8 +401,6 @@ async fn correlate_behind(pool: &sqlx::PgPool, brokers: &str, tag: &str) -> i64 
     behind
 }
 
-/// The distributed stages, with SIGKILLs of random stage processes while the input is
-/// produced straight to Kafka (keyed by host, as producers should).
 /// Polls `missing` every 200 ms until it reports nothing missing, or fails after 240 s
 /// with what is missing, each stage's readiness, the checkpointed positions and the logs.
 async fn wait_distributed(
@@ -439,6 +437,8 @@ async fn wait_distributed(
     }
 }
 
+/// The distributed stages, with SIGKILLs of random stage processes while the input is
+/// produced straight to Kafka (keyed by host, as producers should).
 async fn distributed_run(dir: &Path, seed: u64) -> Outcome {
     let brokers = kafka_brokers();
     let db_url = seismo_store::testing::fresh_database().await;

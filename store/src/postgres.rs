@@ -1177,12 +1177,26 @@ crate::access::access_store!(PgStore, sqlx::Postgres);
 crate::notify::notify_store!(PgStore, sqlx::Postgres);
 crate::explain::explain_store!(PgStore, sqlx::Postgres);
 
-/// PostgreSQL's spelling of a scan.
 /// The result tables a read-only user may read: what dashboards and analytics look at,
 /// and not tokens, the audit trail, model prompts, notification targets or stage state.
-const READABLE: &str = "alerts, anomalies, bands, explanations, forecasts, incident_alerts, \
-     incident_anomalies, incident_events, incidents, metric_points, metric_points_1m, series, \
-     silences";
+const READABLE: [&str; 13] = [
+    "alerts",
+    "anomalies",
+    "bands",
+    "explanations",
+    "forecasts",
+    "incident_alerts",
+    "incident_anomalies",
+    "incident_events",
+    "incidents",
+    "metric_points",
+    "metric_points_1m",
+    "series",
+    "silences",
+];
+
+/// Serialises the grants of migrations running at once on one database.
+const GRANT_LOCK: i64 = 0x5e15_0000_0000_0001;
 
 /// Creates the server's read-only role when it is missing and lets it read this database's
 /// result tables. Roles belong to the server, so another database's migration may create
@@ -1211,12 +1225,50 @@ async fn grant_readers(conn: &mut sqlx::PgConnection) -> Result<()> {
         );
         return Ok(());
     }
-    sqlx::query(&format!("GRANT SELECT ON {READABLE} TO {READER_ROLE}"))
+    // Every stage migrates as it starts, so several can be here at once, and PostgreSQL
+    // takes no lock for a GRANT: two at once on one table fail ("tuple concurrently
+    // updated"). So only what is missing is granted, one migration at a time.
+    if missing_grants(conn).await?.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(GRANT_LOCK)
         .execute(&mut *conn)
         .await?;
+    let granted = async {
+        let missing = missing_grants(conn).await?;
+        if !missing.is_empty() {
+            sqlx::query(&format!(
+                "GRANT SELECT ON {} TO {READER_ROLE}",
+                missing.join(", ")
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(GRANT_LOCK)
+        .execute(&mut *conn)
+        .await;
+    granted?;
+    unlocked?;
     Ok(())
 }
 
+/// The readable tables the reader role may not read yet.
+async fn missing_grants(conn: &mut sqlx::PgConnection) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT t FROM unnest($1::text[]) t WHERE NOT has_table_privilege($2, t, 'SELECT')",
+    )
+    .bind(&READABLE[..])
+    .bind(READER_ROLE)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// PostgreSQL's spelling of a scan.
 struct PgScan;
 
 impl crate::scan::Dialect for PgScan {

@@ -617,8 +617,6 @@ pub async fn forecast_conformance(store: &dyn Store) {
     );
 }
 
-/// The expected-band contract: rows by time within the window, a replay stored once, and
-/// another tenant sees nothing; rows cross days (native partitions are made on demand).
 /// `newest_points` keeps the newest of a window, oldest first, and the window's bounds.
 pub async fn newest_points_conformance(store: &dyn Store) {
     use seismo_schemas::MetricPoint;
@@ -668,6 +666,8 @@ pub async fn newest_points_conformance(store: &dyn Store) {
     );
 }
 
+/// The expected-band contract: rows by time within the window, a replay stored once, and
+/// another tenant sees nothing; rows cross days (native partitions are made on demand).
 pub async fn band_conformance(store: &dyn Store) {
     use seismo_schemas::{BandPoint, MetricPoint};
     let step = 5 * 60_000;

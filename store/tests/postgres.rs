@@ -216,3 +216,41 @@ async fn errors_that_fail_every_time_are_not_retried_and_a_cancelled_statement_i
     let e = seismo_store::StoreError::from(e);
     assert!(e.is_transient(), "{e}");
 }
+
+#[tokio::test]
+async fn stages_migrating_one_database_at_once_all_succeed_and_grant_the_reader() {
+    let url = fresh_database().await;
+    let first = PgStore::connect(&url, TimescaleMode::Off).await.unwrap();
+    first.migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // As after an upgrade that adds a readable table: the grants are missing again, and
+    // every stage migrates as it starts. Concurrent GRANTs on one table fail in PostgreSQL.
+    sqlx::query(&format!(
+        "REVOKE SELECT ON anomalies, incidents, series FROM {}",
+        seismo_store::READER_ROLE
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        stores.push(PgStore::connect(&url, TimescaleMode::Off).await.unwrap());
+    }
+    let mut runs = tokio::task::JoinSet::new();
+    for s in stores {
+        runs.spawn(async move { s.migrate().await });
+    }
+    while let Some(r) = runs.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let (reads, secrets): (bool, bool) = sqlx::query_as(
+        "SELECT has_table_privilege($1, 'anomalies', 'SELECT') \
+         AND has_table_privilege($1, 'series', 'SELECT'), \
+         has_table_privilege($1, 'api_tokens', 'SELECT')",
+    )
+    .bind(seismo_store::READER_ROLE)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(reads && !secrets, "reads {reads}, reads tokens {secrets}");
+}
