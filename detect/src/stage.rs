@@ -64,6 +64,9 @@ pub struct DetectStage {
     touched: BTreeSet<u32>,
     /// Watermarks announced for owned partitions that have no data yet.
     empty_published: HashMap<u32, i64>,
+    /// Partitions restored from a checkpoint since the last tick, whose watermark is
+    /// announced again.
+    restored: BTreeSet<u32>,
     /// Points scored and anomalies raised by this process.
     pub points: u64,
     pub raised: u64,
@@ -123,6 +126,7 @@ impl DetectStage {
             anomaly_partitions: anomaly_partitions.max(1),
             touched: BTreeSet::new(),
             empty_published: HashMap::new(),
+            restored: BTreeSet::new(),
             points: 0,
             raised: 0,
         }
@@ -185,6 +189,16 @@ impl Stage for DetectStage {
                 .saturating_sub(self.det.lateness_ms());
             self.flush(horizon, out);
             out.bands.append(&mut self.det.take_bands());
+        }
+        // A checkpoint can hold a watermark whose announcement never reached the bus (the
+        // process died between the two), or input whose watermark was never worked out:
+        // correlate would hold that partition's last anomalies until its idle release.
+        // Announcing a watermark again is harmless (correlate keeps the highest).
+        for p in std::mem::take(&mut self.restored) {
+            if let Some(wm) = self.det.published_watermark(p) {
+                out.watermarks.push((p, wm));
+            }
+            self.touched.insert(p);
         }
         for p in std::mem::take(&mut self.touched) {
             if let Some(wm) = self.det.advance_watermark(p) {
@@ -270,11 +284,93 @@ impl Stage for DetectStage {
     }
 
     fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
-        self.det.restore(partition, entries)
+        self.det.restore(partition, entries)?;
+        self.restored.insert(partition);
+        Ok(())
     }
 
     fn drop_partition(&mut self, partition: u32) {
         self.det.drop_partition(partition);
         self.empty_published.remove(&partition);
+        self.restored.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seismo_transport::{InProcBus, Message};
+
+    fn record(offset: i64) -> Message {
+        let line = serde_json::json!({
+            "name": "cpu",
+            "labels": {"host": "h1"},
+            "ts": 1_767_225_600_000i64 + offset * 60_000,
+            "value": 1.0,
+        })
+        .to_string();
+        Message {
+            topic: topics::POINTS.into(),
+            partition: 0,
+            offset,
+            key: Bytes::new(),
+            payload: Bytes::from(line + "\n"),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    async fn stage() -> DetectStage {
+        let store = seismo_store::SqliteStore::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let bus = InProcBus::new(1, 1024);
+        DetectStage::new(
+            DetectConfig::default(),
+            None,
+            Arc::new(store),
+            Arc::new(bus.producer(&[topics::ANOMALIES])),
+            1,
+            Duration::from_secs(3600),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_partition_restored_from_a_checkpoint_announces_its_watermark_again() {
+        let tick = Tick {
+            idle_for: Duration::ZERO,
+            assignment: vec![0],
+        };
+        let mut first = stage().await;
+        let mut out = DetectOut::default();
+        for k in 0..30 {
+            first.process(&record(k), &mut out);
+        }
+        first.tick(&mut out, &tick).await;
+        let announced = out
+            .watermarks
+            .iter()
+            .filter(|(p, _)| *p == 0)
+            .map(|(_, w)| *w)
+            .max()
+            .expect("a watermark for the partition with data");
+        // The process checkpoints, then dies before the announcement reaches the bus:
+        // another one restores the partition and must say it again, or correlate holds
+        // the partition's last anomalies back.
+        let (entries, _) = first.take_dirty(0);
+        let mut second = stage().await;
+        second.restore(0, entries).unwrap();
+        let mut out = DetectOut::default();
+        second.tick(&mut out, &tick).await;
+        assert!(
+            out.watermarks.contains(&(0, announced)),
+            "{:?}",
+            out.watermarks
+        );
+        // Once is enough.
+        let mut out = DetectOut::default();
+        second.tick(&mut out, &tick).await;
+        assert!(out.watermarks.is_empty(), "{:?}", out.watermarks);
     }
 }
