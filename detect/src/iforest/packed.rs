@@ -33,6 +33,9 @@ pub(super) struct Packed {
     leaves: Vec<u32>,
     /// Per feature, its distinct split values and a way to rank a value among them.
     rankers: Vec<Ranker>,
+    /// The trees again, 8 interleaved, for the AVX2 walk; `None` without AVX2.
+    #[cfg(target_arch = "x86_64")]
+    lanes: Option<avx2::Lanes>,
 }
 
 impl Packed {
@@ -105,10 +108,16 @@ impl Packed {
             nodes: vec![0; trees * stride + 16],
             leaves: vec![0; trees * stride],
             rankers,
+            #[cfg(target_arch = "x86_64")]
+            lanes: None,
         };
         for (k, t) in forest.trees.iter().enumerate() {
             packed.nodes[k * stride..(k + 1) * stride].fill(PASS);
             packed.place(t, &node_rank[first[k]..], k * stride, 0, 0, 0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            packed.lanes = avx2::Lanes::new(&packed);
         }
         Some(packed)
     }
@@ -164,11 +173,11 @@ impl Packed {
         self.path_sums_blocked(data, features)
     }
 
-    /// The walk for CPUs without AVX-512: a block of rows is ranked first, then each tree
-    /// walks the whole block, [`LANES`] rows in step. One tree (4 KiB at height 10) stays in
-    /// the L1 cache for the block instead of all trees being visited per row (400 KiB for
-    /// 100 trees, from L2 at three times the latency), and the lanes' walks are independent
-    /// chains of loads the core overlaps. Sums are integer, so they equal the reference
+    /// The walk for other CPUs (without AVX2, or not x86-64): a block of rows is ranked
+    /// first, then each tree walks the whole block, [`LANES`] rows in step. One tree (4 KiB
+    /// at height 10) stays in the L1 cache for the block instead of all trees being visited
+    /// per row (400 KiB for 100 trees, from L2 at three times the latency), and the lanes'
+    /// walks are independent chains of loads the core overlaps. Sums are integer, so they equal the reference
     /// walk's bit for bit.
     fn path_sums_blocked(&self, data: &[f64], features: usize) -> Vec<u64> {
         /// Rows per block: their ranks (2 bytes a feature) and sums stay in L1 beside a tree.
@@ -332,128 +341,358 @@ pub(super) fn mean_path(sum: u64, trees: usize) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
-    //! The AVX2 walk, for x86-64 CPUs without AVX-512 (every one since 2013 has AVX2): 8
-    //! rows a register go down one tree together, each level one gather of the 8 rows'
-    //! nodes and one of their ranks. A tree (4 KiB at height 10) and a block's ranks stay
-    //! in the L1 cache while the block's rows walk it, and [`GROUPS`] registers of rows
-    //! walk at once so that one gather's latency hides behind the others'.
+    //! The AVX2 walk, for x86-64 CPUs without AVX-512 (every one since 2013 has AVX2). The
+    //! 8 lanes of a register are 8 trees walked by the same row, so the row's feature ranks
+    //! (up to 32 features) sit in up to four registers and a lane's rank is picked by
+    //! position with a permute, not gathered. The trees are stored 8 at a time with their
+    //! nodes interleaved ([`Lanes`]): the first [`TOP`] levels' nodes of 8 trees are a few
+    //! whole registers, picked per lane by blends, and only deeper nodes and the leaves
+    //! are gathered. The walk it replaced put 8 rows in a register and so also gathered
+    //! every row's rank at every level; on an AMD EPYC (Zen 3) it took 7.4 ns per row and
+    //! tree on smtp and 8.9 ns on shuttle, against 3.8 and 4.9 ns here. Gathers set the
+    //! pace of both: plain loads instead (each tree finishing alone in scalar code) were
+    //! slower still, and so were more chains or more levels of blends. A block of rows is
+    //! ranked first, a feature at a time, and each group of 8 trees (16 KiB at height 8)
+    //! walks the whole block while it is in the L1 cache, [`CHAINS`] rows at once so that
+    //! one gather's latency hides behind the others'.
 
-    use super::Packed;
+    use super::{PASS, Packed};
     use std::arch::x86_64::*;
 
-    /// Rows ranked at a time (ranks as 32-bit words: 2 KiB a feature).
-    const BLOCK: usize = 512;
-    /// Registers of 8 rows that walk a tree together.
-    const GROUPS: usize = 4;
-    /// Levels whose nodes (at most 8) are held in a register.
-    const TOP_LEVELS: u32 = 4;
+    /// Trees a register walks, one a lane.
+    const LANES: usize = 8;
+    /// Rows ranked at a time; a multiple of [`CHAINS`].
+    const BLOCK: usize = 128;
+    /// Rows that walk a group of trees together.
+    const CHAINS: usize = 8;
+    /// Levels whose nodes are picked from whole registers by blends (2^L − 1 blends at
+    /// level L) instead of gathered. One level more or less measured the same.
+    const TOP: u32 = 4;
 
-    /// `None` when the CPU lacks AVX2 or indices could overflow a 32-bit lane.
-    pub(super) fn path_sums(p: &Packed, data: &[f64], d: usize) -> Option<Vec<u64>> {
-        if d == 0 || BLOCK * d >= i32::MAX as usize / 4 || !is_x86_feature_detected!("avx2") {
-            return None;
-        }
-        let rows = data.len() / d;
-        let mut sums = vec![0u64; rows];
-        let mut ranks = vec![0u32; BLOCK * d];
-        let mut acc = vec![0u32; BLOCK];
-        let mut one = vec![0u16; d];
-        for (b, out) in sums.chunks_mut(BLOCK).enumerate() {
-            let n = out.len();
-            for k in 0..n {
-                let at = (b * BLOCK + k) * d;
-                p.rank_row(&data[at..at + d], &mut one);
-                for (r, o) in ranks[k * d..(k + 1) * d].iter_mut().zip(&one) {
-                    *r = u32::from(*o);
+    /// The packed trees 8 at a time: word `slot · 8 + lane` of group g is slot `slot` of
+    /// tree 8g + lane (nodes and leaves alike). A node is re-encoded as its key above its
+    /// feature (see `step`). A short last group is filled with trees that always go left
+    /// to a leaf worth 0.
+    #[derive(Debug, Clone)]
+    pub(super) struct Lanes {
+        nodes: Vec<u32>,
+        leaves: Vec<u32>,
+        groups: usize,
+        /// Bits of the feature below a node's key.
+        shift: u32,
+    }
+
+    impl Lanes {
+        /// `None` when the CPU lacks AVX2, or a key above the feature would not fit 31
+        /// bits (over 32,768 features).
+        pub(super) fn new(p: &Packed) -> Option<Lanes> {
+            if !is_x86_feature_detected!("avx2") {
+                return None;
+            }
+            let d = p.rankers.len();
+            // Bits of a node's feature: 3 up to 8 features (K = 1), 4 up to 16, 5 up to 32,
+            // else at least 6. The key above them must stay below 2^31.
+            let shift = match d {
+                0..=8 => 3,
+                9..=16 => 4,
+                17..=32 => 5,
+                _ => (usize::BITS - (d - 1).leading_zeros()).max(6),
+            };
+            if shift > 15 {
+                return None;
+            }
+            let encode = |n: u32| (n & 0xFFFF) << shift | n >> 16;
+            let groups = p.trees.div_ceil(LANES);
+            let mut nodes = vec![encode(PASS); groups * p.stride * LANES];
+            let mut leaves = vec![0; groups * p.stride * LANES];
+            for t in 0..p.trees {
+                let (g, lane) = (t / LANES, t % LANES);
+                for s in 0..p.stride {
+                    let at = (g * p.stride + s) * LANES + lane;
+                    nodes[at] = encode(p.nodes[t * p.stride + s]);
+                    leaves[at] = p.leaves[t * p.stride + s];
                 }
             }
+            Some(Lanes {
+                nodes,
+                leaves,
+                groups,
+                shift,
+            })
+        }
+    }
+
+    /// `None` when the CPU lacks AVX2 (no [`Lanes`] were built).
+    pub(super) fn path_sums(p: &Packed, data: &[f64], d: usize) -> Option<Vec<u64>> {
+        let lanes = p.lanes.as_ref()?;
+        if d == 0 {
+            return None;
+        }
+        // Registers that hold a row's ranks; 0: wider rows gather them.
+        let k = match lanes.shift {
+            3 => 1,
+            4 => 2,
+            5 => 4,
+            _ => 0,
+        };
+        let width = if k == 0 { d } else { 8 * k };
+        let rows = data.len() / d;
+        let mut sums = vec![0u64; rows];
+        let mut ranks = vec![0u32; BLOCK * width];
+        let mut acc = vec![[0u32; LANES]; BLOCK];
+        for (b, out) in sums.chunks_mut(BLOCK).enumerate() {
+            let n = out.len();
+            let block = &data[b * BLOCK * d..(b * BLOCK + n) * d];
+            for (f, ranker) in p.rankers.iter().enumerate() {
+                // SAFETY: AVX2 is present (`Lanes` exist).
+                unsafe { rank_column(ranker, block, d, f, lanes.shift, &mut ranks, width) };
+            }
             // Rows past `n` keep stale or zero ranks: they walk to some leaf, unread.
-            acc.fill(0);
-            // SAFETY: AVX2 is present (checked above); `walk` documents its bounds.
-            unsafe { walk(p, d, &ranks, &mut acc) };
+            acc.fill([0; LANES]);
+            let walked = n.next_multiple_of(CHAINS);
+            // SAFETY: AVX2 is present (`Lanes` exist); `walked` <= BLOCK rows of `width`
+            // ranks are in `ranks`; `walk` documents the rest of its bounds.
+            unsafe {
+                match k {
+                    1 => walk::<1>(p, lanes, &ranks, width, walked, &mut acc),
+                    2 => walk::<2>(p, lanes, &ranks, width, walked, &mut acc),
+                    4 => walk::<4>(p, lanes, &ranks, width, walked, &mut acc),
+                    _ => walk::<0>(p, lanes, &ranks, width, walked, &mut acc),
+                }
+            }
             for (o, a) in out.iter_mut().zip(&acc) {
-                *o = u64::from(*a);
+                *o = a.iter().map(|&v| u64::from(v)).sum();
             }
         }
         Some(sums)
     }
 
-    /// Adds every tree's leaf value to `acc` (BLOCK rows; `ranks` holds BLOCK · d words).
+    /// Adds every tree's leaf value to `acc` (lane l of a row's entry sums the trees
+    /// 8g + l), for the first `rows` rows of `ranks` (`width` words a row: 8·K, or the
+    /// feature count when K is 0).
     ///
     /// # Safety
-    /// The CPU must support AVX2. Every gather stays in bounds: a node index is below the
-    /// tree's stride (it starts at 0 and takes one of two children H times in a complete
-    /// tree of height H); a rank index is row · d + feature with row < BLOCK and feature <
-    /// d (a packed node names a feature of the forest); a leaf index is a node index on
-    /// level H less 2^H − 1, so below 2^H.
+    /// The CPU must support AVX2, `rows` must be at most `acc.len()` and `ranks.len() /
+    /// width`. Every node load and gather stays in its group: a slot at level L < H is
+    /// below 2^(L+1) − 1 <= 2^H − 1, so word slot · 8 + lane is below the group's
+    /// 2^H · 8; a leaf's word is (slot − (2^H − 1)) · 8 + lane, also below it. A rank's
+    /// feature is one the forest split on, below `d` <= `width`.
     #[target_feature(enable = "avx2")]
-    unsafe fn walk(p: &Packed, d: usize, ranks: &[u32], acc: &mut [u32]) {
+    unsafe fn walk<const K: usize>(
+        p: &Packed,
+        l: &Lanes,
+        ranks: &[u32],
+        width: usize,
+        rows: usize,
+        acc: &mut [[u32; LANES]],
+    ) {
+        debug_assert!(K == 0 || width == 8 * K);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let bottom = _mm256_set1_epi32(p.stride as i32 - 1);
-        let two = _mm256_set1_epi32(2);
-        let low = _mm256_set1_epi32(0xFFFF);
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let step = _mm256_set1_epi32(d as i32);
-        for t in 0..p.trees {
-            let tree = p.nodes[t * p.stride..].as_ptr() as *const i32;
-            let leaves = p.leaves[t * p.stride..].as_ptr() as *const i32;
-            // Level L's nodes start at slot 2^L − 1; 8 words from there are in bounds (the
-            // node array has 16 spare words) and hold the whole level for L < 4.
-            let top: [__m256i; TOP_LEVELS as usize] = std::array::from_fn(|l| {
-                let at = p.nodes[t * p.stride + (1 << l) - 1..].as_ptr() as *const __m256i;
-                // SAFETY: at least 8 words follow (see above).
-                unsafe { _mm256_loadu_si256(at) }
-            });
-            for g in (0..BLOCK).step_by(8 * GROUPS) {
-                let mut idx = [_mm256_setzero_si256(); GROUPS];
-                let mut base = [_mm256_setzero_si256(); GROUPS];
-                for (j, b) in base.iter_mut().enumerate() {
-                    let first = _mm256_set1_epi32((g + 8 * j) as i32);
-                    *b = _mm256_mullo_epi32(_mm256_add_epi32(first, lanes), step);
-                }
-                for level in 0..p.height {
-                    for j in 0..GROUPS {
-                        // The first four levels (15 nodes) are picked from registers by
-                        // position; deeper ones are gathered.
-                        // SAFETY: see the function's bounds.
-                        let node = if level < TOP_LEVELS {
-                            let first = _mm256_set1_epi32((1 << level) - 1);
-                            _mm256_permutevar8x32_epi32(
-                                top[level as usize],
-                                _mm256_sub_epi32(idx[j], first),
-                            )
-                        } else {
-                            unsafe { _mm256_i32gather_epi32::<4>(tree, idx[j]) }
-                        };
-                        let at = _mm256_add_epi32(base[j], _mm256_srli_epi32::<16>(node));
-                        let rank = unsafe {
-                            _mm256_i32gather_epi32::<4>(ranks.as_ptr() as *const i32, at)
-                        };
-                        // Right (2i + 2) when rank >= key, left (2i + 1) when key > rank:
-                        // the comparison's all-ones is −1. Both are below 2^16, so the
-                        // signed comparison is exact.
-                        let left = _mm256_cmpgt_epi32(_mm256_and_si256(node, low), rank);
-                        idx[j] = _mm256_add_epi32(
-                            _mm256_add_epi32(_mm256_slli_epi32::<1>(idx[j]), two),
-                            left,
-                        );
+        let words = p.stride * LANES;
+        let h = p.height;
+        let fmask = _mm256_set1_epi32((1 << l.shift) - 1);
+        for g in 0..l.groups {
+            let nodes = &l.nodes[g * words..(g + 1) * words];
+            let leaves = l.leaves[g * words..].as_ptr() as *const i32;
+            for first in (0..rows).step_by(CHAINS) {
+                let row: [*const u32; CHAINS] =
+                    std::array::from_fn(|c| ranks[(first + c) * width..].as_ptr());
+                let mut slot = [_mm256_setzero_si256(); CHAINS];
+                // The levels picked from registers, each written out so that the chains'
+                // slots stay in registers.
+                if h > 0 {
+                    let node = load(&nodes[..LANES]);
+                    for c in 0..CHAINS {
+                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
                     }
                 }
-                for (j, i) in idx.iter().enumerate() {
-                    let leaf = unsafe {
-                        _mm256_i32gather_epi32::<4>(leaves, _mm256_sub_epi32(*i, bottom))
-                    };
-                    let at = g + 8 * j;
-                    let a = acc[at..at + 8].as_mut_ptr() as *mut __m256i;
-                    // SAFETY: `acc` holds BLOCK words and at + 8 <= BLOCK.
-                    unsafe {
-                        _mm256_storeu_si256(a, _mm256_add_epi32(_mm256_loadu_si256(a), leaf))
-                    };
+                if TOP > 1 && h > 1 {
+                    for c in 0..CHAINS {
+                        let node = pick::<1>(nodes, slot[c]);
+                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    }
+                }
+                if TOP > 2 && h > 2 {
+                    for c in 0..CHAINS {
+                        let node = pick::<2>(nodes, slot[c]);
+                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    }
+                }
+                if TOP > 3 && h > 3 {
+                    for c in 0..CHAINS {
+                        let node = pick::<3>(nodes, slot[c]);
+                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    }
+                }
+                for _ in TOP.min(h)..h {
+                    for c in 0..CHAINS {
+                        // SAFETY: see the function's bounds.
+                        let node = unsafe {
+                            _mm256_i32gather_epi32::<4>(
+                                nodes.as_ptr() as *const i32,
+                                _mm256_or_si256(_mm256_slli_epi32::<3>(slot[c]), lane),
+                            )
+                        };
+                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    }
+                }
+                for (c, s) in slot.iter().enumerate() {
+                    let at =
+                        _mm256_or_si256(_mm256_slli_epi32::<3>(_mm256_sub_epi32(*s, bottom)), lane);
+                    // SAFETY: see the function's bounds.
+                    let leaf = unsafe { _mm256_i32gather_epi32::<4>(leaves, at) };
+                    let a = &mut acc[first + c];
+                    store(a, _mm256_add_epi32(load(a), leaf));
                 }
             }
         }
     }
-}
 
+    /// One level: each lane goes from `slot` to the child its row's rank picks at `node`.
+    ///
+    /// A node is its key above its feature (S bits, `fmask`), and a rank is stored as
+    /// itself above S one-bits. So `node > rank` exactly when key > rank (with the feature
+    /// at most 2^S − 1 the low bits cannot tip it), and no shift or mask is needed to
+    /// compare; a permute reads the feature's low 3 bits from the node as it is.
+    ///
+    /// # Safety
+    /// `row` must point at the row's ranks: 8·K words, or (K = 0) at least as many as the
+    /// forest has features.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn step<const K: usize>(
+        node: __m256i,
+        slot: __m256i,
+        row: *const u32,
+        fmask: __m256i,
+    ) -> __m256i {
+        // SAFETY: as the caller promises.
+        let rank = unsafe { select::<K>(row, node, fmask) };
+        // Right (2s + 2) when rank >= key, left (2s + 1) when key > rank: the comparison's
+        // all-ones is −1. Both are below 2^31, so the signed comparison is exact.
+        let left = _mm256_cmpgt_epi32(node, rank);
+        _mm256_add_epi32(
+            _mm256_add_epi32(_mm256_slli_epi32::<1>(slot), _mm256_set1_epi32(2)),
+            left,
+        )
+    }
+
+    /// The nodes at `slot` (one a lane) among level L's 2^L slots, which start at slot
+    /// 2^L − 1 and are 2^L whole registers of `nodes`. A tournament of blends on the
+    /// slot's bits, the oldest decision first, so that only the last blend waits for the
+    /// newest one.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn pick<const L: usize>(nodes: &[u32], slot: __m256i) -> __m256i {
+        let first = (1 << L) - 1;
+        let off = _mm256_sub_epi32(slot, _mm256_set1_epi32(first as i32));
+        let mut c: [__m256i; 8] = [_mm256_setzero_si256(); 8];
+        for (i, r) in c.iter_mut().enumerate().take(1 << L) {
+            *r = load(&nodes[(first + i) * LANES..(first + i + 1) * LANES]);
+        }
+        for b in (0..L).rev() {
+            let mask = _mm256_castsi256_ps(_mm256_sll_epi32(off, _mm_cvtsi32_si128(31 - b as i32)));
+            for i in 0..1 << b {
+                c[i] = _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(c[i]),
+                    _mm256_castsi256_ps(c[i + (1 << b)]),
+                    mask,
+                ));
+            }
+        }
+        c[0]
+    }
+
+    /// Ranks feature `f` of each row of `block` (`d` values a row) among its splits into
+    /// word `f` of each row's `width` words of `ranks`, as [`super::Ranker::rank`] does:
+    /// a level's 16-split chunk is counted with two comparisons. The rows are independent,
+    /// so the core overlaps their chains of loads.
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn rank_column(
+        r: &super::Ranker,
+        block: &[f64],
+        d: usize,
+        f: usize,
+        shift: u32,
+        ranks: &mut [u32],
+        width: usize,
+    ) {
+        for (k, row) in block.chunks_exact(d).enumerate() {
+            let x = _mm256_set1_ps(row[f] as f32);
+            let (mut chunks, mut rank) = (0usize, 0usize);
+            for level in &r.levels {
+                let c = &level.entries[chunks * 16..chunks * 16 + 16];
+                // `s <= x`, false when either is NaN, as in `Ranker::rank`.
+                let lo = _mm256_cmp_ps::<_CMP_LE_OQ>(loadf(&c[..8]), x);
+                let hi = _mm256_cmp_ps::<_CMP_LE_OQ>(loadf(&c[8..]), x);
+                let below = (_mm256_movemask_ps(lo) | _mm256_movemask_ps(hi) << 8).count_ones();
+                rank = (chunks * 16 + below as usize).saturating_sub(level.pad);
+                chunks = rank;
+            }
+            // Below the rank, all ones where a node keeps its feature: see `step`.
+            ranks[k * width + f] = (rank as u32) << shift | ((1 << shift) - 1);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn loadf(w: &[f32]) -> __m256 {
+        let a: &[f32; 8] = w[..8].try_into().expect("8 floats");
+        // SAFETY: `a` is 8 readable floats.
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
+    }
+
+    /// Lane i's rank of feature f[i], from a row's ranks (8·K words at `row`, or
+    /// gathered when K is 0).
+    ///
+    /// # Safety
+    /// `row` must point at 8·K readable words, or (K = 0) at more words than any `f`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn select<const K: usize>(row: *const u32, f: __m256i, fmask: __m256i) -> __m256i {
+        // A permute reads the low 3 bits of the feature; the next bits pick the register.
+        // SAFETY: the caller promises 8·K words.
+        let perm = |k: usize| {
+            _mm256_permutevar8x32_epi32(
+                unsafe { _mm256_loadu_si256(row.add(8 * k) as *const __m256i) },
+                f,
+            )
+        };
+        let blend = |a: __m256i, b: __m256i, bit: i32| {
+            let mask = _mm256_castsi256_ps(_mm256_sll_epi32(f, _mm_cvtsi32_si128(31 - bit)));
+            _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(a),
+                _mm256_castsi256_ps(b),
+                mask,
+            ))
+        };
+        match K {
+            1 => perm(0),
+            2 => blend(perm(0), perm(1), 3),
+            4 => blend(blend(perm(0), perm(1), 3), blend(perm(2), perm(3), 3), 4),
+            // SAFETY: the feature is below the row's width (the caller's promise).
+            _ => unsafe {
+                _mm256_i32gather_epi32::<4>(row as *const i32, _mm256_and_si256(f, fmask))
+            },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load(w: &[u32]) -> __m256i {
+        let a: &[u32; LANES] = w[..LANES].try_into().expect("8 words");
+        // SAFETY: `a` is 8 readable words.
+        unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn store(w: &mut [u32; LANES], x: __m256i) {
+        // SAFETY: `w` is 8 writable words.
+        unsafe { _mm256_storeu_si256(w.as_mut_ptr() as *mut __m256i, x) }
+    }
+}
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod vector {
@@ -846,9 +1085,14 @@ mod tests {
             (9, 64),
             (13, 256),
             (16, 256),
+            (20, 256),
+            (32, 128),
             (33, 256),
             (64, 256),
             (4, 1024),
+            // Trees lower than the AVX2 walk's blended levels.
+            (2, 8),
+            (3, 2),
         ] {
             let train = data(2000, d, d as u64);
             let forest = IsolationForest::fit(
