@@ -73,26 +73,44 @@ ensure_timescaledb() {
   libdir=$("$pg_config" --pkglibdir)
   sharedir=$("$pg_config" --sharedir)
   major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
-  local stage=$CACHE/timescaledb-$TSDB_VERSION-pg$major/stage
+  # Keyed by the server's exact version, not only its major: a library built against
+  # another point release's headers can need symbols this server does not have.
+  local server key
+  server=$("$PG_BIN/postgres" --version | sed -E 's/^[^)]*\) //')
+  key=$(echo "$server" | sed -E 's/[^0-9A-Za-z.+-]+/_/g; s/_+$//')
+  local stage=$CACHE/timescaledb-$TSDB_VERSION-pg$key/stage
   if [ -f "$libdir/timescaledb-$TSDB_VERSION.so" ] && [ -f "$sharedir/extension/timescaledb.control" ]; then
-    return 0
+    if [ -f "$stage/.complete" ]; then
+      cmp -s "$stage$libdir/timescaledb-$TSDB_VERSION.so" "$libdir/timescaledb-$TSDB_VERSION.so" && return 0
+    elif ! compgen -G "$CACHE/timescaledb-$TSDB_VERSION-pg*" >/dev/null; then
+      return 0 # installed by hand (BUILD.md), not from this cache
+    fi
   fi
   if [ ! -f "$stage/.complete" ]; then
     if [ ! -f "$TSDB_SRC" ]; then
       echo "timescaledb: not installed, and its source is not at $TSDB_SRC (set SEISMO_TIMESCALEDB_SRC to timescaledb-$TSDB_VERSION.tar.gz); starting without it" >&2
       return 1
     fi
-    local log=$CACHE/timescaledb-$TSDB_VERSION-pg$major-build.log build=$CACHE/timescaledb-$TSDB_VERSION-pg$major/src
+    local log=$CACHE/timescaledb-$TSDB_VERSION-pg$key-build.log build=$CACHE/timescaledb-$TSDB_VERSION-pg$key/src
     mkdir -p "$CACHE"
     if ! command -v cmake >/dev/null 2>&1 || [ ! -f "$("$pg_config" --includedir-server)/postgres.h" ]; then
       if [ "$(id -u)" != 0 ]; then
         echo "timescaledb: building it needs cmake and postgresql-server-dev-$major (apt-get install cmake postgresql-server-dev-$major libssl-dev, as root); starting without it" >&2
         return 1
       fi
-      (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "postgresql-server-dev-$major" libssl-dev) >"$log" 2>&1 \
+      # The headers must be the running server's own version: an unpinned install pulls the
+      # newest point release, upgrades postgresql-$major under the running servers and builds
+      # a library that needs symbols the installed server lacks (CI failed so: "undefined
+      # symbol: heap_datum_check" after bookworm-security moved to 15.20). Unpinned only
+      # when the archive no longer has the installed version; start_pg then restarts.
+      local have
+      have=$(dpkg-query -W -f='${Version}' "postgresql-$major" 2>/dev/null || true)
+      (apt-get update \
+        && { { [ -n "$have" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "postgresql-server-dev-$major=$have" libssl-dev; } \
+          || DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "postgresql-server-dev-$major" libssl-dev; }) >"$log" 2>&1 \
         || { echo "timescaledb: installing cmake and postgresql-server-dev-$major failed; see $log" >&2; return 1; }
     fi
-    echo "timescaledb: building $TSDB_VERSION for PostgreSQL $major from $TSDB_SRC (about 5 CPU-minutes, once)..."
+    echo "timescaledb: building $TSDB_VERSION for PostgreSQL $server from $TSDB_SRC (about 5 CPU-minutes, once per server version)..."
     rm -rf "$build" "$stage"
     mkdir -p "$build"
     tar xzf "$TSDB_SRC" -C "$build" --strip-components=1 \
@@ -118,8 +136,16 @@ start_pg() { # name port extra-server-options
   local name=$1 port=$2 extra=$3
   local data=$STATE/$name
   if [ -f "$data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl -D $data status" >/dev/null 2>&1; then
-    echo "$name: already running on port $port"
-    return
+    # A server started before its package was upgraded still runs the old binary and
+    # fails to load the new libraries (plpgsql among them): restart it on the new one.
+    # The binary's change time, not its modification time: dpkg keeps the build's mtime.
+    if [ "$(stat -c %Z "$PG_BIN/postgres")" -gt "$(stat -c %Y "$data/postmaster.pid")" ]; then
+      echo "$name: its server binary changed since it started; restarting it"
+      as_postgres "$PG_BIN/pg_ctl -D $data -m fast -w stop" >/dev/null 2>&1 || true
+    else
+      echo "$name: already running on port $port"
+      return
+    fi
   fi
   mkdir -p "$STATE"
   chmod 755 "$STATE"
@@ -197,8 +223,12 @@ stop_all() {
 case "${1:-}" in
   start)
     # Sized like a small production server rather than with the tiny defaults.
+    # TimescaleDB first: building it may install packages, and no server should be running
+    # an older binary than the one on disk when it does.
+    tsdb=0
+    ensure_timescaledb && tsdb=1
     start_pg pg "$PG_PORT" "-c shared_buffers=1GB -c max_wal_size=4GB"
-    if ensure_timescaledb; then
+    if [ "$tsdb" = 1 ]; then
       start_pg tsdb "$TSDB_PORT" "-c shared_buffers=512MB -c max_wal_size=4GB -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
     fi
     start_kafka

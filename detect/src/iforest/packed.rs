@@ -22,6 +22,28 @@ const MAX_HEIGHT: u32 = 10;
 /// Key of an "always left" node: no rank reaches it (ranks stay below it by construction).
 const PASS: u32 = 0xFFFF;
 
+/// The vector walks a process may use, narrowest first.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Simd {
+    None,
+    Avx2,
+    Avx512,
+}
+
+/// The widest walk allowed: the CPU's own unless `SEISMO_SIMD` (`avx2` or `none`) lowers
+/// it, so that one machine can measure each walk side by side (an AVX-512 CPU standing in
+/// for one with AVX2 only). Read once; any other value leaves the CPU's choice.
+#[cfg(target_arch = "x86_64")]
+fn simd_allowed() -> Simd {
+    static ALLOWED: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| match std::env::var("SEISMO_SIMD").as_deref() {
+        Ok("none") => Simd::None,
+        Ok("avx2") => Simd::Avx2,
+        _ => Simd::Avx512,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Packed {
     height: u32,
@@ -312,7 +334,6 @@ impl Ranker {
     }
 
     /// Distinct split values, in increasing order.
-    #[cfg(test)]
     fn splits(&self) -> &[f32] {
         let bottom = &self.levels[self.levels.len() - 1];
         &bottom.entries[bottom.pad..bottom.entries.len() - CHUNK]
@@ -368,6 +389,8 @@ mod avx2 {
     /// Levels whose nodes are picked from whole registers by blends (2^L − 1 blends at
     /// level L) instead of gathered. One level more or less measured the same.
     const TOP: u32 = 4;
+    /// The walk holds each lane's slot plus this (see `step`).
+    const AHEAD: i32 = 2;
 
     /// The packed trees 8 at a time: word `slot · 8 + lane` of group g is slot `slot` of
     /// tree 8g + lane (nodes and leaves alike). A node is re-encoded as its key above its
@@ -383,9 +406,19 @@ mod avx2 {
     }
 
     impl Lanes {
-        /// `None` when the CPU lacks AVX2, or a key above the feature would not fit 31
-        /// bits (over 32,768 features).
+        /// `None` when the CPU lacks AVX2, when the AVX-512 walk takes this forest (so
+        /// its interleaved copy would never be read), or when a key above the feature
+        /// would not fit 31 bits (over 32,768 features).
         pub(super) fn new(p: &Packed) -> Option<Lanes> {
+            if super::simd_allowed() < super::Simd::Avx2 || super::vector::takes(p, p.rankers.len())
+            {
+                return None;
+            }
+            Self::build(p)
+        }
+
+        /// The interleaved copy wherever the CPU has AVX2, whichever walk would be used.
+        pub(super) fn build(p: &Packed) -> Option<Lanes> {
             if !is_x86_feature_detected!("avx2") {
                 return None;
             }
@@ -401,7 +434,7 @@ mod avx2 {
             if shift > 15 {
                 return None;
             }
-            let encode = |n: u32| (n & 0xFFFF) << shift | n >> 16;
+            let encode = |n: u32| (n & 0xFFFF) << shift | n >> 16 | sign(shift, n >> 16);
             let groups = p.trees.div_ceil(LANES);
             let mut nodes = vec![encode(PASS); groups * p.stride * LANES];
             let mut leaves = vec![0; groups * p.stride * LANES];
@@ -419,6 +452,18 @@ mod avx2 {
                 groups,
                 shift,
             })
+        }
+    }
+
+    /// Bit 31 of a node and of a rank of feature `f`: where the row's ranks fill 2 or 4
+    /// registers (S = 4 or 5), the feature's top register bit, so that a blend reads its
+    /// choice from the node itself (the sign bit) with no shift. A node and the rank it is
+    /// compared with always share the bit (the rank is of the node's feature), and two
+    /// words with the same top bit compare as signed words exactly as their low 31 bits do.
+    fn sign(shift: u32, f: u32) -> u32 {
+        match shift {
+            4 | 5 => (f >> (shift - 1) & 1) << 31,
+            _ => 0,
         }
     }
 
@@ -475,8 +520,10 @@ mod avx2 {
     /// The CPU must support AVX2, `rows` must be at most `acc.len()` and `ranks.len() /
     /// width`. Every node load and gather stays in its group: a slot at level L < H is
     /// below 2^(L+1) − 1 <= 2^H − 1, so word slot · 8 + lane is below the group's
-    /// 2^H · 8; a leaf's word is (slot − (2^H − 1)) · 8 + lane, also below it. A rank's
-    /// feature is one the forest split on, below `d` <= `width`.
+    /// 2^H · 8; a leaf's word is (slot − (2^H − 1)) · 8 + lane, also below it. The lanes
+    /// hold slot + AHEAD, so the gathers' bases are moved back by AHEAD · 8 words (and
+    /// the leaves' by (2^H − 1) · 8 more): each gathered address is still that word. A
+    /// rank's feature is one the forest split on, below `d` <= `width`.
     #[target_feature(enable = "avx2")]
     unsafe fn walk<const K: usize>(
         p: &Packed,
@@ -488,41 +535,37 @@ mod avx2 {
     ) {
         debug_assert!(K == 0 || width == 8 * K);
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let bottom = _mm256_set1_epi32(p.stride as i32 - 1);
         let words = p.stride * LANES;
         let h = p.height;
         let fmask = _mm256_set1_epi32((1 << l.shift) - 1);
         for g in 0..l.groups {
             let nodes = &l.nodes[g * words..(g + 1) * words];
-            let leaves = l.leaves[g * words..].as_ptr() as *const i32;
+            // Word (slot + AHEAD) · 8 + lane, for the slots walked; the leaves start at slot
+            // 2^H − 1. Only the words actually gathered need be in the group.
+            let node_base = nodes.as_ptr().wrapping_sub(AHEAD as usize * LANES) as *const i32;
+            let leaf_base = l.leaves[g * words..]
+                .as_ptr()
+                .wrapping_sub((AHEAD as usize + p.stride - 1) * LANES)
+                as *const i32;
             for first in (0..rows).step_by(CHAINS) {
                 let row: [*const u32; CHAINS] =
                     std::array::from_fn(|c| ranks[(first + c) * width..].as_ptr());
-                let mut slot = [_mm256_setzero_si256(); CHAINS];
-                // The levels picked from registers, each written out so that the chains'
-                // slots stay in registers.
-                if h > 0 {
-                    let node = load(&nodes[..LANES]);
-                    for c in 0..CHAINS {
-                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                let mut slot = [_mm256_set1_epi32(AHEAD); CHAINS];
+                // The levels picked from registers, one call a level (the level is a
+                // constant of each), inlined so that the chains' slots stay in registers.
+                // SAFETY: AVX2 is present; `row` as `walk` requires.
+                unsafe {
+                    if h > 0 {
+                        top_level::<0, K>(nodes, &mut slot, &row, fmask);
                     }
-                }
-                if TOP > 1 && h > 1 {
-                    for c in 0..CHAINS {
-                        let node = pick::<1>(nodes, slot[c]);
-                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    if TOP > 1 && h > 1 {
+                        top_level::<1, K>(nodes, &mut slot, &row, fmask);
                     }
-                }
-                if TOP > 2 && h > 2 {
-                    for c in 0..CHAINS {
-                        let node = pick::<2>(nodes, slot[c]);
-                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    if TOP > 2 && h > 2 {
+                        top_level::<2, K>(nodes, &mut slot, &row, fmask);
                     }
-                }
-                if TOP > 3 && h > 3 {
-                    for c in 0..CHAINS {
-                        let node = pick::<3>(nodes, slot[c]);
-                        slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+                    if TOP > 3 && h > 3 {
+                        top_level::<3, K>(nodes, &mut slot, &row, fmask);
                     }
                 }
                 for _ in TOP.min(h)..h {
@@ -530,7 +573,7 @@ mod avx2 {
                         // SAFETY: see the function's bounds.
                         let node = unsafe {
                             _mm256_i32gather_epi32::<4>(
-                                nodes.as_ptr() as *const i32,
+                                node_base,
                                 _mm256_or_si256(_mm256_slli_epi32::<3>(slot[c]), lane),
                             )
                         };
@@ -538,10 +581,9 @@ mod avx2 {
                     }
                 }
                 for (c, s) in slot.iter().enumerate() {
-                    let at =
-                        _mm256_or_si256(_mm256_slli_epi32::<3>(_mm256_sub_epi32(*s, bottom)), lane);
+                    let at = _mm256_or_si256(_mm256_slli_epi32::<3>(*s), lane);
                     // SAFETY: see the function's bounds.
-                    let leaf = unsafe { _mm256_i32gather_epi32::<4>(leaves, at) };
+                    let leaf = unsafe { _mm256_i32gather_epi32::<4>(leaf_base, at) };
                     let a = &mut acc[first + c];
                     store(a, _mm256_add_epi32(load(a), leaf));
                 }
@@ -549,7 +591,27 @@ mod avx2 {
         }
     }
 
-    /// One level: each lane goes from `slot` to the child its row's rank picks at `node`.
+    /// Level L (< [`TOP`]) for every chain: its nodes picked from registers by [`pick`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; each of `row` as [`step`] requires.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn top_level<const L: usize, const K: usize>(
+        nodes: &[u32],
+        slot: &mut [__m256i; CHAINS],
+        row: &[*const u32; CHAINS],
+        fmask: __m256i,
+    ) {
+        for c in 0..CHAINS {
+            let node = pick::<L>(nodes, slot[c]);
+            // SAFETY: as the caller promises.
+            slot[c] = unsafe { step::<K>(node, slot[c], row[c], fmask) };
+        }
+    }
+
+    /// One level: each lane goes from `slot` (plus AHEAD) to the child its row's rank picks
+    /// at `node` (plus AHEAD).
     ///
     /// A node is its key above its feature (S bits, `fmask`), and a rank is stored as
     /// itself above S one-bits. So `node > rank` exactly when key > rank (with the feature
@@ -570,15 +632,13 @@ mod avx2 {
         // SAFETY: as the caller promises.
         let rank = unsafe { select::<K>(row, node, fmask) };
         // Right (2s + 2) when rank >= key, left (2s + 1) when key > rank: the comparison's
-        // all-ones is −1. Both are below 2^31, so the signed comparison is exact.
+        // all-ones is −1. Both are below 2^31, so the signed comparison is exact. Held as
+        // a = s + 2 (AHEAD), the child is 2a + (−1 or 0): one add fewer than 2s + 2 + (…).
         let left = _mm256_cmpgt_epi32(node, rank);
-        _mm256_add_epi32(
-            _mm256_add_epi32(_mm256_slli_epi32::<1>(slot), _mm256_set1_epi32(2)),
-            left,
-        )
+        _mm256_add_epi32(_mm256_add_epi32(slot, slot), left)
     }
 
-    /// The nodes at `slot` (one a lane) among level L's 2^L slots, which start at slot
+    /// The nodes at `slot` − AHEAD (one a lane) among level L's 2^L slots, which start at slot
     /// 2^L − 1 and are 2^L whole registers of `nodes`. A tournament of blends on the
     /// slot's bits, the oldest decision first, so that only the last blend waits for the
     /// newest one.
@@ -586,7 +646,7 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     fn pick<const L: usize>(nodes: &[u32], slot: __m256i) -> __m256i {
         let first = (1 << L) - 1;
-        let off = _mm256_sub_epi32(slot, _mm256_set1_epi32(first as i32));
+        let off = _mm256_sub_epi32(slot, _mm256_set1_epi32(first as i32 + AHEAD));
         let mut c: [__m256i; 8] = [_mm256_setzero_si256(); 8];
         for (i, r) in c.iter_mut().enumerate().take(1 << L) {
             *r = load(&nodes[(first + i) * LANES..(first + i + 1) * LANES]);
@@ -604,10 +664,23 @@ mod avx2 {
         c[0]
     }
 
+    /// Rows searched at once by [`rank_column`]: 8 a register, 4 registers whose gathers
+    /// overlap (one search's next gather waits for its last).
+    const RANK_ROWS: usize = 32;
+
     /// Ranks feature `f` of each row of `block` (`d` values a row) among its splits into
-    /// word `f` of each row's `width` words of `ranks`, as [`super::Ranker::rank`] does:
-    /// a level's 16-split chunk is counted with two comparisons. The rows are independent,
-    /// so the core overlaps their chains of loads.
+    /// word `f` of each row's `width` words of `ranks`, as [`super::Ranker::rank`] does.
+    ///
+    /// Whole groups of [`RANK_ROWS`] rows run a branchless binary search over the sorted
+    /// splits, 8 rows a register: every lane halves the same length, so only the lanes'
+    /// bases differ, and a step is one gather, one comparison and a masked add. Measured
+    /// on shuttle (9 features), ranking took 22 % of the AVX2 scoring time with the
+    /// 16-wide chunk count of [`super::Ranker`] a row at a time, which the rest of the
+    /// rows still use.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT; `block` holds whole rows of `d` > `f` values,
+    /// at most `ranks.len() / width` of them, and `block.len()` fits an i32.
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn rank_column(
         r: &super::Ranker,
@@ -618,7 +691,69 @@ mod avx2 {
         ranks: &mut [u32],
         width: usize,
     ) {
-        for (k, row) in block.chunks_exact(d).enumerate() {
+        // Below the rank, all ones where a node keeps its feature: see `step`; above it,
+        // the feature's sign bit (see `sign`).
+        let low = ((1u32 << shift) - 1) | sign(shift, f as u32);
+        let rows = block.len() / d;
+        let splits = r.splits();
+        let searched = if splits.is_empty() {
+            0
+        } else {
+            rows / RANK_ROWS * RANK_ROWS
+        };
+        const G: usize = RANK_ROWS / 8;
+        // Word offsets of 8 consecutive rows' values of one feature.
+        let row4 = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(d as i32));
+        let count = _mm_cvtsi32_si128(shift as i32);
+        for first in (0..searched).step_by(RANK_ROWS) {
+            let mut x = [_mm256_setzero_ps(); G];
+            for (g, x) in x.iter_mut().enumerate() {
+                let at = block[(first + 8 * g) * d + f..].as_ptr();
+                // SAFETY: rows first + 8g .. + 8 are in `block`: their words k · d
+                // from `at` (k < 8) are in it.
+                let (lo, hi) = unsafe {
+                    (
+                        _mm256_i32gather_pd::<8>(at, row4),
+                        _mm256_i32gather_pd::<8>(at.add(4 * d), row4),
+                    )
+                };
+                // Rounded to f32 as `as f32` does (the default rounding mode).
+                *x = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+            }
+            // Count of splits <= x: all splits below `base` are <= x, and the count is in
+            // base ..= base + len. NaN is <= nothing and stays at 0.
+            let mut base = [_mm256_setzero_si256(); G];
+            let mut len = splits.len();
+            let at = splits.as_ptr();
+            while len > 1 {
+                let half = len / 2;
+                let probe = _mm256_set1_epi32(half as i32 - 1);
+                let step = _mm256_set1_epi32(half as i32);
+                for g in 0..G {
+                    // SAFETY: base + len <= splits.len() throughout, and half − 1 < len.
+                    let s =
+                        unsafe { _mm256_i32gather_ps::<4>(at, _mm256_add_epi32(base[g], probe)) };
+                    let le = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(s, x[g]));
+                    base[g] = _mm256_add_epi32(base[g], _mm256_and_si256(le, step));
+                }
+                len -= half;
+            }
+            for g in 0..G {
+                // SAFETY: len is 1, so base < splits.len().
+                let s = unsafe { _mm256_i32gather_ps::<4>(at, base[g]) };
+                let le = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(s, x[g]));
+                let rank = _mm256_sub_epi32(base[g], le);
+                let mut out = [0u32; LANES];
+                store(
+                    &mut out,
+                    _mm256_or_si256(_mm256_sll_epi32(rank, count), _mm256_set1_epi32(low as i32)),
+                );
+                for (k, w) in out.into_iter().enumerate() {
+                    ranks[(first + 8 * g + k) * width + f] = w;
+                }
+            }
+        }
+        for (k, row) in block.chunks_exact(d).enumerate().skip(searched) {
             let x = _mm256_set1_ps(row[f] as f32);
             let (mut chunks, mut rank) = (0usize, 0usize);
             for level in &r.levels {
@@ -630,8 +765,7 @@ mod avx2 {
                 rank = (chunks * 16 + below as usize).saturating_sub(level.pad);
                 chunks = rank;
             }
-            // Below the rank, all ones where a node keeps its feature: see `step`.
-            ranks[k * width + f] = (rank as u32) << shift | ((1 << shift) - 1);
+            ranks[k * width + f] = (rank as u32) << shift | low;
         }
     }
 
@@ -667,10 +801,18 @@ mod avx2 {
                 mask,
             ))
         };
+        // The outer choice is the node's sign bit (see `sign`).
+        let outer = |a: __m256i, b: __m256i| {
+            _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(a),
+                _mm256_castsi256_ps(b),
+                _mm256_castsi256_ps(f),
+            ))
+        };
         match K {
             1 => perm(0),
-            2 => blend(perm(0), perm(1), 3),
-            4 => blend(blend(perm(0), perm(1), 3), blend(perm(2), perm(3), 3), 4),
+            2 => outer(perm(0), perm(1)),
+            4 => outer(blend(perm(0), perm(1), 3), blend(perm(2), perm(3), 3)),
             // SAFETY: the feature is below the row's width (the caller's promise).
             _ => unsafe {
                 _mm256_i32gather_epi32::<4>(row as *const i32, _mm256_and_si256(f, fmask))
@@ -719,15 +861,21 @@ mod vector {
     /// Vectors are padded to a multiple of this (every group size divides it).
     const GROUPS_DIVIDE: usize = 12;
 
-    /// `None` when the CPU lacks AVX-512 or the forest is outside the kernel's shape.
+    /// Whether this walk scores `p`'s rows of `d` features here: the CPU has AVX-512 (and
+    /// it is allowed), and the forest is within the kernel's shape.
+    pub(super) fn takes(p: &Packed, d: usize) -> bool {
+        d != 0
+            && d <= MAX_FEATURES
+            && p.height <= MAX_HEIGHT
+            && super::simd_allowed() >= super::Simd::Avx512
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("popcnt")
+    }
+
+    /// `None` when [`takes`] says no.
     pub(super) fn path_sums(p: &Packed, data: &[f64], d: usize) -> Option<Vec<u64>> {
-        if d == 0
-            || d > MAX_FEATURES
-            || p.height > MAX_HEIGHT
-            || !is_x86_feature_detected!("avx512f")
-            || !is_x86_feature_detected!("avx512bw")
-            || !is_x86_feature_detected!("popcnt")
-        {
+        if !takes(p, d) {
             return None;
         }
         let rows = data.len() / d;
@@ -1113,11 +1261,19 @@ mod tests {
             assert_eq!(sums, packed.path_sums_portable(&test, d), "d = {d}");
             assert_eq!(packed.path_sums_blocked(&test, d), sums, "d = {d}, blocked");
             #[cfg(target_arch = "x86_64")]
-            if let Some(v) = avx2::path_sums(&packed, &test, d) {
+            if let Some(lanes) = avx2::Lanes::build(&packed) {
+                // Built here even where the AVX-512 walk takes the forest, so that this
+                // machine tests the AVX2 walk too.
+                let mut with = packed.clone();
+                with.lanes = Some(lanes);
+                let v = avx2::path_sums(&with, &test, d).expect("AVX2 lanes are built");
                 assert_eq!(v, sums, "d = {d}, avx2");
             }
             #[cfg(target_arch = "x86_64")]
-            if packed.height <= 8 && std::arch::is_x86_feature_detected!("avx512bw") {
+            if packed.height <= 8
+                && simd_allowed() == Simd::Avx512
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
                 // This machine does take the vector walk, so the comparison above tested it.
                 assert!(vector::path_sums(&packed, &test, d).is_some());
             }
