@@ -37,6 +37,11 @@ def main():
     d = sys.argv[1]
     exe = os.environ.get("SEISMO", "target/release/seismo")
     walks = os.environ.get("WALKS", "cpu,avx2").split(",")
+    # Any other SEISMO_SIMD value leaves the CPU's walk, which would be timed under a
+    # wrong label.
+    for w in walks:
+        if w not in ("cpu", "avx2", "none"):
+            sys.exit(f"unknown walk {w!r} in WALKS: use cpu, avx2 or none")
     ours = {w: {} for w in walks}
     for _ in range(ROUNDS):
         for w in walks:

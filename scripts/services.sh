@@ -14,7 +14,8 @@
 #
 # TimescaleDB 2.28.3 (the last release for PostgreSQL 15) is built from the source tarball in
 # ../shared/vendor/timescaledb (about 5 CPU-minutes, once; it needs cmake and
-# postgresql-server-dev-15 from apt), staged in a cache outside the clone and copied into the
+# postgresql-server-dev-15 from apt, pinned to the server's version), staged in a cache
+# outside the clone (one build per server version) and copied into the
 # server's directories when they lack it. The first server (SEISMO_TEST_PG_URL) has the
 # extension's files but does not preload it: that is plain PostgreSQL, and also the
 # "installed, not preloaded" server `seismo migrate` must fall back on. The second
@@ -65,24 +66,27 @@ wait_port() { # host port seconds what
   return 1
 }
 
-# Builds TimescaleDB into the cache once (per PostgreSQL major version) and installs it
+# The running server's exact version ("15.18_Debian_15.18-0+deb12u1"), which keys the
+# TimescaleDB cache: a library built against another point release's headers can need
+# symbols this server does not have.
+server_key() {
+  "$PG_BIN/postgres" --version | sed -E 's/^[^)]*\) //; s/[^0-9A-Za-z.+-]+/_/g; s/_+$//'
+}
+
+# Builds TimescaleDB into the cache once per PostgreSQL server version and installs it
 # into this server's directories. Returns non-zero, with the reason, when it cannot: the
 # plain services still start, and the TimescaleDB tests fail saying what is missing.
 ensure_timescaledb() {
-  local pg_config=$PG_BIN/pg_config libdir sharedir major
+  local pg_config=$PG_BIN/pg_config libdir sharedir major key stage
   libdir=$("$pg_config" --pkglibdir)
   sharedir=$("$pg_config" --sharedir)
   major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
-  # Keyed by the server's exact version, not only its major: a library built against
-  # another point release's headers can need symbols this server does not have.
-  local server key
-  server=$("$PG_BIN/postgres" --version | sed -E 's/^[^)]*\) //')
-  key=$(echo "$server" | sed -E 's/[^0-9A-Za-z.+-]+/_/g; s/_+$//')
-  local stage=$CACHE/timescaledb-$TSDB_VERSION-pg$key/stage
+  key=$(server_key)
+  stage=$CACHE/timescaledb-$TSDB_VERSION-pg$key/stage
   if [ -f "$libdir/timescaledb-$TSDB_VERSION.so" ] && [ -f "$sharedir/extension/timescaledb.control" ]; then
     if [ -f "$stage/.complete" ]; then
       cmp -s "$stage$libdir/timescaledb-$TSDB_VERSION.so" "$libdir/timescaledb-$TSDB_VERSION.so" && return 0
-    elif ! compgen -G "$CACHE/timescaledb-$TSDB_VERSION-pg*" >/dev/null; then
+    elif ! compgen -G "$CACHE/timescaledb-$TSDB_VERSION-pg*/stage/.complete" >/dev/null; then
       return 0 # installed by hand (BUILD.md), not from this cache
     fi
   fi
@@ -91,33 +95,44 @@ ensure_timescaledb() {
       echo "timescaledb: not installed, and its source is not at $TSDB_SRC (set SEISMO_TIMESCALEDB_SRC to timescaledb-$TSDB_VERSION.tar.gz); starting without it" >&2
       return 1
     fi
-    local log=$CACHE/timescaledb-$TSDB_VERSION-pg$key-build.log build=$CACHE/timescaledb-$TSDB_VERSION-pg$key/src
     mkdir -p "$CACHE"
-    if ! command -v cmake >/dev/null 2>&1 || [ ! -f "$("$pg_config" --includedir-server)/postgres.h" ]; then
+    # The headers must be the running server's own version: an unpinned install pulls the
+    # newest point release, upgrades postgresql-$major under the running servers and builds
+    # a library that needs symbols the installed server lacks (CI failed so: "undefined
+    # symbol: heap_datum_check" after bookworm-security moved to 15.20).
+    local have headers
+    have=$(dpkg-query -W -f='${Version}' "postgresql-$major" 2>/dev/null || true)
+    headers=$(dpkg-query -W -f='${Version}' "postgresql-server-dev-$major" 2>/dev/null || true)
+    if ! command -v cmake >/dev/null 2>&1 || [ ! -f "$("$pg_config" --includedir-server)/postgres.h" ] \
+      || { [ -n "$have" ] && [ "$headers" != "$have" ]; }; then
       if [ "$(id -u)" != 0 ]; then
-        echo "timescaledb: building it needs cmake and postgresql-server-dev-$major (apt-get install cmake postgresql-server-dev-$major libssl-dev, as root); starting without it" >&2
+        echo "timescaledb: building it needs cmake and postgresql-server-dev-$major ${have:+$have }(apt-get install cmake postgresql-server-dev-$major${have:+=$have} libssl-dev, as root); starting without it" >&2
         return 1
       fi
-      # The headers must be the running server's own version: an unpinned install pulls the
-      # newest point release, upgrades postgresql-$major under the running servers and builds
-      # a library that needs symbols the installed server lacks (CI failed so: "undefined
-      # symbol: heap_datum_check" after bookworm-security moved to 15.20). Unpinned only
-      # when the archive no longer has the installed version; start_pg then restarts.
-      local have
-      have=$(dpkg-query -W -f='${Version}' "postgresql-$major" 2>/dev/null || true)
-      (apt-get update \
-        && { { [ -n "$have" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "postgresql-server-dev-$major=$have" libssl-dev; } \
-          || DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "postgresql-server-dev-$major" libssl-dev; }) >"$log" 2>&1 \
-        || { echo "timescaledb: installing cmake and postgresql-server-dev-$major failed; see $log" >&2; return 1; }
+      local log=$CACHE/timescaledb-$TSDB_VERSION-apt.log dev=postgresql-server-dev-$major
+      apt-get update >"$log" 2>&1 || { echo "timescaledb: apt-get update failed; see $log" >&2; return 1; }
+      # Unpinned only when the archive no longer has the installed version: that install
+      # upgrades the server too, and start_pg restarts servers left on the old binary.
+      if [ -n "$have" ] && apt-cache show "$dev=$have" >/dev/null 2>&1; then
+        dev="$dev=$have"
+      fi
+      DEBIAN_FRONTEND=noninteractive apt-get install -y cmake "$dev" libssl-dev >>"$log" 2>&1 \
+        || { echo "timescaledb: installing cmake and $dev failed; see $log" >&2; return 1; }
+      # The server may have moved with it: build for, and cache under, what is there now.
+      key=$(server_key)
+      stage=$CACHE/timescaledb-$TSDB_VERSION-pg$key/stage
     fi
-    echo "timescaledb: building $TSDB_VERSION for PostgreSQL $server from $TSDB_SRC (about 5 CPU-minutes, once per server version)..."
+  fi
+  if [ ! -f "$stage/.complete" ]; then
+    local log=$CACHE/timescaledb-$TSDB_VERSION-pg$key-build.log build=$CACHE/timescaledb-$TSDB_VERSION-pg$key/src
+    echo "timescaledb: building $TSDB_VERSION for PostgreSQL $key from $TSDB_SRC (about 5 CPU-minutes, once per server version)..."
     rm -rf "$build" "$stage"
     mkdir -p "$build"
     tar xzf "$TSDB_SRC" -C "$build" --strip-components=1 \
       || { echo "timescaledb: cannot unpack $TSDB_SRC" >&2; return 1; }
     (cd "$build" && ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
         -DCMAKE_BUILD_TYPE=Release -DPG_CONFIG="$pg_config" \
-      && cd build && make -j"$(nproc)" && make install DESTDIR="$stage") >>"$log" 2>&1 \
+      && cd build && make -j"$(nproc)" && make install DESTDIR="$stage") >"$log" 2>&1 \
       || { echo "timescaledb: building failed; see $log" >&2; return 1; }
     touch "$stage/.complete"
     rm -rf "$build"
@@ -126,7 +141,14 @@ ensure_timescaledb() {
     echo "timescaledb: built in $stage, but $libdir is not writable; as root: cp -a $stage$libdir/. $libdir/ && cp -a $stage$sharedir/extension/. $sharedir/extension/" >&2
     return 1
   fi
-  cp -a "$stage$libdir/." "$libdir/" && cp -a "$stage$sharedir/extension/." "$sharedir/extension/" \
+  # Libraries are replaced by rename, never rewritten in place: a running server may have
+  # one mapped, and rewriting a mapped library crashes the processes that use it.
+  local f
+  for f in "$stage$libdir"/*.so; do
+    cp -a "$f" "$libdir/.seismo-new" && mv -f "$libdir/.seismo-new" "$libdir/$(basename "$f")" \
+      || { echo "timescaledb: installing $f from $stage failed" >&2; return 1; }
+  done
+  cp -a "$stage$sharedir/extension/." "$sharedir/extension/" \
     || { echo "timescaledb: installing from $stage failed" >&2; return 1; }
   echo "timescaledb: $TSDB_VERSION installed into $libdir"
 }
@@ -139,7 +161,7 @@ start_pg() { # name port extra-server-options
     # A server started before its package was upgraded still runs the old binary and
     # fails to load the new libraries (plpgsql among them): restart it on the new one.
     # The binary's change time, not its modification time: dpkg keeps the build's mtime.
-    if [ "$(stat -c %Z "$PG_BIN/postgres")" -gt "$(stat -c %Y "$data/postmaster.pid")" ]; then
+    if [ "$(stat -L -c %Z "$PG_BIN/postgres")" -gt "$(stat -c %Y "$data/postmaster.pid")" ]; then
       echo "$name: its server binary changed since it started; restarting it"
       as_postgres "$PG_BIN/pg_ctl -D $data -m fast -w stop" >/dev/null 2>&1 || true
     else
@@ -222,6 +244,7 @@ stop_all() {
 
 case "${1:-}" in
   start)
+    [ -x "$PG_BIN/pg_ctl" ] || die "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin); install postgresql (apt-get install postgresql) or set SEISMO_PG_BIN"
     # Sized like a small production server rather than with the tiny defaults.
     # TimescaleDB first: building it may install packages, and no server should be running
     # an older binary than the one on disk when it does.

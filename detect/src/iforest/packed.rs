@@ -55,15 +55,16 @@ pub(super) struct Packed {
     leaves: Vec<u32>,
     /// Per feature, its distinct split values and a way to rank a value among them.
     rankers: Vec<Ranker>,
-    /// The trees again, 8 interleaved, for the AVX2 walk; `None` without AVX2.
+    /// The trees again, 8 interleaved, for the AVX2 walk; `None` without AVX2, where the
+    /// AVX-512 walk takes the forest, or where `SEISMO_SIMD` rules the AVX2 walk out.
     #[cfg(target_arch = "x86_64")]
     lanes: Option<avx2::Lanes>,
 }
 
 impl Packed {
     /// Repacks `forest`, or `None` when it falls outside what the packed form can hold
-    /// (very tall trees, more than 65,534 distinct splits on one feature, or sums that
-    /// could overflow a 32-bit lane).
+    /// (very tall trees, more than 65,534 distinct splits on one feature, sums that could
+    /// overflow a 32-bit lane, or a NaN split).
     pub(super) fn new(forest: &IsolationForest) -> Option<Packed> {
         let d = forest.features;
         let height = forest.trees.iter().map(|t| t.height).max()?;
@@ -85,6 +86,12 @@ impl Packed {
         for (t, tree) in forest.trees.iter().enumerate() {
             for (i, n) in tree.nodes.iter().enumerate() {
                 if n.left as usize != i {
+                    // A feature that was −∞ in training gives a NaN split (−∞ + ∞), which
+                    // no value reaches (`x >= NaN` is false) but which a rank would count
+                    // past: such a forest keeps the plain walk.
+                    if n.split.is_nan() {
+                        return None;
+                    }
                     by_feature[n.feature as usize]
                         .push((order_key(n.split), (first[t] + i) as u32));
                 }
@@ -419,7 +426,8 @@ mod avx2 {
 
         /// The interleaved copy wherever the CPU has AVX2, whichever walk would be used.
         pub(super) fn build(p: &Packed) -> Option<Lanes> {
-            if !is_x86_feature_detected!("avx2") {
+            // POPCNT too: the ranker's chunk count uses it.
+            if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("popcnt") {
                 return None;
             }
             let d = p.rankers.len();
@@ -467,12 +475,15 @@ mod avx2 {
         }
     }
 
-    /// `None` when the CPU lacks AVX2 (no [`Lanes`] were built).
+    /// `None` when no [`Lanes`] were built (see [`Packed::lanes`]).
     pub(super) fn path_sums(p: &Packed, data: &[f64], d: usize) -> Option<Vec<u64>> {
         let lanes = p.lanes.as_ref()?;
         if d == 0 {
             return None;
         }
+        // The ranker reads feature f of each row at f + k · d: rows must be the forest's
+        // width (as `score_rows` asserts) for those reads to stay in their row.
+        assert_eq!(d, p.rankers.len(), "rows have the wrong width");
         // Registers that hold a row's ranks; 0: wider rows gather them.
         let k = match lanes.shift {
             3 => 1,
@@ -489,7 +500,9 @@ mod avx2 {
             let n = out.len();
             let block = &data[b * BLOCK * d..(b * BLOCK + n) * d];
             for (f, ranker) in p.rankers.iter().enumerate() {
-                // SAFETY: AVX2 is present (`Lanes` exist).
+                // SAFETY: AVX2 and POPCNT are present (`Lanes` exist); `block` is whole
+                // rows of `d` values (asserted above), every `f` below `d`, and at most
+                // BLOCK rows, whose `width` words each `ranks` holds.
                 unsafe { rank_column(ranker, block, d, f, lanes.shift, &mut ranks, width) };
             }
             // Rows past `n` keep stale or zero ranks: they walk to some leaf, unread.
@@ -616,7 +629,8 @@ mod avx2 {
     /// A node is its key above its feature (S bits, `fmask`), and a rank is stored as
     /// itself above S one-bits. So `node > rank` exactly when key > rank (with the feature
     /// at most 2^S − 1 the low bits cannot tip it), and no shift or mask is needed to
-    /// compare; a permute reads the feature's low 3 bits from the node as it is.
+    /// compare; a permute reads the feature's low 3 bits from the node as it is, and a
+    /// blend its register bit from the node's sign bit (see `sign`).
     ///
     /// # Safety
     /// `row` must point at the row's ranks: 8·K words, or (K = 0) at least as many as the
@@ -632,7 +646,8 @@ mod avx2 {
         // SAFETY: as the caller promises.
         let rank = unsafe { select::<K>(row, node, fmask) };
         // Right (2s + 2) when rank >= key, left (2s + 1) when key > rank: the comparison's
-        // all-ones is −1. Both are below 2^31, so the signed comparison is exact. Held as
+        // all-ones is −1. Node and rank share bit 31 (see `sign`), so the signed
+        // comparison orders them as their low 31 bits, exactly. Held as
         // a = s + 2 (AHEAD), the child is 2a + (−1 or 0): one add fewer than 2s + 2 + (…).
         let left = _mm256_cmpgt_epi32(node, rank);
         _mm256_add_epi32(_mm256_add_epi32(slot, slot), left)
@@ -680,7 +695,8 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must support AVX2 and POPCNT; `block` holds whole rows of `d` > `f` values,
-    /// at most `ranks.len() / width` of them, and `block.len()` fits an i32.
+    /// at most `ranks.len() / width` of them, and 3 · `d` fits an i32 (the word offsets of
+    /// a register's rows from row 8g + 4).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn rank_column(
         r: &super::Ranker,
@@ -1222,6 +1238,38 @@ mod tests {
         }
         assert_eq!(Ranker::new(vec![]).rank(1.0), 0);
         assert_eq!(Ranker::new(vec![]).rank(f32::NAN), 0);
+    }
+
+    #[test]
+    fn a_forest_trained_on_infinities_scores_as_its_trees_do() {
+        // −∞ in training makes NaN splits (−∞ + ∞), which no value reaches; a rank would
+        // count past them, so such a forest must keep the plain walk and score the same.
+        let d = 3;
+        let mut train = data(600, d, 3);
+        for r in (0..600).step_by(7) {
+            train[r * d] = f64::NEG_INFINITY;
+        }
+        let forest = IsolationForest::fit(
+            Rows::new(&train, d),
+            ForestParams {
+                trees: 20,
+                sample_size: 64,
+                seed: 1,
+            },
+        );
+        assert!(
+            forest
+                .trees
+                .iter()
+                .any(|t| t.nodes.iter().any(|n| n.split.is_nan())),
+            "the set-up should make a NaN split"
+        );
+        assert!(Packed::new(&forest).is_none());
+        let test = data(300, d, 4);
+        let batch = forest.score_rows(Rows::new(&test, d));
+        for (i, b) in batch.iter().enumerate() {
+            assert_eq!(*b, forest.score(&test[i * d..(i + 1) * d]), "row {i}");
+        }
     }
 
     #[test]
