@@ -262,7 +262,7 @@ async fn rca_cmd(
     use seismo::eval::rca;
     let started = std::time::Instant::now();
     let (mut investigated, mut streamed, mut holding) = (Vec::new(), Vec::new(), Vec::new());
-    let mut split = Vec::new();
+    let (mut split, mut coverage) = (Vec::new(), Vec::new());
     for path in rca::systems(dir)? {
         let sys = rca::load_system(&path)?;
         eprintln!("{}: {} cases", sys.name, sys.cases.len());
@@ -270,24 +270,40 @@ async fn rca_cmd(
         if investigate_only {
             continue;
         }
-        let bar = indicatif::ProgressBar::new(sys.cases.len() as u64);
+        let days = rca::days(&sys);
+        let bar = indicatif::ProgressBar::new(days.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} streaming {msg} case {pos}/{len} [{bar:30}] eta {eta}",
+                "{spinner} streaming {msg}, day {pos}/{len} [{bar:30}] eta {eta}",
             )?
             .progress_chars("=> "),
         );
         bar.set_message(sys.name.clone());
-        for case in &sys.cases {
-            let out = rca::stream_case(cfg, &sys.calls, case)
+        for day in &days {
+            let out = rca::stream_day(cfg, &sys.calls, day)
                 .await
-                .with_context(|| format!("{} case {}", sys.name, case.id))?;
-            let mut sc = rca::score_streamed(case, &out);
-            sc.first_opened.system = sys.name.clone();
-            sc.holding.system = sys.name.clone();
-            streamed.push(sc.first_opened);
-            holding.push(sc.holding);
-            split.push(sc.opened_in_window);
+                .with_context(|| day.name.clone())?;
+            let mut with_history = 0;
+            for (case, out) in day.cases.iter().zip(&out) {
+                // Scored only where the series can alarm by the fault: past the warm-up.
+                if day.history(case) <= i64::from(cfg.detect.warmup) {
+                    continue;
+                }
+                with_history += 1;
+                let mut sc = rca::score_streamed(case, out);
+                sc.first_opened.system = sys.name.clone();
+                sc.holding.system = sys.name.clone();
+                streamed.push(sc.first_opened);
+                holding.push(sc.holding);
+                split.push(sc.opened_in_window);
+            }
+            coverage.push(format!(
+                "{}: {} of {} cases after more than detect.warmup ({}) buckets of the day",
+                day.name,
+                with_history,
+                day.cases.len(),
+                cfg.detect.warmup
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -295,6 +311,13 @@ async fn rca_cmd(
     println!("investigate (given the entry service as the symptom and the injection time):");
     print!("{}", rca::render(&investigated));
     if !investigate_only {
+        println!(
+            "\nstreaming incidents: each capture day streamed once, as `seismo run` would see it; a case is\n\
+             scored when the day's stream holds more than detect.warmup buckets before its fault:"
+        );
+        for line in &coverage {
+            println!("  {line}");
+        }
         println!(
             "\nstreaming incidents (no hints; the first incident opened from a bucket before the injection to five after):"
         );

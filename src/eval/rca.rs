@@ -237,20 +237,85 @@ pub fn metric_name(raw: &str) -> String {
     }
 }
 
-/// Streams one case through the embedded pipeline (`seismo run`'s stages, bus and store)
+/// One capture day of a system, streamed once: the union of its cases' points. A day's
+/// cases are consecutive windows of one recording that overlap and agree where they do, so
+/// every case after the first has the day's earlier data as its history, as `seismo run`
+/// on that system would have had; streamed alone, a case holds at most an hour before its
+/// fault, less than `detect.warmup`, and no detector may alarm at all.
+pub struct Day<'a> {
+    pub name: String,
+    pub cases: Vec<&'a Case>,
+    /// The day's first sample, epoch ms.
+    pub first_ms: i64,
+    /// The data's sampling interval, ms.
+    pub bucket: i64,
+    series: Vec<SeriesData>,
+}
+
+impl Day<'_> {
+    /// Buckets of the day's stream before `case`'s injection.
+    pub fn history(&self, case: &Case) -> i64 {
+        (case.at_ms - self.first_ms) / self.bucket
+    }
+}
+
+/// `sys`'s cases by capture day, each day's points merged (a sample two cases share is
+/// taken once).
+pub fn days(sys: &System) -> Vec<Day<'_>> {
+    let mut by_day: BTreeMap<&str, Vec<&Case>> = BTreeMap::new();
+    for c in &sys.cases {
+        by_day.entry(c.day.as_str()).or_default().push(c);
+    }
+    by_day
+        .into_iter()
+        .map(|(day, cases)| {
+            let mut merged: BTreeMap<(&str, &str), BTreeMap<i64, f64>> = BTreeMap::new();
+            for c in &cases {
+                for s in &c.series {
+                    merged
+                        .entry((s.service.as_str(), s.metric.as_str()))
+                        .or_default()
+                        .extend(s.points.iter().copied());
+                }
+            }
+            let series: Vec<SeriesData> = merged
+                .into_iter()
+                .map(|((service, metric), points)| SeriesData {
+                    service: service.to_string(),
+                    metric: metric.to_string(),
+                    points: points.into_iter().collect(),
+                })
+                .collect();
+            let first_ms = series
+                .iter()
+                .filter_map(|s| s.points.first().map(|p| p.0))
+                .min()
+                .unwrap_or(0);
+            Day {
+                name: format!("{} {day}", sys.name),
+                bucket: rank::sampling_interval(&series),
+                cases,
+                first_ms,
+                series,
+            }
+        })
+        .collect()
+}
+
+/// Streams one day through the embedded pipeline (`seismo run`'s stages, bus and store)
 /// with the system's graph in `[correlate.dependencies]`, `detect.bucket_secs` set to the
-/// data's interval and ingest backfilling, and returns the incidents it stored and the
-/// anomalies it raised in the fault's window (from a bucket before the injection to five
-/// after).
-pub async fn stream_case(
+/// data's interval and ingest backfilling, and returns for each of its cases the
+/// incidents stored and the anomalies raised in that case's fault window (from a bucket
+/// before the injection to five after).
+pub async fn stream_day(
     base: &crate::Config,
     calls: &BTreeMap<String, Vec<String>>,
-    case: &Case,
-) -> anyhow::Result<Streamed> {
+    day: &Day<'_>,
+) -> anyhow::Result<Vec<Streamed>> {
     use seismo_schemas::{MetricPoint, topics};
     use seismo_store::{AnomalyQuery, IncidentQuery, SqliteStore, Store};
     use seismo_transport::{OutRecord, Producer};
-    let bucket = rank::sampling_interval(&case.series);
+    let bucket = day.bucket;
     let mut cfg = base.clone();
     cfg.correlate.dependencies = calls.clone();
     cfg.ingest.backfill = true;
@@ -264,7 +329,7 @@ pub async fn stream_case(
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
     let pipeline = crate::pipeline::Embedded::start(&cfg, store.clone())?;
     // Every point in time order, one record per sampling round, as a scraper would send.
-    let mut points: Vec<MetricPoint> = case
+    let mut points: Vec<MetricPoint> = day
         .series
         .iter()
         .flat_map(|s| {
@@ -302,31 +367,37 @@ pub async fn stream_case(
             ..Default::default()
         })
         .await?;
-    let (from, to) = fault_window(case);
-    let anomalies = store
-        .list_anomalies(&AnomalyQuery {
-            tenant: seismo_schemas::DEFAULT_TENANT.into(),
-            from: chrono::DateTime::from_timestamp_millis(from),
-            to: chrono::DateTime::from_timestamp_millis(to + 1),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?;
-    Ok(Streamed {
-        incidents: page.items,
-        window_anomalies: anomalies.items,
-    })
+    let mut out = Vec::with_capacity(day.cases.len());
+    for case in &day.cases {
+        let (from, to) = fault_window(case, bucket);
+        let anomalies = store
+            .list_anomalies(&AnomalyQuery {
+                tenant: seismo_schemas::DEFAULT_TENANT.into(),
+                from: chrono::DateTime::from_timestamp_millis(from),
+                to: chrono::DateTime::from_timestamp_millis(to + 1),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        out.push(Streamed {
+            incidents: page.items.clone(),
+            window_anomalies: anomalies.items,
+            bucket,
+        });
+    }
+    Ok(out)
 }
 
-/// What streaming one case left in the store.
+/// What streaming a case's day left in the store, for that case.
 pub struct Streamed {
     pub incidents: Vec<seismo_schemas::Incident>,
     pub window_anomalies: Vec<seismo_schemas::Anomaly>,
+    /// The data's sampling interval, ms.
+    pub bucket: i64,
 }
 
 /// From a bucket before the injection to five after, epoch ms, inclusive.
-fn fault_window(case: &Case) -> (i64, i64) {
-    let bucket = rank::sampling_interval(&case.series);
+fn fault_window(case: &Case, bucket: i64) -> (i64, i64) {
     (case.at_ms - bucket, case.at_ms + 5 * bucket)
 }
 
@@ -370,7 +441,7 @@ fn result_of(case: &Case, incident: Option<&seismo_schemas::Incident>) -> CaseRe
 
 /// Scores one case's streamed incidents (see [`StreamedScore`]).
 pub fn score_streamed(case: &Case, streamed: &Streamed) -> StreamedScore {
-    let (from, to) = fault_window(case);
+    let (from, to) = fault_window(case, streamed.bucket);
     let mut inside: Vec<&seismo_schemas::Incident> = streamed
         .incidents
         .iter()
@@ -488,6 +559,46 @@ mod tests {
         );
         assert_eq!(metric_name("9lives"), "_9lives");
         assert_eq!(metric_name("a b--c"), "a_b_c");
+    }
+
+    #[test]
+    fn a_days_cases_are_streamed_as_one_recording() {
+        let case = |id: &str, day: &str, at_ms: i64, from: i64, to: i64| Case {
+            id: id.into(),
+            fault_type: "cpu_contention".into(),
+            root: "db".into(),
+            at_ms,
+            day: day.into(),
+            series: vec![SeriesData {
+                service: "db".into(),
+                metric: "CpuUsageRate(%)".into(),
+                points: (from..to).map(|m| (m * 60_000, m as f64)).collect(),
+            }],
+        };
+        // Two overlapping windows of one day and one of the next.
+        let sys = System {
+            name: "shop".into(),
+            calls: BTreeMap::new(),
+            graph: Graph::new(&BTreeMap::new()),
+            cases: vec![
+                case("001", "d1", 60 * 60_000, 0, 75),
+                case("002", "d1", 130 * 60_000, 70, 145),
+                case("003", "d2", 1060 * 60_000, 1000, 1075),
+            ],
+        };
+        let days = days(&sys);
+        assert_eq!(days.len(), 2);
+        let d1 = &days[0];
+        assert_eq!(d1.name, "shop d1");
+        assert_eq!(d1.cases.len(), 2);
+        assert_eq!((d1.first_ms, d1.bucket), (0, 60_000));
+        // The shared minutes 70..75 once each, in order.
+        let points = &d1.series[0].points;
+        assert_eq!(points.len(), 145);
+        assert!(points.windows(2).all(|w| w[0].0 < w[1].0));
+        // The second case has the first's minutes as history; the next day starts afresh.
+        assert_eq!(d1.history(d1.cases[1]), 130);
+        assert_eq!(days[1].history(days[1].cases[0]), 60);
     }
 
     #[test]
