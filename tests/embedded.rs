@@ -493,3 +493,101 @@ async fn incident_changes_reach_the_live_stream_over_http() {
         .unwrap();
     running.finish().await.unwrap();
 }
+
+/// Two related anomalies, then only watermarks: the incident opens once the merged
+/// watermark passes `correlate.group_wait_secs`, while the pipeline runs, though no later
+/// signal arrives to notice the wait is over (before, it opened only at shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watermark_opens_an_incident_with_no_later_signal() {
+    use seismo_schemas::topics::{self, headers};
+    use seismo_transport::{OutRecord, Producer};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, store) = temp_store(&dir).await;
+    cfg.correlate.dependencies = [("api".to_string(), vec!["db".to_string()])].into();
+    // Long enough that the idle release plays no part here.
+    cfg.stages.idle_release_secs = 600;
+    let running = Embedded::start(&cfg, store.clone()).unwrap();
+    // Standing in for detect: correlate's input topic.
+    let detect = running.bus.producer(&[topics::ANOMALIES]).unwrap();
+    let t0 = 1_767_571_200_000i64;
+    // As detect sends them: keyed by correlation scope, with the source partition, its
+    // sequence and the merge time.
+    let records: Vec<OutRecord> = ["api", "db"]
+        .iter()
+        .enumerate()
+        .map(|(i, svc)| {
+            let a = seismo_schemas::Anomaly {
+                id: format!("a-{svc}"),
+                tenant: "default".into(),
+                series_id: i as u64 + 1,
+                name: "latency_seconds".into(),
+                labels: [("service".to_string(), svc.to_string())].into(),
+                ts: chrono::DateTime::from_timestamp_millis(t0).unwrap(),
+                observed: 3.0,
+                expected: 0.3,
+                lower: 0.28,
+                upper: 0.32,
+                score: 0.99,
+                severity: seismo_schemas::Severity::Warning,
+                kind: seismo_schemas::AnomalyKind::Point,
+                detector: "test".into(),
+                explanation: Default::default(),
+            };
+            OutRecord::new(b"default".to_vec(), serde_json::to_vec(&a).unwrap())
+                .header(headers::SOURCE_PARTITION, "0")
+                .header(headers::SOURCE_SEQ, format!("1.{i}"))
+                .header(headers::MERGE_AT, t0.to_string())
+        })
+        .collect();
+    detect.send(topics::ANOMALIES, records).await.unwrap();
+    // Every detect partition promises nothing before `at`, to every correlate partition.
+    let watermark = |at: i64| -> Vec<OutRecord> {
+        (0..cfg.bus.partitions)
+            .flat_map(|src| {
+                (0..cfg.bus.partitions).map(move |q| {
+                    OutRecord::new(Vec::new(), Vec::new())
+                        .to_partition(q)
+                        .header(headers::SOURCE_PARTITION, src.to_string())
+                        .header(headers::WATERMARK, at.to_string())
+                })
+            })
+            .collect()
+    };
+    let query = IncidentQuery {
+        tenant: "default".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    let poll = |secs: u64| {
+        let store = store.clone();
+        let query = query.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            loop {
+                let found = store.list_incidents(&query).await.unwrap().items;
+                if !found.is_empty() || std::time::Instant::now() > deadline {
+                    return found;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Half a minute of event time: the pair still waits for company.
+    detect
+        .send(topics::ANOMALIES, watermark(t0 + 30_000))
+        .await
+        .unwrap();
+    assert!(poll(2).await.is_empty(), "opened before group_wait");
+    // Five minutes: the wait is over and the incident opens, with no signal after it.
+    detect
+        .send(topics::ANOMALIES, watermark(t0 + 300_000))
+        .await
+        .unwrap();
+    let incidents = poll(20).await;
+    assert_eq!(incidents.len(), 1, "no incident while running");
+    let inc = &incidents[0];
+    assert_eq!(inc.scope["service"], "api,db", "{inc:#?}");
+    assert_eq!(inc.anomaly_ids.len(), 2, "{inc:#?}");
+    drop(detect);
+    running.finish().await.unwrap();
+}

@@ -276,6 +276,11 @@ impl Correlator {
         self.pending.len() + self.open.len()
     }
 
+    /// Anomalies waiting for related ones before an incident opens.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The status steps taken since the last call, in order.
     pub fn take_steps(&mut self) -> Vec<StatusStep> {
         std::mem::take(&mut self.steps)
@@ -346,6 +351,26 @@ impl Correlator {
         if let Some(now) = self.anomaly_time {
             self.pending.retain(|a| now - a.ts <= window);
         }
+    }
+
+    /// Moves the clock to `now_ms`, the merged inputs' watermark: no signal before it is
+    /// still to come. Groups that have waited `group_wait_secs` open and incidents quiet
+    /// for `quiet_secs` resolve now, not when some later signal happens to arrive: on a
+    /// quiet stream the page for the last fault goes out on time. Returns what must be
+    /// written; false in the second place when the clock did not move.
+    pub fn advance(&mut self, now_ms: i64) -> (Vec<IncidentWrite>, bool) {
+        let Some(now) = DateTime::from_timestamp_millis(now_ms) else {
+            return (Vec::new(), false);
+        };
+        if self.anomaly_time.is_some_and(|t| t >= now) {
+            return (Vec::new(), false);
+        }
+        // The watermark covers both inputs (alerts are merged by event time too), so
+        // the anomaly clock, which grouping waits by, may take it.
+        self.anomaly_time = Some(now);
+        let writes = self.ripen(false);
+        self.expire();
+        (writes, true)
     }
 
     /// Feeds one signal; returns what must be written.
@@ -557,7 +582,11 @@ impl Correlator {
                 let mut members: Vec<Anomaly> =
                     g.into_iter().filter_map(|i| slots[i].take()).collect();
                 members.sort_by(|x, y| (x.ts, &x.id).cmp(&(y.ts, &y.id)));
-                self.open_incident(members, now)
+                // Opened when the wait ran out, whichever signal or watermark noticed it
+                // first, so a replay that sees the watermarks at other moments writes the
+                // same creation time.
+                let at = now.min(members[0].ts + wait);
+                self.open_incident(members, at)
             })
             .collect()
     }
@@ -1137,6 +1166,47 @@ mod tests {
     }
 
     #[test]
+    fn the_watermark_opens_and_resolves_without_a_later_signal() {
+        let mut c = Correlator::new(cfg());
+        let t0 = 1_700_000_000_000;
+        let min = 60_000;
+        assert!(
+            c.process(Signal::Anomaly(anomaly(
+                "db",
+                "db-1",
+                0,
+                Severity::Critical
+            )))
+            .is_empty()
+        );
+        // The merge promises nothing more before half a minute: the group still waits.
+        let (w, moved) = c.advance(t0 + min / 2);
+        assert!(moved && w.is_empty());
+        assert_eq!(c.pending(), 1);
+        // Past group_wait (60 s) the incident opens, with no other signal arriving, and
+        // its creation time is when the wait ran out, not when the clock was read.
+        let (w, _) = c.advance(t0 + 5 * min);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let created = w[0]
+            .events
+            .iter()
+            .find(|e| e.kind == IncidentEventKind::Created)
+            .unwrap();
+        assert_eq!(created.ts.timestamp_millis(), t0 + min);
+        assert_eq!(c.pending(), 0);
+        // The same watermark again changes nothing.
+        assert!(!c.advance(t0 + 5 * min).1);
+        // Half an hour (quiet_secs) after its last signal it resolves, as the clock passes.
+        c.advance(t0 + 29 * min);
+        assert!(c.take_steps().is_empty(), "not quiet long enough yet");
+        c.advance(t0 + 31 * min);
+        let steps = c.take_steps();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].to, IncidentStatus::Resolved);
+        assert_eq!(steps[0].event.ts.timestamp_millis(), t0 + 30 * min);
+    }
+
+    #[test]
     fn a_quiet_incident_resolves_itself_and_reopens_when_its_signals_recur() {
         let mut c = Correlator::new(cfg());
         let db = |m| Signal::Anomaly(anomaly("db", "db-1", m, Severity::Critical));
@@ -1353,9 +1423,11 @@ mod tests {
             .iter()
             .find(|e| e.kind == IncidentEventKind::Created)
             .unwrap();
+        // Opened when group_wait ran out (a minute after the first symptom), though the
+        // signal that noticed it came a minute later.
         assert_eq!(
             created.ts,
-            Utc.timestamp_opt(1_700_000_000 + 120, 0).unwrap()
+            Utc.timestamp_opt(1_700_000_000 + 60, 0).unwrap()
         );
     }
 

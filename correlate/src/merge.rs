@@ -51,6 +51,12 @@ impl Merger {
         self.buffer.len()
     }
 
+    /// The merge time before which everything has been released: the clock of what
+    /// follows the merge. `None` before anything was released.
+    pub fn released_to(&self) -> Option<i64> {
+        (self.released_to > i64::MIN).then_some(self.released_to)
+    }
+
     /// A source's watermark.
     pub fn watermark(&mut self, source: u32, at_ms: i64) {
         let s = self.state.entry(source).or_default();
@@ -106,8 +112,9 @@ impl Merger {
         self.state.values().filter_map(|s| s.watermark).min()
     }
 
-    /// Releases, in order, the signals every source's watermark has passed.
-    pub fn release(&mut self) -> Vec<Signal> {
+    /// Releases, in order, the signals every source's watermark has passed, each with its
+    /// merge time.
+    pub fn release(&mut self) -> Vec<(i64, Signal)> {
         match self.frontier() {
             Some(f) => self.release_before(f),
             None => Vec::new(),
@@ -116,13 +123,13 @@ impl Merger {
 
     /// Releases everything held: at the end of the input, after an idle timeout, or when
     /// the buffer outgrows its bound.
-    pub fn release_all(&mut self) -> Vec<Signal> {
+    pub fn release_all(&mut self) -> Vec<(i64, Signal)> {
         self.release_before(i64::MAX)
     }
 
     /// Releases the oldest signals beyond `max_held`, so a stalled source cannot make the
     /// buffer grow without bound.
-    pub fn release_excess(&mut self, max_held: usize) -> Vec<Signal> {
+    pub fn release_excess(&mut self, max_held: usize) -> Vec<(i64, Signal)> {
         let excess = self.buffer.len().saturating_sub(max_held);
         if excess == 0 {
             return Vec::new();
@@ -131,7 +138,7 @@ impl Merger {
         self.release_before(cut)
     }
 
-    fn release_before(&mut self, frontier: i64) -> Vec<Signal> {
+    fn release_before(&mut self, frontier: i64) -> Vec<(i64, Signal)> {
         let keep = self.buffer.split_off(&(frontier, 0, String::new()));
         let out = std::mem::replace(&mut self.buffer, keep);
         if let Some(((last, _, _), _)) = out.last_key_value() {
@@ -140,7 +147,7 @@ impl Merger {
         if frontier < i64::MAX {
             self.released_to = self.released_to.max(frontier);
         }
-        out.into_values().collect()
+        out.into_iter().map(|((at, _, _), s)| (at, s)).collect()
     }
 }
 
@@ -170,9 +177,9 @@ mod tests {
         }
     }
 
-    fn ids(v: &[Signal]) -> Vec<String> {
+    fn ids(v: &[(i64, Signal)]) -> Vec<String> {
         v.iter()
-            .map(|s| match s {
+            .map(|(_, s)| match s {
                 Signal::Anomaly(a) => a.id.clone(),
                 Signal::Alert(a) => a.fingerprint.clone(),
             })

@@ -166,8 +166,14 @@ impl CorrelateStage {
         })
     }
 
-    fn feed(part: &mut Part, signals: Vec<Signal>, out: &mut CorrelateOut) {
-        for s in signals {
+    /// Feeds released signals in merge order, moving the correlator's clock to each one's
+    /// merge time first: the clock then crosses a group's wait or an incident's quiet
+    /// period before the same signal whether a watermark showed that time passing or the
+    /// signal did, so a replay that sees the watermarks at other moments opens and
+    /// resolves the same incidents.
+    fn feed(part: &mut Part, signals: Vec<(i64, Signal)>, out: &mut CorrelateOut) {
+        for (at, s) in signals {
+            out.writes.extend(part.core.advance(at).0);
             out.writes.extend(part.core.process(s));
         }
         out.steps.extend(part.core.take_steps());
@@ -255,6 +261,16 @@ impl Stage for CorrelateStage {
             if !released.is_empty() {
                 self.dirty.insert(*p);
                 Self::feed(part, released, out);
+            }
+            // The merge's frontier is the correlator's clock: groups ripen and quiet
+            // incidents resolve as event time passes, with or without new signals.
+            if let Some(t) = part.merge.released_to() {
+                let (writes, moved) = part.core.advance(t);
+                if moved {
+                    self.dirty.insert(*p);
+                    out.writes.extend(writes);
+                    out.steps.extend(part.core.take_steps());
+                }
             }
         }
         self.stats.incidents_created += created(&out.writes);
