@@ -5,11 +5,18 @@ use chrono::{DateTime, NaiveDateTime};
 use seismo_detect::{DetectConfig, StreamScore, StreamScorer};
 
 /// Parses the timestamp formats files use: `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), RFC 3339,
-/// or epoch milliseconds.
+/// or an epoch integer: seconds below 10^11 (until the year 5138), milliseconds from
+/// there (ms below it would be 1970–1973), the rule most tools follow. Read as ms, a
+/// file of epoch seconds would put a day into 86 s: no time-of-day profile, no daily
+/// season found.
 pub fn parse_ts(s: &str) -> anyhow::Result<i64> {
     let s = s.trim();
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(if n.unsigned_abs() < 100_000_000_000 {
+            n * 1000
+        } else {
+            n
+        });
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_millis());
@@ -23,7 +30,7 @@ pub fn parse_ts(s: &str) -> anyhow::Result<i64> {
             return Ok(t.and_utc().timestamp_millis());
         }
     }
-    bail!("{s:?} is not a timestamp (YYYY-MM-DD HH:MM:SS, RFC 3339 or epoch ms)")
+    bail!("{s:?} is not a timestamp (YYYY-MM-DD HH:MM:SS, RFC 3339, or epoch seconds or ms)")
 }
 
 /// A univariate series as read from a file.
@@ -100,4 +107,24 @@ pub fn score_series(cfg: &DetectConfig, ts_ms: &[i64], values: &[f64]) -> Vec<f6
         .into_iter()
         .map(|s| s.score)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ts;
+
+    #[test]
+    fn every_timestamp_form_reads_as_the_same_instant() {
+        let want = 1_767_582_000_000;
+        for s in [
+            "2026-01-05T03:00:00Z",
+            "2026-01-05 03:00:00",
+            "2026-01-05T03:00:00.000",
+            "1767582000",
+            "1767582000000",
+        ] {
+            assert_eq!(parse_ts(s).unwrap(), want, "{s}");
+        }
+        assert!(parse_ts("yesterday").is_err());
+    }
 }
