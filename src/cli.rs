@@ -205,6 +205,23 @@ pub enum EvalCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Weeks of one server's metrics (an entity of the ../shared/data/multivariate layout,
+    /// train then test rows, as one host) through the whole embedded pipeline: drain time,
+    /// resident memory day by day, incident sizes and quiet-time incidents a day. Compare a
+    /// run with `--no-correlate` to see what correlation costs (scripts/bench-long-host.sh).
+    Host {
+        /// An entity folder, or a folder of them (then the first, or --entity).
+        dir: PathBuf,
+        /// The entity to stream, by folder name.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Run without the correlate stage.
+        #[arg(long)]
+        no_correlate: bool,
+        /// Also write the measurements as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Root-cause ranking on microservice fault cases (the layout of ../shared/data/rca:
     /// per system graph.json and cases/*/{metrics.csv,truth.json}); prints AC@1, AC@3 and
     /// Avg@5 per system, fault type and day, for `investigate` and for the incidents of each

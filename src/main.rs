@@ -170,6 +170,33 @@ fn main() -> anyhow::Result<()> {
                 format,
                 max_rows,
             } => query_cmd(&cfg, &sql, &tenant, format, max_rows).await,
+            Command::Eval(EvalCommand::Host {
+                dir,
+                entity,
+                no_correlate,
+                json,
+            }) => {
+                use seismo::eval::host;
+                let e = host::pick(&dir, entity.as_deref())?;
+                eprintln!(
+                    "{}/{}: streaming {} rows of {} metrics{}",
+                    e.group,
+                    e.name,
+                    e.train.len() / e.metrics.len().max(1) + e.labels.len(),
+                    e.metrics.len(),
+                    if no_correlate {
+                        ", correlation off"
+                    } else {
+                        ""
+                    }
+                );
+                let report = host::run(&cfg, &e, !no_correlate).await?;
+                print!("{}", host::render(&report));
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                }
+                Ok(())
+            }
             Command::Eval(EvalCommand::Rca {
                 dir,
                 json,

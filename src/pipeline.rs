@@ -95,6 +95,16 @@ pub struct Embedded {
 impl Embedded {
     /// Opens the bus in `bus.dir` (resuming what it holds) and starts every stage.
     pub fn start(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<Embedded> {
+        Embedded::start_without(cfg, store, &[])
+    }
+
+    /// [`Embedded::start`] without the stages in `skip`: what a stage costs is measured by
+    /// running without it (`seismo eval host --no-correlate`).
+    pub fn start_without(
+        cfg: &Config,
+        store: Arc<dyn Store>,
+        skip: &[crate::cli::Stage],
+    ) -> anyhow::Result<Embedded> {
         let bus = DiskBus::open(bus_config(cfg))
             .with_context(|| format!("opening the bus in {}", cfg.bus.dir))?;
         let health = Health::default();
@@ -117,6 +127,7 @@ impl Embedded {
         for spec in STAGES
             .iter()
             .filter(|s| s.stage != crate::cli::Stage::Explain || cfg.explain.enabled)
+            .filter(|s| !skip.contains(&s.stage))
         {
             let input = bus
                 .subscribe(spec.inputs, spec.stage.name())?

@@ -912,6 +912,8 @@ impl Correlator {
                         after: c.observed,
                         onset_ms: Some(f.first.timestamp_millis()),
                     },
+                    // An anomaly below its expected value on a server latency is a fall.
+                    falling: *role == MetricRole::ServerLatency && c.observed < c.expected,
                 })
             })
             .collect();

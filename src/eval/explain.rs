@@ -204,6 +204,7 @@ fn case(
                 after: expected * factor,
                 onset_ms: Some(t0 + k as i64 * 60_000),
             },
+            falling: false,
         });
     };
     let truth = if weak {

@@ -1,6 +1,7 @@
 //! Quality harnesses: `seismo eval odds|nab|multivariate|rca|m4 DIR` and `seismo eval explain`, and the shared helpers they use.
 
 pub mod explain;
+pub mod host;
 pub mod m4;
 pub mod multivariate;
 pub mod nab;

@@ -31,7 +31,7 @@ const EPOCH_MS: i64 = 1_767_571_200_000;
 
 /// The sampling step of a group the data sets' description gives, in seconds: ASD is
 /// sampled every 5 minutes, SMD every minute.
-fn default_step(group: &str) -> u64 {
+pub fn default_step(group: &str) -> u64 {
     if group.eq_ignore_ascii_case("asd") {
         300
     } else {
@@ -182,44 +182,53 @@ pub fn open(dir: &Path, steps: &BTreeMap<String, u64>) -> anyhow::Result<Vec<Ent
             .copied()
             .unwrap_or_else(|| default_step(&group));
         for p in ents {
-            let train = read_numeric_csv(&p.join("train.csv"))?;
-            let test = read_numeric_csv(&p.join("test.csv"))?;
-            let label = test
-                .column("label")
-                .with_context(|| format!("{}: test.csv has no label column", p.display()))?;
-            let (test_values, w) = test.features_without(Some(label));
-            let (train_values, tw) = train.features_without(train.column("label"));
-            let metrics: Vec<String> = train
-                .header
-                .iter()
-                .filter(|h| *h != "label")
-                .cloned()
-                .collect();
-            if tw != w {
-                bail!(
-                    "{}: train.csv has {tw} metric columns, test.csv {w}",
-                    p.display()
-                );
-            }
-            let labels: Vec<bool> = test
-                .data
-                .chunks(test.width())
-                .map(|r| r[label] != 0.0)
-                .collect();
-            let lines = read_interpretation(&p.join("interpretation.txt"), &labels, w)?;
-            out.push(Entity {
-                group: group.clone(),
-                name: name_of(&p),
-                step_secs,
-                metrics,
-                train: train_values,
-                test: test_values,
-                labels,
-                lines,
-            });
+            out.push(open_entity(&p, &group, step_secs)?);
         }
     }
     Ok(out)
+}
+
+/// Reads one entity folder (`train.csv`, `test.csv` with a `label` column, optionally
+/// `interpretation.txt`) of `group`, sampled every `step_secs`.
+pub fn open_entity(p: &Path, group: &str, step_secs: u64) -> anyhow::Result<Entity> {
+    let train = read_numeric_csv(&p.join("train.csv"))?;
+    let test = read_numeric_csv(&p.join("test.csv"))?;
+    let label = test
+        .column("label")
+        .with_context(|| format!("{}: test.csv has no label column", p.display()))?;
+    let (test_values, w) = test.features_without(Some(label));
+    let (train_values, tw) = train.features_without(train.column("label"));
+    let metrics: Vec<String> = train
+        .header
+        .iter()
+        .filter(|h| *h != "label")
+        .cloned()
+        .collect();
+    if tw != w {
+        bail!(
+            "{}: train.csv has {tw} metric columns, test.csv {w}",
+            p.display()
+        );
+    }
+    let labels: Vec<bool> = test
+        .data
+        .chunks(test.width())
+        .map(|r| r[label] != 0.0)
+        .collect();
+    let lines = read_interpretation(&p.join("interpretation.txt"), &labels, w)?;
+    Ok(Entity {
+        group: group.to_string(),
+        name: p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        step_secs,
+        metrics,
+        train: train_values,
+        test: test_values,
+        labels,
+        lines,
+    })
 }
 
 /// What the detector raised on an entity's test rows: per row, whether anything was

@@ -164,7 +164,7 @@ macro_rules! checkpoint_store {
                         qb.push(
                             " ON CONFLICT (consumer_group, partition, key) DO UPDATE SET state = excluded.state",
                         );
-                        qb.build().execute(&mut *sp).await?;
+                        qb.build().persistent(chunk.len() == 2000).execute(&mut *sp).await?;
                     }
                     sp.commit().await?;
                 }

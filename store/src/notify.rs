@@ -151,7 +151,7 @@ macro_rules! notify_store {
                             .push_bind(r.at.timestamp_millis());
                     });
                     qb.push(" ON CONFLICT (id) DO NOTHING");
-                    qb.build().execute(&self.pool).await?;
+                    qb.build().persistent(chunk.len() == 1000).execute(&self.pool).await?;
                 }
                 Ok(())
             }

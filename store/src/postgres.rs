@@ -22,6 +22,11 @@ use crate::{
 
 /// PostgreSQL accepts at most 65535 bound parameters per statement.
 const MAX_PARAMS: usize = 60_000;
+// Multi-row INSERTs are built with as many rows as a batch holds, so their text differs from
+// batch to batch. Only a full chunk, whose text repeats, is kept as a prepared statement
+// (`persistent`); cached, every row count seen became one more prepared statement per
+// connection (up to sqlx's 100), each as large as its rows: a month of one host's points
+// left ~100 MB of them in memory.
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -386,7 +391,10 @@ impl PgStore {
                     .push_bind(from_ms(p.ts));
             });
             qb.push(" ON CONFLICT (series_id) DO NOTHING");
-            qb.build().execute(&mut *tx).await?;
+            qb.build()
+                .persistent(chunk.len() == MAX_PARAMS / 5)
+                .execute(&mut *tx)
+                .await?;
         }
         // Rows go in key order: concurrent writers that share keys (a replay overlapping
         // a live batch) then wait on each other in one order and cannot deadlock, and
@@ -610,7 +618,12 @@ impl Store for PgStore {
                     .push_bind(Json(&a.explanation));
             });
             qb.push(" ON CONFLICT (id, time) DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 15)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(written)
@@ -638,7 +651,12 @@ impl Store for PgStore {
                     .push_bind(&f.model);
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 7)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(written)
@@ -664,7 +682,12 @@ impl Store for PgStore {
                     .push_bind(p.upper);
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 5)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(written)
@@ -707,7 +730,12 @@ impl Store for PgStore {
                 " ON CONFLICT (tenant, fingerprint, starts_at) DO UPDATE SET status = excluded.status, \
                  ends_at = excluded.ends_at, annotations = excluded.annotations",
             );
-            written += qb.build().execute(&self.pool).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 8)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
         Ok(written)
     }
@@ -743,7 +771,10 @@ impl Store for PgStore {
                     b.push_bind(&i.id).push_bind(a);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
+                qb.build()
+                    .persistent(chunk.len() == MAX_PARAMS / 2)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for chunk in w.new_alert_fingerprints.chunks(MAX_PARAMS / 2) {
                 let mut qb = QueryBuilder::<Postgres>::new(
@@ -753,12 +784,18 @@ impl Store for PgStore {
                     b.push_bind(&i.id).push_bind(f);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
+                qb.build()
+                    .persistent(chunk.len() == MAX_PARAMS / 2)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for chunk in w.events.chunks(MAX_PARAMS / 8) {
                 let mut qb = QueryBuilder::new("");
                 push_events(&mut qb, chunk);
-                qb.build().execute(&mut *tx).await?;
+                qb.build()
+                    .persistent(chunk.len() == MAX_PARAMS / 8)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -945,7 +982,7 @@ impl Store for PgStore {
         let events = [status_changed_event(id, seq, from, to, actor, note, now)];
         let mut qb = QueryBuilder::new("");
         push_events(&mut qb, &events);
-        qb.build().execute(&mut *tx).await?;
+        qb.build().persistent(false).execute(&mut *tx).await?;
         tx.commit().await?;
         self.get_incident(tenant, id).await
     }
@@ -996,7 +1033,7 @@ impl Store for PgStore {
             }];
             let mut qb = QueryBuilder::new("");
             push_events(&mut qb, &events);
-            qb.build().execute(&mut *tx).await?;
+            qb.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.get_incident(tenant, id).await.map(Some)

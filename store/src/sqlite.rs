@@ -23,6 +23,11 @@ use crate::{
 
 /// SQLite accepts at most 32766 bound parameters per statement; stay well below.
 const MAX_PARAMS: usize = 30_000;
+// Multi-row INSERTs are built with as many rows as a batch holds, so their text differs from
+// batch to batch. Only a full chunk, whose text repeats, is kept as a prepared statement
+// (`persistent`); cached, every row count seen became one more prepared statement per
+// connection (up to sqlx's 100), each as large as its rows: a month of one host's points
+// left ~100 MB of them in memory.
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -223,7 +228,10 @@ impl Store for SqliteStore {
                     .push_bind(p.ts);
             });
             qb.push(" ON CONFLICT (series_id) DO NOTHING");
-            qb.build().execute(&mut *tx).await?;
+            qb.build()
+                .persistent(chunk.len() == MAX_PARAMS / 5)
+                .execute(&mut *tx)
+                .await?;
         }
         let mut written = 0;
         let rows: Vec<(i64, i64, f64)> = ids
@@ -238,7 +246,12 @@ impl Store for SqliteStore {
                 b.push_bind(*id).push_bind(*ts).push_bind(*v);
             });
             qb.push(" ON CONFLICT (series_id, time) DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 3)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         // Only after the commit: a failed transaction must not mark its series as known.
@@ -275,7 +288,12 @@ impl Store for SqliteStore {
                     .push_bind(json(&a.explanation));
             });
             qb.push(" ON CONFLICT (id) DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 15)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(written)
@@ -298,7 +316,12 @@ impl Store for SqliteStore {
                     .push_bind(&f.model);
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 7)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(written)
@@ -322,7 +345,12 @@ impl Store for SqliteStore {
                     .push_bind(p.upper);
             });
             qb.push(" ON CONFLICT DO NOTHING");
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 5)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(written)
@@ -353,7 +381,12 @@ impl Store for SqliteStore {
                 " ON CONFLICT (tenant, fingerprint, starts_at) DO UPDATE SET status = excluded.status, \
                  ends_at = excluded.ends_at, annotations = excluded.annotations",
             );
-            written += qb.build().execute(&self.pool).await?.rows_affected();
+            written += qb
+                .build()
+                .persistent(chunk.len() == MAX_PARAMS / 8)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
         Ok(written)
     }
@@ -389,7 +422,10 @@ impl Store for SqliteStore {
                     b.push_bind(&i.id).push_bind(a);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
+                qb.build()
+                    .persistent(chunk.len() == MAX_PARAMS / 2)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for chunk in w.new_alert_fingerprints.chunks(MAX_PARAMS / 2) {
                 let mut qb = QueryBuilder::<Sqlite>::new(
@@ -399,12 +435,18 @@ impl Store for SqliteStore {
                     b.push_bind(&i.id).push_bind(f);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
+                qb.build()
+                    .persistent(chunk.len() == MAX_PARAMS / 2)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for chunk in w.events.chunks(MAX_PARAMS / 8) {
                 let mut qb = QueryBuilder::new("");
                 push_event(&mut qb, chunk);
-                qb.build().execute(&mut *tx).await?;
+                qb.build()
+                    .persistent(chunk.len() == MAX_PARAMS / 8)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -613,7 +655,7 @@ impl Store for SqliteStore {
         let events = [status_changed_event(id, seq, from, to, actor, note, now)];
         let mut qb = QueryBuilder::new("");
         push_event(&mut qb, &events);
-        qb.build().execute(&mut *tx).await?;
+        qb.build().persistent(false).execute(&mut *tx).await?;
         tx.commit().await?;
         self.get_incident(tenant, id).await
     }
@@ -670,7 +712,7 @@ impl Store for SqliteStore {
             }];
             let mut qb = QueryBuilder::new("");
             push_event(&mut qb, &events);
-            qb.build().execute(&mut *tx).await?;
+            qb.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.get_incident(tenant, id).await.map(Some)
