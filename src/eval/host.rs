@@ -77,47 +77,18 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Reads the entity named `name` under `dir` (an entity folder, a group or a folder of
 /// groups), or the first one; only that one is read, so the memory measured is the run's.
 pub fn pick(dir: &Path, name: Option<&str>) -> anyhow::Result<Entity> {
-    let is_entity = |p: &Path| p.join("train.csv").is_file() && p.join("test.csv").is_file();
-    let dirs = |p: &Path| -> anyhow::Result<Vec<std::path::PathBuf>> {
-        let mut v: Vec<_> = std::fs::read_dir(p)
-            .with_context(|| format!("reading {}", p.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
-        v.sort();
-        Ok(v)
-    };
-    let mut found = None;
-    if is_entity(dir) {
-        found = Some(dir.to_path_buf());
-    } else {
-        let mut candidates: Vec<std::path::PathBuf> = dirs(dir)?;
-        for g in dirs(dir)? {
-            candidates.extend(dirs(&g)?);
-        }
-        for c in candidates.into_iter().filter(|c| is_entity(c)) {
-            let n = c.file_name().map(|n| n.to_string_lossy().into_owned());
-            if name.is_none() || n.as_deref() == name {
-                found = Some(c);
-                break;
-            }
-        }
-    }
-    let path = found.with_context(|| match name {
-        Some(n) => format!(
-            "no entity {n:?} (a folder with train.csv and test.csv) under {}",
-            dir.display()
-        ),
-        None => format!(
-            "no entity (a folder with train.csv and test.csv) under {}",
-            dir.display()
-        ),
-    })?;
-    let group = path
-        .parent()
-        .and_then(|g| g.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let named =
+        |p: &Path| name.is_none_or(|n| p.file_name().is_some_and(|f| f.to_string_lossy() == n));
+    let (group, path) = multivariate::entity_dirs(dir)?
+        .into_iter()
+        .find(|(_, p)| named(p))
+        .with_context(|| {
+            format!(
+                "no entity {} under {}",
+                name.map(|n| format!("{n:?}")).unwrap_or_default(),
+                dir.display()
+            )
+        })?;
     multivariate::open_entity(&path, &group, multivariate::default_step(&group))
 }
 

@@ -139,6 +139,22 @@ fn read_interpretation(
 /// (`smd/`, `asd/`). An entity folder holds `train.csv`, `test.csv` with a `label`
 /// column, and optionally `interpretation.txt`.
 pub fn open(dir: &Path, steps: &BTreeMap<String, u64>) -> anyhow::Result<Vec<Entity>> {
+    entity_dirs(dir)?
+        .into_iter()
+        .map(|(group, p)| {
+            let step = steps
+                .get(&group)
+                .copied()
+                .unwrap_or_else(|| default_step(&group));
+            open_entity(&p, &group, step)
+        })
+        .collect()
+}
+
+/// The entity folders under `dir` with their group's name, in name order: `dir` itself when
+/// it is one (its group is its parent's name), else its entity subfolders (its group is
+/// `dir`'s name), else those of each subfolder (a folder of groups).
+pub fn entity_dirs(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let is_entity = |p: &Path| p.join("train.csv").is_file() && p.join("test.csv").is_file();
     let children = |p: &Path| -> anyhow::Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(p)
@@ -149,41 +165,35 @@ pub fn open(dir: &Path, steps: &BTreeMap<String, u64>) -> anyhow::Result<Vec<Ent
         v.sort();
         Ok(v)
     };
-    let mut groups: Vec<(String, Vec<PathBuf>)> = Vec::new();
     let name_of = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let direct: Vec<PathBuf> = children(dir)?
+    if is_entity(dir) {
+        let group = dir.parent().map(name_of).unwrap_or_default();
+        return Ok(vec![(group, dir.to_path_buf())]);
+    }
+    let mut out: Vec<(String, PathBuf)> = children(dir)?
         .into_iter()
         .filter(|p| is_entity(p))
+        .map(|p| (name_of(dir), p))
         .collect();
-    if !direct.is_empty() {
-        groups.push((name_of(dir), direct));
-    } else {
+    if out.is_empty() {
         for g in children(dir)? {
-            let ents: Vec<PathBuf> = children(&g)?.into_iter().filter(|p| is_entity(p)).collect();
-            if !ents.is_empty() {
-                groups.push((name_of(&g), ents));
-            }
+            out.extend(
+                children(&g)?
+                    .into_iter()
+                    .filter(|p| is_entity(p))
+                    .map(|p| (name_of(&g), p)),
+            );
         }
     }
-    if groups.is_empty() {
+    if out.is_empty() {
         bail!(
             "{}: no entity folders (each with train.csv and test.csv) in it or in its subfolders",
             dir.display()
         );
-    }
-    let mut out = Vec::new();
-    for (group, ents) in groups {
-        let step_secs = steps
-            .get(&group)
-            .copied()
-            .unwrap_or_else(|| default_step(&group));
-        for p in ents {
-            out.push(open_entity(&p, &group, step_secs)?);
-        }
     }
     Ok(out)
 }
