@@ -346,23 +346,14 @@ pub async fn summarise(
     wall_s: f64,
 ) -> anyhow::Result<Summary> {
     let counts = store.counts().await?;
-    let mut incidents = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list_incidents(&IncidentQuery {
-                tenant: fleet.tenant.clone(),
-                limit: 1000,
-                cursor,
-                ..Default::default()
-            })
-            .await?;
-        incidents.extend(page.items);
-        match page.next_cursor {
-            Some(c) => cursor = Some(seismo_store::Cursor::decode(&c)?),
-            None => break,
-        }
-    }
+    let mut incidents = seismo_store::all_incidents(
+        store,
+        IncidentQuery {
+            tenant: fleet.tenant.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
     incidents.sort_by_key(|i| i.started_at);
     // Per incident: when it was opened, and its signals as (service, time).
     let mut signals: HashMap<String, (DateTime<Utc>, Vec<Signal>)> = HashMap::new();

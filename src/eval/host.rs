@@ -173,23 +173,14 @@ pub async fn run(base: &crate::Config, e: &Entity, correlate: bool) -> anyhow::R
     let wall = started.elapsed().as_secs_f64();
 
     // Every incident, then the largest one's API answer.
-    let mut incidents = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list_incidents(&IncidentQuery {
-                tenant: seismo_schemas::DEFAULT_TENANT.into(),
-                limit: 1000,
-                cursor,
-                ..Default::default()
-            })
-            .await?;
-        incidents.extend(page.items);
-        match page.next_cursor {
-            Some(c) => cursor = Some(seismo_store::Cursor::decode(&c)?),
-            None => break,
-        }
-    }
+    let incidents = seismo_store::all_incidents(
+        store.as_ref(),
+        IncidentQuery {
+            tenant: seismo_schemas::DEFAULT_TENANT.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut largest: Option<(usize, String)> = None;
     for i in &incidents {
         let full = store

@@ -360,13 +360,16 @@ pub async fn stream_day(
             .await?;
     }
     pipeline.finish().await?;
-    let page = store
-        .list_incidents(&IncidentQuery {
+    // Every incident of the day, however many: a case judged on a truncated list would
+    // miss its incidents silently.
+    let incidents = seismo_store::all_incidents(
+        store.as_ref(),
+        IncidentQuery {
             tenant: seismo_schemas::DEFAULT_TENANT.into(),
-            limit: 1000,
             ..Default::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
     let mut out = Vec::with_capacity(day.cases.len());
     for case in &day.cases {
         let (from, to) = fault_window(case, bucket);
@@ -380,7 +383,7 @@ pub async fn stream_day(
             })
             .await?;
         out.push(Streamed {
-            incidents: page.items.clone(),
+            incidents: incidents.clone(),
             window_anomalies: anomalies.items,
             bucket,
         });

@@ -370,6 +370,23 @@ pub trait Store:
     async fn list_series(&self, q: &SeriesQuery) -> Result<Vec<SeriesInfo>>;
 }
 
+/// Every incident the query matches, following the cursor a page (of `query.limit`, or
+/// 1,000 when unset) at a time, for reports and evaluations that need them all.
+pub async fn all_incidents(store: &dyn Store, mut query: IncidentQuery) -> Result<Vec<Incident>> {
+    if query.limit == 0 {
+        query.limit = 1000;
+    }
+    let mut out = Vec::new();
+    loop {
+        let page = store.list_incidents(&query).await?;
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(Cursor::decode(&c)?),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// Most forecast rows one `Store::forecasts` call returns.
 pub const MAX_FORECAST_ROWS: usize = 10_000;
 
