@@ -3,8 +3,8 @@
 import json
 import sys
 
-# Floors a regression must not cross, on the held-out folds (measured 2026-11-30 on
-# ../shared/data/multivariate: SMD event recall 0.91, 3.1 false-alarm minutes a day, HitRate@150 % 0.82). They sit
+# Floors a regression must not cross, on the held-out folds (measured 2026-12-02 on
+# ../shared/data/multivariate: SMD event recall 0.89, 3.1 false-alarm minutes a day, HitRate@150 % 0.82). They sit
 # below the targets where those are not met yet; see the README's table.
 SMD_EVENT_RECALL = 0.85
 SMD_FALSE_MINUTES = 5.0

@@ -136,8 +136,8 @@ impl DetectStage {
 #[async_trait]
 impl Stage for DetectStage {
     type Out = DetectOut;
-    /// 6: series remember when they were first seen (the time-of-day profile waits a
-    /// day); 5: host rows carry the members' surprisals and the joint test's state (4 had the
+    /// 6: series remember whether their last value was a time-of-day outlier (a spike
+    /// is learned clipped); 5: host rows carry the members' surprisals and the joint test's state (4 had the
     /// calibrated ensemble without them; 3 had the salted novelty sets and the windowed
     /// forest; 2 lacked the series' name and labels; 1 was one JSON document).
     const FORMAT: u32 = 6;
