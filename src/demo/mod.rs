@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seismo_schemas::{
     AlertStatus, AlertmanagerAlert, AlertmanagerWebhook, IncidentEventKind, Labels, topics,
 };
-use seismo_store::{IncidentQuery, Store};
+use seismo_store::Store;
 use seismo_transport::{OutRecord, Producer};
 use serde::Serialize;
 
@@ -346,14 +346,7 @@ pub async fn summarise(
     wall_s: f64,
 ) -> anyhow::Result<Summary> {
     let counts = store.counts().await?;
-    let mut incidents = seismo_store::all_incidents(
-        store,
-        IncidentQuery {
-            tenant: fleet.tenant.clone(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let mut incidents = seismo_store::all_incidents(store, &fleet.tenant).await?;
     incidents.sort_by_key(|i| i.started_at);
     // Per incident: when it was opened, and its signals as (service, time).
     let mut signals: HashMap<String, (DateTime<Utc>, Vec<Signal>)> = HashMap::new();

@@ -95,7 +95,7 @@ pub fn pick(dir: &Path, name: Option<&str>) -> anyhow::Result<Entity> {
 /// Streams `e` (train rows, then test rows) through the embedded pipeline and measures it.
 pub async fn run(base: &crate::Config, e: &Entity, correlate: bool) -> anyhow::Result<Report> {
     use seismo_schemas::{MetricPoint, topics};
-    use seismo_store::{IncidentQuery, SqliteStore, Store};
+    use seismo_store::{SqliteStore, Store};
     use seismo_transport::{OutRecord, Producer};
 
     let width = e.metrics.len();
@@ -173,14 +173,8 @@ pub async fn run(base: &crate::Config, e: &Entity, correlate: bool) -> anyhow::R
     let wall = started.elapsed().as_secs_f64();
 
     // Every incident, then the largest one's API answer.
-    let incidents = seismo_store::all_incidents(
-        store.as_ref(),
-        IncidentQuery {
-            tenant: seismo_schemas::DEFAULT_TENANT.into(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let incidents =
+        seismo_store::all_incidents(store.as_ref(), seismo_schemas::DEFAULT_TENANT).await?;
     let mut largest: Option<(usize, String)> = None;
     for i in &incidents {
         let full = store

@@ -313,7 +313,7 @@ pub async fn stream_day(
     day: &Day<'_>,
 ) -> anyhow::Result<Vec<Streamed>> {
     use seismo_schemas::{MetricPoint, topics};
-    use seismo_store::{AnomalyQuery, IncidentQuery, SqliteStore, Store};
+    use seismo_store::{AnomalyQuery, SqliteStore, Store};
     use seismo_transport::{OutRecord, Producer};
     let bucket = day.bucket;
     let mut cfg = base.clone();
@@ -362,14 +362,8 @@ pub async fn stream_day(
     pipeline.finish().await?;
     // Every incident of the day, however many: a case judged on a truncated list would
     // miss its incidents silently.
-    let incidents = seismo_store::all_incidents(
-        store.as_ref(),
-        IncidentQuery {
-            tenant: seismo_schemas::DEFAULT_TENANT.into(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let incidents =
+        seismo_store::all_incidents(store.as_ref(), seismo_schemas::DEFAULT_TENANT).await?;
     let mut out = Vec::with_capacity(day.cases.len());
     for case in &day.cases {
         let (from, to) = fault_window(case, bucket);

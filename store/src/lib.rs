@@ -370,12 +370,14 @@ pub trait Store:
     async fn list_series(&self, q: &SeriesQuery) -> Result<Vec<SeriesInfo>>;
 }
 
-/// Every incident the query matches, following the cursor a page (of `query.limit`, or
-/// 1,000 when unset) at a time, for reports and evaluations that need them all.
-pub async fn all_incidents(store: &dyn Store, mut query: IncidentQuery) -> Result<Vec<Incident>> {
-    if query.limit == 0 {
-        query.limit = 1000;
-    }
+/// Every incident of `tenant`, following the cursor a page of 1,000 at a time, for
+/// reports and evaluations that need them all.
+pub async fn all_incidents(store: &dyn Store, tenant: &str) -> Result<Vec<Incident>> {
+    let mut query = IncidentQuery {
+        tenant: tenant.to_string(),
+        limit: 1000,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     loop {
         let page = store.list_incidents(&query).await?;
