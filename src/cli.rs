@@ -34,6 +34,10 @@ pub enum Command {
         /// Database of the demo; it is recreated on every run.
         #[arg(long, default_value = "sqlite://seismo-demo.db")]
         db: String,
+        /// Leave the fleet's dependency graph out: correlation then groups by learned
+        /// co-occurrence (`correlate.learn_cooccurrence`), as for a user with no graph.
+        #[arg(long)]
+        no_graph: bool,
     },
     /// Run the pipeline: every stage embedded in this process (default), or one stage of
     /// the distributed mode on Kafka and PostgreSQL (`--stage`).
@@ -231,6 +235,11 @@ pub enum EvalCommand {
         /// Only rank with `investigate` (skips streaming every case, which takes minutes).
         #[arg(long)]
         investigate_only: bool,
+        /// Ignore the systems' graph.json: investigate ranks on each service's own evidence
+        /// and correlation groups by learned co-occurrence
+        /// (`correlate.learn_cooccurrence`), as for a user with no graph configured.
+        #[arg(long)]
+        no_graph: bool,
         /// Also write every case's rank as JSON.
         #[arg(long)]
         json: Option<PathBuf>,

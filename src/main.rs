@@ -32,7 +32,8 @@ fn main() -> anyhow::Result<()> {
                 days,
                 seed,
                 db,
-            } => demo_cmd(cfg, summary_json, serve, days, seed, db).await,
+                no_graph,
+            } => demo_cmd(cfg, summary_json, serve, days, seed, db, no_graph).await,
             Command::Run { stage: None } => run_cmd(cfg).await,
             Command::Run { stage: Some(stage) } => {
                 seismo::distributed::run_stage(&cfg, stage).await
@@ -201,7 +202,8 @@ fn main() -> anyhow::Result<()> {
                 dir,
                 json,
                 investigate_only,
-            }) => rca_cmd(&cfg, &dir, json.as_deref(), investigate_only).await,
+                no_graph,
+            }) => rca_cmd(&cfg, &dir, json.as_deref(), investigate_only, no_graph).await,
             Command::Eval(EvalCommand::Explain {
                 cases,
                 seed,
@@ -285,13 +287,18 @@ async fn rca_cmd(
     dir: &std::path::Path,
     json: Option<&std::path::Path>,
     investigate_only: bool,
+    no_graph: bool,
 ) -> anyhow::Result<()> {
     use seismo::eval::rca;
     let started = std::time::Instant::now();
     let (mut investigated, mut streamed, mut holding) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut split, mut coverage) = (Vec::new(), Vec::new());
+    let (mut split, mut coverage, mut spread) = (Vec::new(), Vec::new(), Vec::new());
     for path in rca::systems(dir)? {
-        let sys = rca::load_system(&path)?;
+        let mut sys = rca::load_system(&path)?;
+        if no_graph {
+            sys.calls.clear();
+            sys.graph = seismo_correlate::rank::Graph::new(&sys.calls);
+        }
         eprintln!("{}: {} cases", sys.name, sys.cases.len());
         investigated.extend(rca::run_system(&sys, &cfg.correlate.metric_roles));
         if investigate_only {
@@ -323,6 +330,7 @@ async fn rca_cmd(
                 streamed.push(sc.first_opened);
                 holding.push(sc.holding);
                 split.push(sc.opened_in_window);
+                spread.push(sc.holding_window);
             }
             coverage.push(format!(
                 "{}: {} of {} cases after more than detect.warmup ({}) buckets of the day",
@@ -366,6 +374,18 @@ async fn rca_cmd(
                 .nth(with / 2)
                 .copied()
                 .unwrap_or(0)
+        );
+        spread.sort_unstable();
+        let q = |f: f64| {
+            spread
+                .get(((spread.len().max(1) - 1) as f64 * f) as usize)
+                .copied()
+        };
+        println!(
+            "incidents holding the fault window's anomalies: median {}, 90th percentile {}, most {}",
+            q(0.5).unwrap_or(0),
+            q(0.9).unwrap_or(0),
+            spread.last().copied().unwrap_or(0)
         );
     }
     eprintln!(
@@ -475,6 +495,7 @@ async fn demo_cmd(
     days: u64,
     seed: u64,
     db: String,
+    no_graph: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         days >= 2,
@@ -487,6 +508,7 @@ async fn demo_cmd(
         days,
         seed,
         progress: true,
+        no_graph,
     };
     let (summary, _) = demo::run(&cfg, store.clone(), &opts).await?;
     print!("{}", demo::render(&summary, &cfg.storage.url));

@@ -59,6 +59,7 @@ async fn fill(what: &'static str, server: String, timescaledb: &str) -> Filled {
         days: 2,
         seed: 3,
         progress: false,
+        no_graph: false,
     };
     let (summary, _) = demo::run(&cfg, Arc::clone(&store), &opts).await.unwrap();
     assert!(summary.incidents > 0, "{what}: the demo opened no incident");

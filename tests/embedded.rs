@@ -59,6 +59,7 @@ async fn simulated_faults_become_incidents_in_the_store() {
         days: 2,
         seed: 7,
         progress: false,
+        no_graph: false,
     };
     let (summary, stats) = demo::run(&cfg, store.clone(), &opts).await.unwrap();
 

@@ -40,6 +40,7 @@ async fn the_weekly_report_agrees_with_the_api() {
         days: 2,
         seed: 5,
         progress: false,
+        no_graph: false,
     };
     let (summary, _) = demo::run(&cfg, Arc::clone(&store), &opts).await.unwrap();
     assert!(summary.incidents > 0);

@@ -9,6 +9,7 @@ use seismo_schemas::{
 };
 use seismo_store::IncidentWrite;
 
+use crate::cooccur::CoOccurrence;
 use crate::rank::{self, Change, Evidence, Graph, MetricRole};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,9 @@ pub struct CorrelateConfig {
     /// A related signal within this long after an incident resolved itself reopens it
     /// (DETECTED again, so it pages again) instead of opening a new one. In seconds.
     pub reopen_secs: u64,
+    /// With no `dependencies`, learn which services go wrong together from the anomalies
+    /// themselves and group those as if the graph linked them (see `cooccur`).
+    pub learn_cooccurrence: bool,
 }
 
 impl Default for CorrelateConfig {
@@ -63,6 +67,7 @@ impl Default for CorrelateConfig {
             metric_roles: BTreeMap::new(),
             auto_resolve: true,
             reopen_secs: 900,
+            learn_cooccurrence: true,
         }
     }
 }
@@ -77,6 +82,9 @@ pub enum Signal {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ServiceFacts {
     first: DateTime<Utc>,
+    /// Its latest signal: with no graph, a service going wrong within `group_wait_secs` of
+    /// it may join (see `cooccur`).
+    last: DateTime<Utc>,
     max_score: f64,
     strongest: String,
     count: usize,
@@ -192,6 +200,8 @@ pub struct Correlator {
     /// incidents go quiet by the later of the two.
     anomaly_time: Option<DateTime<Utc>>,
     alert_time: Option<DateTime<Utc>>,
+    /// Which services went wrong together, when no graph says which are related.
+    learned: CoOccurrence,
 }
 
 /// Most hosts an incident's scope names.
@@ -244,6 +254,7 @@ impl Correlator {
             }
         }
         let graph = Graph::new(&cfg.dependencies);
+        let cfg_group_wait = cfg.group_wait_secs;
         Correlator {
             cfg,
             adjacent,
@@ -255,6 +266,7 @@ impl Correlator {
             alerts: HashMap::new(),
             anomaly_time: None,
             alert_time: None,
+            learned: CoOccurrence::new(cfg_group_wait),
         }
     }
 
@@ -267,6 +279,7 @@ impl Correlator {
             alerts: state.alerts,
             anomaly_time: state.anomaly_time,
             alert_time: state.alert_time,
+            learned: state.learned,
             ..Correlator::new(cfg)
         }
     }
@@ -292,8 +305,27 @@ impl Correlator {
         (get(&self.cfg.service_label), get(&self.cfg.host_label))
     }
 
-    fn related(&self, a: &str, b: &str) -> bool {
-        a == b || self.adjacent.get(a).is_some_and(|n| n.contains(b))
+    /// Whether signals of services `a` and `b` belong together: the same service, linked
+    /// by the graph, or (with no graph) learned to go wrong together in `scope`.
+    fn related(&self, scope: &str, a: &str, b: &str) -> bool {
+        a == b
+            || self.adjacent.get(a).is_some_and(|n| n.contains(b))
+            || (self.learns() && self.learned.related(scope, a, b))
+    }
+
+    /// [`Self::related`], or (with no graph) `b` went wrong while `a` was going wrong, over
+    /// a span of `span` (from `a`'s first signal to `b`'s), and by chance that would be rare
+    /// for them (see `cooccur`).
+    fn related_over(&self, scope: &str, a: &str, b: &str, span: Duration) -> bool {
+        self.related(scope, a, b)
+            || (self.learns()
+                && self
+                    .learned
+                    .coincidence_is_rare(scope, a, b, span.num_milliseconds().abs()))
+    }
+
+    fn learns(&self) -> bool {
+        self.cfg.learn_cooccurrence && self.adjacent.is_empty()
     }
 
     fn scope(&self, tenant: &str, labels: &Labels) -> String {
@@ -368,6 +400,9 @@ impl Correlator {
         // The watermark covers both inputs (alerts are merged by event time too), so
         // the anomaly clock, which grouping waits by, may take it.
         self.anomaly_time = Some(now);
+        if self.learns() {
+            self.learned.clock(now_ms);
+        }
         let writes = self.ripen(false);
         self.expire();
         (writes, true)
@@ -402,7 +437,7 @@ impl Correlator {
                 o.scope_key == scope && o.resolved_at.is_some_and(|r| now >= r && now - r <= reopen)
             })
             .filter(|(_, o)| {
-                service.is_some_and(|s| o.services.keys().any(|t| self.related(s, t)))
+                service.is_some_and(|s| o.services.keys().any(|t| self.related(scope, s, t)))
                     || host.is_some_and(|h| o.hosts.contains(h))
             })
             .max_by_key(|(_, o)| o.last)
@@ -443,8 +478,11 @@ impl Correlator {
                     && now <= o.last + collects
             })
             .filter(|(_, o)| {
-                service.is_some_and(|s| o.services.keys().any(|t| self.related(s, t)))
-                    || host.is_some_and(|h| o.hosts.contains(h))
+                service.is_some_and(|s| {
+                    o.services
+                        .iter()
+                        .any(|(t, f)| self.related_over(scope, t, s, now - f.first))
+                }) || host.is_some_and(|h| o.hosts.contains(h))
             })
             .max_by_key(|(_, o)| o.last)
             .map(|(i, _)| i)
@@ -477,6 +515,9 @@ impl Correlator {
         let mut writes = self.ripen(false);
         self.expire();
         let (service, host) = self.service_and_host(&a.labels);
+        if let Some(s) = service.as_deref().filter(|_| self.learns()) {
+            self.learned.observe(&scope, s, a.ts.timestamp_millis());
+        }
         if let Some(i) = self.find_or_reopen(&scope, service.as_deref(), host.as_deref(), a.ts) {
             let event = self.attach_event(&self.open[i].incident.id, &a);
             self.absorb(i, &a);
@@ -634,7 +675,7 @@ impl Correlator {
                 }
                 let (os, oh) = self.service_and_host(&other.labels);
                 let linked = match (&cs, os) {
-                    (Some(a), Some(b)) => self.related(a, &b),
+                    (Some(a), Some(b)) => self.related_over(&key, a, &b, other.ts - cur.ts),
                     _ => false,
                 } || (ch.is_some() && ch == oh);
                 if linked {
@@ -711,6 +752,7 @@ impl Correlator {
         if let Some(s) = service {
             let f = o.services.entry(s.to_string()).or_insert(ServiceFacts {
                 first: at,
+                last: at,
                 max_score: score,
                 strongest: what.to_string(),
                 count: 0,
@@ -736,6 +778,7 @@ impl Correlator {
             if at < f.first {
                 f.first = at;
             }
+            f.last = f.last.max(at);
             if score > f.max_score {
                 f.max_score = score;
                 f.strongest = what.to_string();
@@ -1431,6 +1474,64 @@ mod tests {
             created.ts,
             Utc.timestamp_opt(1_700_000_000 + 60, 0).unwrap()
         );
+    }
+
+    /// Which anomalies each incident took, by incident id.
+    fn members(writes: &[IncidentWrite]) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for w in writes {
+            out.entry(w.incident.id.clone())
+                .or_default()
+                .extend(w.new_anomaly_ids.iter().cloned());
+        }
+        out
+    }
+
+    #[test]
+    fn without_a_graph_services_that_start_failing_together_become_one_incident() {
+        let run = |learn: bool| {
+            let mut c = Correlator::new(CorrelateConfig {
+                learn_cooccurrence: learn,
+                ..Default::default()
+            });
+            let at = |m: i64| (1_700_000_000 + m * 60) * 1000;
+            let mut writes = c.advance(at(0)).0;
+            // A flapping service, anomalous every other minute for two hours.
+            for m in (60..180).step_by(2) {
+                writes.extend(c.process(Signal::Anomaly(anomaly(
+                    "noisy",
+                    "n-1",
+                    m,
+                    Severity::Warning,
+                ))));
+            }
+            // A fault: api and db go wrong in the same minute, on their own hosts.
+            for (svc, host, m) in [
+                ("api", "a-1", 200),
+                ("db", "d-1", 200),
+                ("noisy", "n-1", 200),
+                ("api", "a-2", 202),
+            ] {
+                writes.extend(c.process(Signal::Anomaly(anomaly(svc, host, m, Severity::Warning))));
+            }
+            writes.extend(c.advance(at(240)).0);
+            members(&writes)
+        };
+        let learned = run(true);
+        let fault = learned
+            .values()
+            .find(|m| m.contains("api-a-1-200"))
+            .expect("the fault opens an incident");
+        assert!(fault.contains("db-d-1-200"), "{fault:?}");
+        assert!(fault.contains("api-a-2-202"), "{fault:?}");
+        assert!(!fault.iter().any(|a| a.starts_with("noisy")), "{fault:?}");
+        // Without learning, api and db stay apart.
+        let apart = run(false);
+        let api = apart
+            .values()
+            .find(|m| m.contains("api-a-1-200"))
+            .expect("api's two anomalies open an incident");
+        assert!(!api.contains("db-d-1-200"), "{api:?}");
     }
 
     #[test]

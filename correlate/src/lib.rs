@@ -6,6 +6,7 @@
 //! `seismo.incidents`) through the generic stage runner.
 
 pub mod changes;
+pub mod cooccur;
 mod core;
 pub mod investigate;
 mod merge;

@@ -187,7 +187,8 @@ impl Stage for CorrelateStage {
     /// 3: incidents count their signals instead of listing them.
     /// 4: incidents know their firing alerts and which resolved themselves.
     /// 5: incidents know their standing predicted breaches.
-    const FORMAT: u32 = 5;
+    /// 6: the correlator keeps learned co-occurrence of services.
+    const FORMAT: u32 = 6;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {

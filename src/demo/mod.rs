@@ -37,6 +37,9 @@ pub struct DemoOptions {
     pub days: u64,
     pub seed: u64,
     pub progress: bool,
+    /// Leave the fleet's dependency graph out of the configuration: correlation groups by
+    /// learned co-occurrence, as for a user who configured no graph.
+    pub no_graph: bool,
 }
 
 impl Default for DemoOptions {
@@ -45,6 +48,7 @@ impl Default for DemoOptions {
             days: 3,
             seed: 42,
             progress: true,
+            no_graph: false,
         }
     }
 }
@@ -304,6 +308,9 @@ pub async fn run(
 ) -> anyhow::Result<(Summary, PipelineStats)> {
     let fleet = Fleet::demo(opts.days);
     let mut cfg = demo_config(base, &fleet);
+    if opts.no_graph {
+        cfg.correlate.dependencies.clear();
+    }
     // The demo's bus is throwaway, like its database: every run starts from nothing.
     let bus_dir = tempfile::Builder::new()
         .prefix("seismo-demo-bus")

@@ -483,6 +483,7 @@ pub async fn run(
                 days: 3,
                 seed: demo_seed,
                 progress: false,
+                no_graph: false,
             },
         )
         .await?;

@@ -408,6 +408,8 @@ pub struct StreamedScore {
     pub holding: CaseResult,
     /// Incidents opened in the window.
     pub opened_in_window: usize,
+    /// Distinct incidents that took the window's anomalies: how far one fault is split.
+    pub holding_window: usize,
 }
 
 fn result_of(case: &Case, incident: Option<&seismo_schemas::Incident>) -> CaseResult {
@@ -453,10 +455,16 @@ pub fn score_streamed(case: &Case, streamed: &Streamed) -> StreamedScore {
             .iter()
             .find(|i| i.anomaly_ids.contains(&a.id))
     });
+    let holding_window = streamed
+        .incidents
+        .iter()
+        .filter(|i| window.iter().any(|a| i.anomaly_ids.contains(&a.id)))
+        .count();
     StreamedScore {
         first_opened: result_of(case, inside.first().copied()),
         holding: result_of(case, holding),
         opened_in_window: inside.len(),
+        holding_window,
     }
 }
 
