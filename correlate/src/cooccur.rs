@@ -25,10 +25,11 @@
 //! It learns who fails *with* whom, not who calls whom, so it serves grouping only; root
 //! cause ranking without a graph uses each service's own evidence and onset.
 //!
-//! Memory is bounded: at most [`MAX_SERVICES`] services and [`MAX_PAIRS`] pairs per scope
-//! (the least-seen are forgotten first), and a tick with more than [`MAX_TICK_SERVICES`]
-//! anomalous services counts towards each service but adds no pairs (a fleet-wide event says
-//! nothing about which two services belong together, and would cost n² pairs).
+//! Memory is bounded: at most [`MAX_SCOPES`] scopes, each with at most [`MAX_SERVICES`]
+//! services and [`MAX_PAIRS`] pairs (the least-seen are forgotten first), and a tick with
+//! more than [`MAX_TICK_SERVICES`] anomalous services counts towards each service but adds
+//! no pairs (a fleet-wide event says nothing about which two services belong together, and
+//! would cost n² pairs).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,91 +43,206 @@ pub const MIN_TOGETHER: u32 = 3;
 /// pairs in a scope this keeps the chance of even one false relation near 10 %
 /// (Bonferroni).
 pub const ALPHA: f64 = 1e-4;
-/// Expected chance coincidences below which two services going wrong in the same tick
-/// is taken as one fault: the conventional 5 % significance level for a single pair.
+/// Expected chance coincidences below which two services going wrong together is taken
+/// as one fault: the conventional 5 % level, for one pair. It is applied to each pair a
+/// new anomaly is weighed against, not to the family: with `m` candidate services the
+/// chance of a false join is up to `m` times larger. That is the price of grouping a
+/// fault's first occurrence at all; the learned relation ([`ALPHA`]) is the strict test.
 pub const RARE: f64 = 0.05;
 /// Most services remembered per scope.
-pub const MAX_SERVICES: usize = 10_000;
+pub const MAX_SERVICES: usize = 5_000;
 /// Most pairs remembered per scope.
-pub const MAX_PAIRS: usize = 50_000;
+pub const MAX_PAIRS: usize = 20_000;
+/// Most scopes remembered; the one quiet longest is forgotten first.
+pub const MAX_SCOPES: usize = 100;
 /// A tick with more anomalous services than this adds no pairs.
 pub const MAX_TICK_SERVICES: usize = 64;
+/// Ticks an anomaly may arrive late and still count in its own tick: the previous tick
+/// stays open until one two ticks newer arrives, so anomalies of one moment that reach
+/// the correlator a little out of order (two detect partitions) still meet.
+const LATE_TICKS: i64 = 1;
 
 /// What is learned in one scope.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Scope {
-    /// The tick being filled (`None` before the scope's first anomaly), and its anomalous
+    /// The newest tick with an anomaly (`None` before the first one).
+    newest: Option<i64>,
+    /// Ticks still open (at most `LATE_TICKS` older than `newest`), with their anomalous
     /// services.
-    tick: Option<i64>,
-    current: BTreeSet<String>,
+    open: BTreeMap<i64, BTreeSet<String>>,
     /// Ticks in which each service had an anomaly.
     seen: BTreeMap<String, u32>,
-    /// Ticks in which both services (ordered pair) had one.
-    together: BTreeMap<(String, String), u32>,
+    /// Ticks in which both services had one, keyed by the smaller name, then the larger,
+    /// so a lookup borrows both names.
+    together: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Entries in `together`.
+    pairs: usize,
 }
 
 impl Scope {
-    fn close(&mut self) {
-        let current = std::mem::take(&mut self.current);
-        for s in &current {
+    /// Notes `service` anomalous in `tick`; an anomaly older than the open ticks is
+    /// dropped (it cannot be told apart from one already counted).
+    fn observe(&mut self, service: &str, tick: i64) {
+        let newest = self.newest.map_or(tick, |n| n.max(tick));
+        self.newest = Some(newest);
+        if tick < newest - LATE_TICKS {
+            return;
+        }
+        let set = self.open.entry(tick).or_default();
+        if !set.contains(service) {
+            set.insert(service.to_string());
+        }
+        while let Some(first) = self.open.first_entry() {
+            if *first.key() >= newest - LATE_TICKS {
+                break;
+            }
+            let services = first.remove();
+            self.close(services);
+        }
+    }
+
+    fn close(&mut self, services: BTreeSet<String>) {
+        for s in &services {
             *self.seen.entry(s.clone()).or_default() += 1;
         }
-        if current.len() <= MAX_TICK_SERVICES {
-            let v: Vec<&String> = current.iter().collect();
+        if services.len() <= MAX_TICK_SERVICES {
+            // BTreeSet iterates in order, so `a < b` in every pair.
+            let v: Vec<&String> = services.iter().collect();
             for (i, a) in v.iter().enumerate() {
+                let row = self.together.entry((*a).clone()).or_default();
                 for b in &v[i + 1..] {
-                    *self
-                        .together
-                        .entry(((*a).clone(), (*b).clone()))
-                        .or_default() += 1;
+                    match row.get_mut(b.as_str()) {
+                        Some(c) => *c += 1,
+                        None => {
+                            row.insert((*b).clone(), 1);
+                            self.pairs += 1;
+                        }
+                    }
                 }
             }
         }
-        forget_least(&mut self.seen, MAX_SERVICES);
-        forget_least(&mut self.together, MAX_PAIRS);
+        if self.seen.len() > MAX_SERVICES {
+            self.forget_services();
+        }
+        if self.pairs > MAX_PAIRS {
+            self.forget_pairs();
+        }
+    }
+
+    /// Keeps the `MAX_SERVICES / 2` services seen most, and drops the pairs of the rest,
+    /// so a forgotten service is not taken for a quiet one beside its remembered pairs.
+    fn forget_services(&mut self) {
+        let keep = top(
+            self.seen.iter().map(|(s, &c)| (c, s.clone())),
+            MAX_SERVICES / 2,
+        );
+        self.seen.retain(|s, _| keep.contains(s));
+        self.together.retain(|a, row| {
+            if !keep.contains(a) {
+                return false;
+            }
+            row.retain(|b, _| keep.contains(b));
+            !row.is_empty()
+        });
+        self.pairs = self.together.values().map(BTreeMap::len).sum();
+    }
+
+    /// Keeps the `MAX_PAIRS / 2` pairs seen together most, with their counts halved
+    /// (rounded up): a count learned long ago then weighs less than a new pair's, so a new
+    /// relation can still be learned once the table is full. Halving only lowers joint
+    /// counts, so it can lose a relation but never invent one.
+    fn forget_pairs(&mut self) {
+        let all = self
+            .together
+            .iter()
+            .flat_map(|(a, row)| row.iter().map(move |(b, &c)| (c, (a, b))));
+        let keep: BTreeSet<(String, String)> = top(all, MAX_PAIRS / 2)
+            .into_iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        for (a, row) in self.together.iter_mut() {
+            row.retain(|b, c| {
+                *c = c.div_ceil(2);
+                keep.contains(&(a.clone(), b.clone()))
+            });
+        }
+        self.together.retain(|_, row| !row.is_empty());
+        self.pairs = keep.len();
     }
 }
 
-/// Drops the least-counted half of `m` above `cap`: amortised O(1) per insertion, and what
-/// is kept is what was seen most.
-fn forget_least<K: Ord + Clone>(m: &mut BTreeMap<K, u32>, cap: usize) {
-    if m.len() <= cap {
-        return;
+/// The keys of the `n` largest counts; ties go to the smaller key, so what is kept never
+/// depends on the order entries arrived in.
+fn top<K: Ord + Clone>(entries: impl Iterator<Item = (u32, K)>, n: usize) -> BTreeSet<K> {
+    let mut v: Vec<(u32, K)> = entries.collect();
+    if v.len() > n {
+        let by_rank = |x: &(u32, K), y: &(u32, K)| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1));
+        v.select_nth_unstable_by(n, by_rank);
+        v.truncate(n);
     }
-    let mut counts: Vec<u32> = m.values().copied().collect();
-    counts.sort_unstable();
-    let bar = counts[counts.len() - cap / 2];
-    m.retain(|_, c| *c >= bar);
-    if m.len() > cap {
-        // Many ties at the bar: keep the first ones in key order.
-        let keep: Vec<K> = m.keys().take(cap / 2).cloned().collect();
-        m.retain(|k, _| keep.binary_search(k).is_ok());
-    }
+    v.into_iter().map(|(_, k)| k).collect()
 }
 
-/// P(X ≥ k) for X ~ Poisson(λ), k ≥ 1.
+/// ln(n!), exact below 20 and by Stirling's series above (error below 1e-12).
+fn ln_factorial(n: u32) -> f64 {
+    if n < 20 {
+        return (2..=n).map(|i| f64::from(i).ln()).sum();
+    }
+    let x = f64::from(n);
+    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x.powi(3))
+        + 1.0 / (1260.0 * x.powi(5))
+}
+
+/// P(X ≥ k) for X ~ Poisson(λ). Terms are taken from the pmf at the boundary, computed in
+/// the log domain (so a large λ does not underflow `e^{−λ}`), and summed outwards, over
+/// whichever side of the mode is the tail, until they no longer change the sum.
 fn poisson_tail(k: u32, lambda: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
     if lambda <= 0.0 {
         return 0.0;
     }
-    // 1 − P(X ≤ k − 1), summed in the log domain for large λ.
-    let mut term = (-lambda).exp();
-    let mut below = term;
-    for i in 1..k {
-        term *= lambda / i as f64;
-        below += term;
+    let pmf = |i: u32| (f64::from(i) * lambda.ln() - lambda - ln_factorial(i)).exp();
+    let mut sum = 0.0;
+    if f64::from(k) > lambda {
+        // The upper tail itself: terms shrink by λ / (i + 1) < 1.
+        let mut term = pmf(k);
+        let mut i = k;
+        while term > sum * 1e-17 && term > 0.0 {
+            sum += term;
+            i += 1;
+            term *= lambda / f64::from(i);
+        }
+        sum.min(1.0)
+    } else {
+        // 1 − P(X ≤ k − 1), the lower side summed downwards: terms shrink by i / λ ≤ 1.
+        let mut term = pmf(k - 1);
+        let mut i = k - 1;
+        loop {
+            sum += term;
+            if i == 0 || term <= sum * 1e-17 {
+                break;
+            }
+            term *= f64::from(i) / lambda;
+            i -= 1;
+        }
+        (1.0 - sum).max(0.0)
     }
-    (1.0 - below).max(0.0)
 }
 
 /// Learned co-occurrence of services, per scope (see the module docs).
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoOccurrence {
     tick_ms: i64,
     /// The first tick the stream showed (an anomaly or a watermark): N counts from it, so
-    /// the quiet time before a scope's first anomaly counts as quiet.
+    /// the quiet time before a scope's first anomaly counts as quiet. It is fixed at the
+    /// first observation, so one late timestamp cannot stretch the time seen.
     start: Option<i64>,
-    /// The latest tick the stream showed.
+    /// The latest tick the stream showed. Event time is bounded ahead by ingest
+    /// (`ingest.max_future_secs`); it is not clamped here, since a legitimate jump (a
+    /// stream resuming after an outage) looks the same.
     now: i64,
     scopes: BTreeMap<String, Scope>,
 }
@@ -142,6 +258,22 @@ impl CoOccurrence {
         }
     }
 
+    /// This state, if it was counted in ticks of `tick_secs`; else a fresh one, since
+    /// counts of ticks of another length mean nothing under the new one.
+    pub fn with_tick(self, tick_secs: u64) -> CoOccurrence {
+        let fresh = CoOccurrence::new(tick_secs);
+        if fresh.tick_ms == self.tick_ms {
+            self
+        } else {
+            tracing::warn!(
+                from_secs = self.tick_ms / 1000,
+                to_secs = tick_secs,
+                "correlate.group_wait_secs changed: learned co-occurrence starts over"
+            );
+            fresh
+        }
+    }
+
     fn tick_of(&self, ts_ms: i64) -> i64 {
         ts_ms.div_euclid(self.tick_ms.max(1))
     }
@@ -149,27 +281,29 @@ impl CoOccurrence {
     /// Notes that the stream's event time reached `ts_ms` (a watermark).
     pub fn clock(&mut self, ts_ms: i64) {
         let tick = self.tick_of(ts_ms);
-        self.start = Some(self.start.map_or(tick, |s| s.min(tick)));
+        self.start.get_or_insert(tick);
         self.now = self.now.max(tick);
     }
 
-    /// Notes that `service` had an anomaly at `ts_ms` (event time, non-decreasing per scope
-    /// up to a tick; an older one counts in the current tick).
+    /// Notes that `service` had an anomaly at `ts_ms` (event time; one more than a tick
+    /// older than the scope's newest anomaly is dropped).
     pub fn observe(&mut self, scope: &str, service: &str, ts_ms: i64) {
         self.clock(ts_ms);
         let tick = self.tick_of(ts_ms);
-        let sc = self.scopes.entry(scope.to_string()).or_default();
-        match sc.tick {
-            None => sc.tick = Some(tick),
-            Some(t) if tick > t => {
-                sc.close();
-                sc.tick = Some(tick);
+        if !self.scopes.contains_key(scope) && self.scopes.len() >= MAX_SCOPES {
+            let quietest = self
+                .scopes
+                .iter()
+                .min_by_key(|(_, s)| s.newest)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = quietest {
+                self.scopes.remove(&k);
             }
-            Some(_) => {}
         }
-        if !sc.current.contains(service) {
-            sc.current.insert(service.to_string());
-        }
+        self.scopes
+            .entry(scope.to_string())
+            .or_default()
+            .observe(service, tick);
     }
 
     /// Ticks before the current one since the stream began (empty ones included).
@@ -182,21 +316,18 @@ impl CoOccurrence {
         let Some(sc) = self.scopes.get(scope) else {
             return false;
         };
-        let key = if a < b {
-            (a.to_string(), b.to_string())
-        } else {
-            (b.to_string(), a.to_string())
-        };
-        let Some(&k) = sc.together.get(&key) else {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let Some(&k) = sc.together.get(lo).and_then(|row| row.get(hi)) else {
             return false;
         };
         let n = self.elapsed();
         if k < MIN_TOGETHER || n == 0.0 {
             return false;
         }
-        let na = sc.seen.get(a).copied().unwrap_or(0) as f64;
-        let nb = sc.seen.get(b).copied().unwrap_or(0) as f64;
-        poisson_tail(k, na * nb / n) < ALPHA
+        // A service went wrong in at least the ticks it shared; the floor matters only
+        // where halving or forgetting left the counts out of step.
+        let seen = |s: &str| f64::from(sc.seen.get(s).copied().unwrap_or(0).max(k));
+        poisson_tail(k, seen(a) * seen(b) / n) < ALPHA
     }
 
     /// Whether `b` going wrong while `a` is (over `span_ms`, from `a`'s first anomaly to
@@ -216,7 +347,7 @@ impl CoOccurrence {
 
     /// Pairs remembered over all scopes, for sizing.
     pub fn pairs(&self) -> usize {
-        self.scopes.values().map(|s| s.together.len()).sum()
+        self.scopes.values().map(|s| s.pairs).sum()
     }
 }
 
@@ -227,19 +358,36 @@ mod tests {
     const MIN: i64 = 60_000;
 
     #[test]
-    fn the_poisson_tail_matches_its_closed_form() {
-        // P(X ≥ 1) = 1 − e^{−λ}; P(X ≥ 2) = 1 − e^{−λ}(1 + λ).
+    fn the_poisson_tail_matches_its_closed_form_and_reference_values() {
+        // P(X ≥ 1) = 1 − e^{−λ}; P(X ≥ 2) = 1 − e^{−λ}(1 + λ): both sides of the mode.
         for l in [0.01f64, 0.5, 3.0] {
             assert!((poisson_tail(1, l) - (1.0 - (-l).exp())).abs() < 1e-12);
             assert!((poisson_tail(2, l) - (1.0 - (-l).exp() * (1.0 + l))).abs() < 1e-12);
         }
+        // Reference values summed independently (Python, math.lgamma), including a λ
+        // whose e^{−λ} underflows a double.
+        for (k, l, want) in [
+            (1100, 1000.0, 9.626304058662804e-4),
+            (900, 1000.0, 0.9993774022154737),
+            (3, 0.05, 2.00674936243979e-5),
+            (10, 3.0, 1.1024881301154817e-3),
+        ] {
+            let got = poisson_tail(k, l);
+            assert!(
+                (got - want).abs() <= 1e-9 * want.max(1e-3),
+                "{k} {l}: {got} vs {want}"
+            );
+        }
+        assert_eq!(poisson_tail(0, 5.0), 1.0);
+        assert_eq!(poisson_tail(3, 0.0), 0.0);
+        assert!(poisson_tail(5, 800.0) > 0.999_999);
     }
 
     #[test]
     fn services_that_fail_together_become_related_and_others_do_not() {
         let mut c = CoOccurrence::new(60);
-        // A day of minutes; api and db fail together in three separate minutes; cache fails
-        // alone twice; a flapping service is anomalous every other minute.
+        // A day of minutes; api and db fail together in three separate minutes, cache
+        // with them in two of those; a flapping service is anomalous every other minute.
         let together = [100, 400, 900];
         for m in 0..1440 {
             let t = m * MIN;
@@ -250,15 +398,18 @@ mod tests {
                 c.observe("t", "api", t);
                 c.observe("t", "db", t + 5_000);
             }
-            if m == 200 || m == 700 {
-                c.observe("t", "cache", t);
+            if m == 100 || m == 400 {
+                c.observe("t", "cache", t + 10_000);
             }
         }
+        assert_eq!(c.scopes["t"].together["api"]["cache"], 2);
         assert!(c.related("t", "api", "db"));
         assert!(c.related("t", "db", "api"));
         // Two shared minutes are not enough.
         assert!(!c.related("t", "api", "cache"));
+        assert!(!c.related("t", "cache", "db"));
         // The flapping service met api and db in their (even) minutes by chance only.
+        assert_eq!(c.scopes["t"].together["api"]["flappy"], 3);
         assert!(!c.related("t", "flappy", "api"));
         assert!(!c.related("t", "flappy", "db"));
         // Learned per scope.
@@ -266,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn before_three_shared_ticks_nothing_is_related() {
+    fn a_shared_tick_counts_once_it_is_past_the_late_allowance() {
         let mut c = CoOccurrence::new(60);
         for m in [100, 600] {
             c.observe("t", "a", m * MIN);
@@ -274,10 +425,32 @@ mod tests {
         }
         c.observe("t", "a", 1_200 * MIN);
         c.observe("t", "b", 1_200 * MIN);
-        // The third shared minute is still open: it counts once it closes.
-        assert!(!c.related("t", "a", "b"));
+        // The third shared minute is still open, and stays open for one more tick so a
+        // late anomaly of that minute can join it.
         c.observe("t", "z", 1_201 * MIN);
+        assert!(!c.related("t", "a", "b"));
+        c.observe("t", "z", 1_202 * MIN);
         assert!(c.related("t", "a", "b"));
+    }
+
+    #[test]
+    fn late_anomalies_join_their_own_tick_or_are_dropped() {
+        let mut c = CoOccurrence::new(60);
+        c.observe("t", "a", 10 * MIN);
+        c.observe("t", "b", 11 * MIN);
+        // One tick late: still meets a in tick 10, not b in tick 11.
+        c.observe("t", "c", 10 * MIN + 30_000);
+        // Two ticks late: dropped, rather than counted as if it were now.
+        c.observe("t", "d", 9 * MIN);
+        c.observe("t", "z", 20 * MIN);
+        let sc = &c.scopes["t"];
+        assert_eq!(sc.together["a"]["c"], 1);
+        assert!(!sc.together.get("b").is_some_and(|r| r.contains_key("c")));
+        assert!(!sc.seen.contains_key("d"));
+        // The time seen counts from the first tick the stream showed, not the oldest.
+        assert_eq!(c.start, Some(10));
+        c.clock(0);
+        assert_eq!(c.start, Some(10));
     }
 
     #[test]
@@ -305,23 +478,67 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded_under_a_storm_of_services() {
+    fn memory_stays_bounded_and_keeps_what_was_seen_most() {
         let mut c = CoOccurrence::new(60);
         for m in 0..1_500i64 {
-            // 40 services a minute, drawn from a pool of 100,000: many distinct pairs.
+            // api and db fail every minute beside 40 services drawn from a pool of
+            // 100,000: many distinct, rarely repeated pairs and services.
+            c.observe("t", "api", m * MIN);
+            c.observe("t", "db", m * MIN);
             for j in 0..40 {
                 let s = format!("svc-{}", (m * 7_919 + j * 104_729) % 100_000);
                 c.observe("t", &s, m * MIN);
             }
         }
+        let sc = &c.scopes["t"];
         assert!(c.pairs() <= MAX_PAIRS);
-        assert!(c.scopes["t"].seen.len() <= MAX_SERVICES);
+        assert_eq!(
+            c.pairs(),
+            sc.together.values().map(BTreeMap::len).sum::<usize>()
+        );
+        assert!(sc.seen.len() <= MAX_SERVICES);
+        // The pair and services seen most survive every pruning...
+        assert!(sc.together["api"].contains_key("db"));
+        assert!(sc.seen["api"] >= 1_490 && sc.seen["db"] >= 1_490);
+        // ...and no pair outlives a forgotten service.
+        for (a, row) in &sc.together {
+            assert!(sc.seen.contains_key(a), "{a}");
+            for b in row.keys() {
+                assert!(sc.seen.contains_key(b), "{b}");
+            }
+        }
         // A fleet-wide tick adds no pairs.
         let mut wide = CoOccurrence::new(60);
         for j in 0..(MAX_TICK_SERVICES + 1) {
             wide.observe("t", &format!("s{j}"), 0);
         }
-        wide.observe("t", "s0", MIN);
+        wide.observe("t", "s0", 2 * MIN);
         assert_eq!(wide.pairs(), 0);
+        assert_eq!(wide.scopes["t"].seen.len(), MAX_TICK_SERVICES + 1);
+    }
+
+    #[test]
+    fn the_scope_quiet_longest_is_forgotten_first() {
+        let mut c = CoOccurrence::new(60);
+        for i in 0..MAX_SCOPES as i64 {
+            c.observe(&format!("scope-{i}"), "api", (i + 1) * MIN);
+        }
+        // scope-0 was quiet longest, until it spoke again.
+        c.observe("scope-0", "api", 500 * MIN);
+        c.observe("new", "api", 501 * MIN);
+        assert_eq!(c.scopes.len(), MAX_SCOPES);
+        assert!(c.scopes.contains_key("scope-0") && c.scopes.contains_key("new"));
+        assert!(!c.scopes.contains_key("scope-1"));
+    }
+
+    #[test]
+    fn a_changed_tick_length_starts_over() {
+        let mut c = CoOccurrence::new(60);
+        c.observe("t", "api", 0);
+        c.observe("t", "api", 5 * MIN);
+        let kept = c.clone().with_tick(60);
+        assert!(kept.scopes.contains_key("t"));
+        let fresh = c.with_tick(120);
+        assert!(fresh.scopes.is_empty() && fresh.start.is_none());
     }
 }

@@ -82,9 +82,6 @@ pub enum Signal {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ServiceFacts {
     first: DateTime<Utc>,
-    /// Its latest signal: with no graph, a service going wrong within `group_wait_secs` of
-    /// it may join (see `cooccur`).
-    last: DateTime<Utc>,
     max_score: f64,
     strongest: String,
     count: usize,
@@ -272,6 +269,7 @@ impl Correlator {
 
     /// A correlator with `cfg` that continues from a checkpointed one's learned state.
     pub fn restored(cfg: CorrelateConfig, state: Correlator) -> Self {
+        let learned = state.learned.with_tick(cfg.group_wait_secs);
         Correlator {
             open: state.open,
             resolved: state.resolved,
@@ -279,7 +277,7 @@ impl Correlator {
             alerts: state.alerts,
             anomaly_time: state.anomaly_time,
             alert_time: state.alert_time,
-            learned: state.learned,
+            learned,
             ..Correlator::new(cfg)
         }
     }
@@ -663,6 +661,16 @@ impl Correlator {
     fn cluster(&self, start: usize) -> Vec<usize> {
         let scope_of = |a: &Anomaly| self.scope(&a.tenant, &a.labels);
         let key = scope_of(&self.pending[start]);
+        // Spans run onset to onset: from each service's earliest waiting anomaly, as
+        // `find_open` measures from a member's first signal, so a service's later
+        // anomalies cannot shorten the span and make a coincidence look rarer.
+        let mut onset: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for a in self.pending.iter().filter(|a| scope_of(a) == key) {
+            if let (Some(s), _) = self.service_and_host(&a.labels) {
+                let t = onset.entry(s).or_insert(a.ts);
+                *t = (*t).min(a.ts);
+            }
+        }
         let mut inside = vec![start];
         let mut seen: BTreeSet<usize> = [start].into();
         let mut i = 0;
@@ -675,7 +683,7 @@ impl Correlator {
                 }
                 let (os, oh) = self.service_and_host(&other.labels);
                 let linked = match (&cs, os) {
-                    (Some(a), Some(b)) => self.related_over(&key, a, &b, other.ts - cur.ts),
+                    (Some(a), Some(b)) => self.related_over(&key, a, &b, onset[&b] - onset[a]),
                     _ => false,
                 } || (ch.is_some() && ch == oh);
                 if linked {
@@ -752,7 +760,6 @@ impl Correlator {
         if let Some(s) = service {
             let f = o.services.entry(s.to_string()).or_insert(ServiceFacts {
                 first: at,
-                last: at,
                 max_score: score,
                 strongest: what.to_string(),
                 count: 0,
@@ -778,7 +785,6 @@ impl Correlator {
             if at < f.first {
                 f.first = at;
             }
-            f.last = f.last.max(at);
             if score > f.max_score {
                 f.max_score = score;
                 f.strongest = what.to_string();
@@ -1489,49 +1495,53 @@ mod tests {
 
     #[test]
     fn without_a_graph_services_that_start_failing_together_become_one_incident() {
-        let run = |learn: bool| {
+        let run = |learn: bool, flapped: bool| {
             let mut c = Correlator::new(CorrelateConfig {
                 learn_cooccurrence: learn,
                 ..Default::default()
             });
             let at = |m: i64| (1_700_000_000 + m * 60) * 1000;
             let mut writes = c.advance(at(0)).0;
-            // A flapping service, anomalous every other minute for two hours.
-            for m in (60..180).step_by(2) {
-                writes.extend(c.process(Signal::Anomaly(anomaly(
-                    "noisy",
-                    "n-1",
-                    m,
-                    Severity::Warning,
-                ))));
+            // A flapping service, anomalous every other minute for two hours; its incident
+            // resolves itself and is past reopening long before the fault.
+            if flapped {
+                for m in (60..180).step_by(2) {
+                    writes.extend(c.process(Signal::Anomaly(anomaly(
+                        "noisy",
+                        "n-1",
+                        m,
+                        Severity::Warning,
+                    ))));
+                }
             }
-            // A fault: api and db go wrong in the same minute, on their own hosts.
+            // A fault: api and db go wrong in the same minute, on their own hosts, and
+            // noisy happens to flap in that minute too, so all three wait together.
             for (svc, host, m) in [
-                ("api", "a-1", 200),
-                ("db", "d-1", 200),
-                ("noisy", "n-1", 200),
-                ("api", "a-2", 202),
+                ("api", "a-1", 300),
+                ("db", "d-1", 300),
+                ("noisy", "n-1", 300),
+                ("api", "a-2", 302),
             ] {
                 writes.extend(c.process(Signal::Anomaly(anomaly(svc, host, m, Severity::Warning))));
             }
-            writes.extend(c.advance(at(240)).0);
-            members(&writes)
+            writes.extend(c.advance(at(340)).0);
+            let m = members(&writes);
+            m.values()
+                .find(|m| m.contains("api-a-1-300"))
+                .expect("the fault opens an incident")
+                .clone()
         };
-        let learned = run(true);
-        let fault = learned
-            .values()
-            .find(|m| m.contains("api-a-1-200"))
-            .expect("the fault opens an incident");
-        assert!(fault.contains("db-d-1-200"), "{fault:?}");
-        assert!(fault.contains("api-a-2-202"), "{fault:?}");
-        assert!(!fault.iter().any(|a| a.starts_with("noisy")), "{fault:?}");
+        let fault = run(true, true);
+        assert!(fault.contains("db-d-1-300"), "{fault:?}");
+        assert!(fault.contains("api-a-2-302"), "{fault:?}");
+        // noisy waited beside them, but a service that flaps meets anything by chance.
+        assert!(!fault.contains("noisy-n-1-300"), "{fault:?}");
+        // Had noisy been quiet until then, the same minute would have taken it in.
+        let quiet = run(true, false);
+        assert!(quiet.contains("noisy-n-1-300"), "{quiet:?}");
         // Without learning, api and db stay apart.
-        let apart = run(false);
-        let api = apart
-            .values()
-            .find(|m| m.contains("api-a-1-200"))
-            .expect("api's two anomalies open an incident");
-        assert!(!api.contains("db-d-1-200"), "{api:?}");
+        let apart = run(false, true);
+        assert!(!apart.contains("db-d-1-300"), "{apart:?}");
     }
 
     #[test]

@@ -188,7 +188,8 @@ impl Stage for CorrelateStage {
     /// 4: incidents know their firing alerts and which resolved themselves.
     /// 5: incidents know their standing predicted breaches.
     /// 6: the correlator keeps learned co-occurrence of services.
-    const FORMAT: u32 = 6;
+    /// 7: co-occurrence keeps late-tolerant open ticks and pairs by name, then name.
+    const FORMAT: u32 = 7;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {
