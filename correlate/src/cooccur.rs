@@ -82,6 +82,16 @@ struct Scope {
     together: BTreeMap<String, BTreeMap<String, u32>>,
     /// Entries in `together`.
     pairs: usize,
+    /// The tick this scope was created in, when it was created after another was evicted
+    /// for room: it may be one evicted before, whose counts are lost, so its time seen
+    /// starts here rather than at the stream's start (which would make its services look
+    /// quieter than they are).
+    #[serde(default)]
+    since: Option<i64>,
+    /// The most ticks any forgotten service had: a service not remembered (or counted
+    /// afresh since) may be one of them, so none is taken for quieter than that.
+    #[serde(default)]
+    forgotten: u32,
 }
 
 impl Scope {
@@ -114,7 +124,16 @@ impl Scope {
             // BTreeSet iterates in order, so `a < b` in every pair.
             let v: Vec<&String> = services.iter().collect();
             for (i, a) in v.iter().enumerate() {
-                let row = self.together.entry((*a).clone()).or_default();
+                // The last service has no larger partner: no row for it.
+                if i + 1 == v.len() {
+                    break;
+                }
+                if !self.together.contains_key(a.as_str()) {
+                    self.together.insert((*a).clone(), BTreeMap::new());
+                }
+                let Some(row) = self.together.get_mut(a.as_str()) else {
+                    continue;
+                };
                 for b in &v[i + 1..] {
                     match row.get_mut(b.as_str()) {
                         Some(c) => *c += 1,
@@ -141,6 +160,14 @@ impl Scope {
             self.seen.iter().map(|(s, &c)| (c, s.clone())),
             MAX_SERVICES / 2,
         );
+        let lost = self
+            .seen
+            .iter()
+            .filter(|(s, _)| !keep.contains(*s))
+            .map(|(_, &c)| c)
+            .max()
+            .unwrap_or(0);
+        self.forgotten = self.forgotten.max(lost);
         self.seen.retain(|s, _| keep.contains(s));
         self.together.retain(|a, row| {
             if !keep.contains(a) {
@@ -250,6 +277,9 @@ pub struct CoOccurrence {
     /// stream resuming after an outage) looks the same.
     now: i64,
     scopes: BTreeMap<String, Scope>,
+    /// Whether a scope was ever evicted for room (see [`Scope::since`]).
+    #[serde(default)]
+    evicted: bool,
 }
 
 impl CoOccurrence {
@@ -260,6 +290,7 @@ impl CoOccurrence {
             start: None,
             now: i64::MIN,
             scopes: BTreeMap::new(),
+            evicted: false,
         }
     }
 
@@ -269,6 +300,9 @@ impl CoOccurrence {
         let fresh = CoOccurrence::new(tick_secs);
         if fresh.tick_ms == self.tick_ms {
             self
+        } else if self.start.is_none() {
+            // Nothing learned yet: nothing to lose.
+            fresh
         } else {
             tracing::warn!(
                 from_secs = self.tick_ms / 1000,
@@ -295,25 +329,37 @@ impl CoOccurrence {
     pub fn observe(&mut self, scope: &str, service: &str, ts_ms: i64) {
         self.clock(ts_ms);
         let tick = self.tick_of(ts_ms);
-        if !self.scopes.contains_key(scope) && self.scopes.len() >= MAX_SCOPES {
-            let quietest = self
-                .scopes
-                .iter()
-                .min_by_key(|(_, s)| s.newest)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = quietest {
-                self.scopes.remove(&k);
+        if !self.scopes.contains_key(scope) {
+            if self.scopes.len() >= MAX_SCOPES {
+                let quietest = self
+                    .scopes
+                    .iter()
+                    .min_by_key(|(_, s)| s.newest)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = quietest {
+                    self.scopes.remove(&k);
+                    self.evicted = true;
+                }
             }
+            let fresh = Scope {
+                since: self.evicted.then_some(tick),
+                ..Scope::default()
+            };
+            self.scopes.insert(scope.to_string(), fresh);
         }
-        self.scopes
-            .entry(scope.to_string())
-            .or_default()
-            .observe(service, tick);
+        if let Some(sc) = self.scopes.get_mut(scope) {
+            sc.observe(service, tick);
+        }
     }
 
-    /// Ticks before the current one since the stream began (empty ones included).
-    fn elapsed(&self) -> f64 {
-        self.start.map_or(0.0, |s| (self.now - s).max(0) as f64)
+    /// Ticks before the current one that `sc` has counted (empty ones included): since
+    /// the stream began, or since the scope was created if it may have been evicted.
+    fn elapsed(&self, sc: Option<&Scope>) -> f64 {
+        let from = match (self.start, sc.and_then(|s| s.since)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        from.map_or(0.0, |s| (self.now - s).max(0) as f64)
     }
 
     /// Whether `a` and `b` have gone wrong together in `scope` more often than chance allows.
@@ -325,14 +371,19 @@ impl CoOccurrence {
         let Some(&k) = sc.together.get(lo).and_then(|row| row.get(hi)) else {
             return false;
         };
-        let n = self.elapsed();
+        let n = self.elapsed(Some(sc));
         if k < MIN_TOGETHER || n == 0.0 {
             return false;
         }
         // A service went wrong in at least the ticks it shared; the floor matters only
         // where halving or forgetting left the counts out of step.
         let seen = |s: &str| f64::from(sc.seen.get(s).copied().unwrap_or(0).max(k));
-        poisson_tail(k, seen(a) * seen(b) / n) < ALPHA
+        let lambda = seen(a) * seen(b) / n;
+        // No more than expected: far from rare, and the tail need not be summed.
+        if f64::from(k) <= lambda {
+            return false;
+        }
+        poisson_tail(k, lambda) < ALPHA
     }
 
     /// Whether `b` going wrong while `a` is (over `span_ms`, from `a`'s first anomaly to
@@ -344,8 +395,15 @@ impl CoOccurrence {
     /// time has been seen to tell, only the learned relation counts.
     pub fn coincidence_is_rare(&self, scope: &str, a: &str, b: &str, span_ms: i64) -> bool {
         let sc = self.scopes.get(scope);
-        let n = self.elapsed();
-        let seen = |s: &str| f64::from(sc.and_then(|sc| sc.seen.get(s).copied()).unwrap_or(0));
+        let n = self.elapsed(sc);
+        // A service not remembered may be a forgotten one, and one remembered may have been
+        // forgotten before and counted afresh since: none is taken for quieter than the
+        // forgotten ones were. (Zero until a scope overflows.)
+        let seen = |s: &str| {
+            f64::from(sc.map_or(0, |sc| {
+                sc.seen.get(s).copied().unwrap_or(0).max(sc.forgotten)
+            }))
+        };
         let w = (span_ms.max(0) / self.tick_ms.max(1) + 1) as f64;
         (seen(a) + 1.0) * (seen(b) + 1.0) * w / (n + 1.0) < RARE
     }
@@ -534,6 +592,53 @@ mod tests {
         assert_eq!(c.scopes.len(), MAX_SCOPES);
         assert!(c.scopes.contains_key("scope-0") && c.scopes.contains_key("new"));
         assert!(!c.scopes.contains_key("scope-1"));
+        // Scopes created before any eviction count from the stream's start; "new" may be
+        // an evicted scope come back, so it counts only from its own first tick.
+        assert_eq!(c.scopes["scope-0"].since, None);
+        assert_eq!(c.scopes["new"].since, Some(501));
+        c.clock(511 * MIN);
+        assert_eq!(c.elapsed(c.scopes.get("scope-0")), 510.0);
+        assert_eq!(c.elapsed(c.scopes.get("new")), 10.0);
+        // scope-1 comes back after its eviction: had its lost history been read as 511
+        // quiet minutes, api going wrong beside db would look rare. Over the ten minutes
+        // its new counts cover, api anomalous in each of them, it is not.
+        for m in 512..522 {
+            c.observe("scope-1", "api", m * MIN);
+        }
+        c.observe("scope-1", "db", 522 * MIN);
+        assert!(!c.coincidence_is_rare("scope-1", "api", "db", 0));
+    }
+
+    #[test]
+    fn a_service_not_remembered_is_never_quieter_than_the_forgotten_ones() {
+        let mut c = CoOccurrence::new(60);
+        // A full table of services anomalous in each of 20 ticks, then a tick that brings
+        // 600 new ones: half the table is forgotten, old and noisy services among them.
+        for m in 0..20i64 {
+            for j in 0..MAX_SERVICES {
+                c.observe("t", &format!("noisy-{j:05}"), m * MIN);
+            }
+        }
+        for j in 0..600 {
+            c.observe("t", &format!("new-{j}"), 20 * MIN);
+        }
+        // A later anomaly closes tick 20.
+        c.observe("t", "later", 22 * MIN);
+        let sc = &c.scopes["t"];
+        assert!(sc.seen.len() <= MAX_SERVICES / 2 + 1);
+        assert_eq!(sc.forgotten, 20);
+        let lost = (0..MAX_SERVICES)
+            .map(|j| format!("noisy-{j:05}"))
+            .find(|s| !sc.seen.contains_key(s))
+            .unwrap();
+        // Read as never seen, it would be a quiet service, and its first anomaly beside
+        // another unknown service a rare coincidence over 21 ticks ((0+1)(0+1)/22 < 0.05).
+        assert!(!c.coincidence_is_rare("t", &lost, "unknown", 0));
+        // A scope that forgot nothing still reads unknown services as quiet.
+        let mut quiet = CoOccurrence::new(60);
+        quiet.observe("t", "api", 0);
+        quiet.clock(22 * MIN);
+        assert!(quiet.coincidence_is_rare("t", "new-a", "new-b", 0));
     }
 
     #[test]

@@ -664,8 +664,13 @@ impl Correlator {
         // Spans run onset to onset: from each service's earliest waiting anomaly, as
         // `find_open` measures from a member's first signal, so a service's later
         // anomalies cannot shorten the span and make a coincidence look rarer.
+        // Only learned co-occurrence weighs spans; a graph does not.
         let mut onset: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-        for a in self.pending.iter().filter(|a| scope_of(a) == key) {
+        for a in self
+            .pending
+            .iter()
+            .filter(|a| self.learns() && scope_of(a) == key)
+        {
             if let (Some(s), _) = self.service_and_host(&a.labels) {
                 let t = onset.entry(s).or_insert(a.ts);
                 *t = (*t).min(a.ts);
@@ -683,7 +688,13 @@ impl Correlator {
                 }
                 let (os, oh) = self.service_and_host(&other.labels);
                 let linked = match (&cs, os) {
-                    (Some(a), Some(b)) => self.related_over(&key, a, &b, onset[&b] - onset[a]),
+                    (Some(a), Some(b)) => {
+                        let span = match (onset.get(a), onset.get(&b)) {
+                            (Some(x), Some(y)) => *y - *x,
+                            _ => Duration::zero(),
+                        };
+                        self.related_over(&key, a, &b, span)
+                    }
                     _ => false,
                 } || (ch.is_some() && ch == oh);
                 if linked {
