@@ -123,11 +123,8 @@ impl Scope {
         if services.len() <= MAX_TICK_SERVICES {
             // BTreeSet iterates in order, so `a < b` in every pair.
             let v: Vec<&String> = services.iter().collect();
-            for (i, a) in v.iter().enumerate() {
-                // The last service has no larger partner: no row for it.
-                if i + 1 == v.len() {
-                    break;
-                }
+            // The last service has no larger partner, so no row of its own.
+            for (i, a) in v.iter().enumerate().take(v.len().saturating_sub(1)) {
                 if !self.together.contains_key(a.as_str()) {
                     self.together.insert((*a).clone(), BTreeMap::new());
                 }

@@ -666,14 +666,12 @@ impl Correlator {
         // anomalies cannot shorten the span and make a coincidence look rarer.
         // Only learned co-occurrence weighs spans; a graph does not.
         let mut onset: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-        for a in self
-            .pending
-            .iter()
-            .filter(|a| self.learns() && scope_of(a) == key)
-        {
-            if let (Some(s), _) = self.service_and_host(&a.labels) {
-                let t = onset.entry(s).or_insert(a.ts);
-                *t = (*t).min(a.ts);
+        if self.learns() {
+            for a in self.pending.iter().filter(|a| scope_of(a) == key) {
+                if let (Some(s), _) = self.service_and_host(&a.labels) {
+                    let t = onset.entry(s).or_insert(a.ts);
+                    *t = (*t).min(a.ts);
+                }
             }
         }
         let mut inside = vec![start];
