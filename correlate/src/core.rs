@@ -154,6 +154,14 @@ struct Open {
     resolved_at: Option<DateTime<Utc>>,
 }
 
+impl Open {
+    /// Whether it is ongoing at `now` however quiet it has been: an alert of it still
+    /// fires, or a predicted breach of it still stands.
+    fn held_open(&self, now: DateTime<Utc>) -> bool {
+        !self.firing.is_empty() || self.predicted.values().any(|until| *until > now)
+    }
+}
+
 /// A status step the engine takes on its own; the store applies it only from `from`
 /// (see `Store::engine_transition`).
 #[derive(Debug, Clone, PartialEq)]
@@ -353,12 +361,7 @@ impl Correlator {
         let watermark = self.anomaly_time.max(self.alert_time).unwrap_or_default();
         let (live, quieted): (Vec<Open>, Vec<Open>) = std::mem::take(&mut self.open)
             .into_iter()
-            // An incident with an alert still firing is ongoing however quiet it is.
-            .partition(|o| {
-                watermark - o.last <= quiet
-                    || !o.firing.is_empty()
-                    || o.predicted.values().any(|until| *until > watermark)
-            });
+            .partition(|o| watermark - o.last <= quiet || o.held_open(watermark));
         self.open = live;
         for mut o in quieted {
             // Quiet since its last signal: resolved as of then plus the quiet period.
@@ -464,7 +467,10 @@ impl Correlator {
         // Up to `window_secs` before its start, so a signal that arrives late (its stream
         // lagging the other) still finds the incident it belongs to; and for as long as it
         // collects after its last signal (`quiet_secs`): a degradation that detect re-raises
-        // every `repeat_every` buckets stays one incident.
+        // every `repeat_every` buckets stays one incident. One that `expire` holds open (an
+        // alert still firing, a predicted breach still standing) collects too: otherwise a
+        // signal of its own service would open a second incident beside it, or join it,
+        // depending on whether the prediction's re-report happened to be merged first.
         let window = Duration::seconds(self.cfg.window_secs as i64);
         let collects = Duration::seconds(self.cfg.quiet_secs.max(self.cfg.window_secs) as i64);
         self.open
@@ -473,7 +479,7 @@ impl Correlator {
             .filter(|(_, o)| {
                 o.scope_key == scope
                     && now >= o.incident.started_at - window
-                    && now <= o.last + collects
+                    && (now <= o.last + collects || o.held_open(now))
             })
             .filter(|(_, o)| {
                 service.is_some_and(|s| {
@@ -1430,6 +1436,45 @@ mod tests {
         assert!(d.process(predicted(0, 600, false)).is_empty());
         assert!(d.process(predicted(1, 600, true)).is_empty());
         assert!(d.flush().is_empty());
+    }
+
+    #[test]
+    fn a_signal_of_an_incident_held_open_joins_it_in_any_order() {
+        // The prediction holds its incident open past the quiet period. At minute 90 the
+        // same series is anomalous again and its prediction is re-reported: whichever of
+        // the two the merge takes first, both join the standing incident.
+        for prediction_first in [true, false] {
+            let mut c = Correlator::new(cfg());
+            let elsewhere = |m| Signal::Anomaly(anomaly("search", "s-1", m, Severity::Warning));
+            let mut w = c.process(predicted(0, 600, false));
+            w.extend(c.process(elsewhere(5)));
+            let id = w[0].incident.id.clone();
+            c.process(elsewhere(80));
+            let mut again = anomaly("db", "db-1", 90, Severity::Critical);
+            again.id = "db-90".into();
+            let mut signals = vec![predicted(90, 500, false), Signal::Anomaly(again)];
+            if !prediction_first {
+                signals.reverse();
+            }
+            let mut w = Vec::new();
+            for s in signals {
+                w.extend(c.process(s));
+            }
+            w.extend(c.flush());
+            let joined: Vec<&str> = w
+                .iter()
+                .filter(|w| w.incident.id == id)
+                .flat_map(|w| w.new_anomaly_ids.iter().map(String::as_str))
+                .collect();
+            assert!(
+                joined.contains(&"db-90") && joined.contains(&"p-90-false"),
+                "prediction first: {prediction_first}: {w:#?}"
+            );
+            assert!(
+                w.iter().all(|w| w.incident.id == id),
+                "a second incident opened: {w:#?}"
+            );
+        }
     }
 
     #[test]
