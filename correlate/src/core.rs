@@ -199,6 +199,12 @@ pub struct Correlator {
     #[serde(skip)]
     steps: Vec<StatusStep>,
     pending: Vec<Anomaly>,
+    /// Pending anomalies that waited `window_secs` without earning an incident, kept
+    /// `reopen_secs` longer (at most `MAX_AGED`): a signal merged late (forecast's
+    /// predictions carry no watermark) may still complete their group, as it would have
+    /// had it come on time.
+    #[serde(default)]
+    aged: Vec<Anomaly>,
     /// Which incident each alert (tenant, fingerprint) joined.
     alerts: HashMap<(String, String), String>,
     /// Newest event time seen on each input: grouping waits by the anomaly clock, and
@@ -211,6 +217,8 @@ pub struct Correlator {
 
 /// Most hosts an incident's scope names.
 const MAX_SCOPE_HOSTS: usize = 50;
+/// Most aged-out pending anomalies kept for late signals; the oldest go first.
+const MAX_AGED: usize = 10_000;
 
 fn short_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
@@ -268,6 +276,7 @@ impl Correlator {
             resolved: Vec::new(),
             steps: Vec::new(),
             pending: Vec::new(),
+            aged: Vec::new(),
             alerts: HashMap::new(),
             anomaly_time: None,
             alert_time: None,
@@ -282,6 +291,7 @@ impl Correlator {
             open: state.open,
             resolved: state.resolved,
             pending: state.pending,
+            aged: state.aged,
             alerts: state.alerts,
             anomaly_time: state.anomaly_time,
             alert_time: state.alert_time,
@@ -382,7 +392,17 @@ impl Correlator {
         self.resolved
             .retain(|o| o.resolved_at.is_some_and(|r| watermark - r <= reopen));
         if let Some(now) = self.anomaly_time {
-            self.pending.retain(|a| now - a.ts <= window);
+            let (pending, aged): (Vec<Anomaly>, Vec<Anomaly>) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|a| now - a.ts <= window);
+            self.pending = pending;
+            self.aged.extend(aged);
+            self.aged.retain(|a| now - a.ts <= window + reopen);
+            let excess = self.aged.len().saturating_sub(MAX_AGED);
+            if excess > 0 {
+                self.aged.sort_by(|x, y| (x.ts, &x.id).cmp(&(y.ts, &y.id)));
+                self.aged.drain(..excess);
+            }
         }
     }
 
@@ -430,12 +450,19 @@ impl Correlator {
             return Some(i);
         }
         let reopen = Duration::seconds(self.cfg.reopen_secs as i64);
+        let window = Duration::seconds(self.cfg.window_secs as i64);
+        // A signal stamped before the incident resolved belongs to it too: only a source
+        // the merge does not hold back (forecast's predictions) is merged that late, and
+        // had it been merged on time it would have joined. Reopening gives the same
+        // incidents whichever came first.
         let j = self
             .resolved
             .iter()
             .enumerate()
             .filter(|(_, o)| {
-                o.scope_key == scope && o.resolved_at.is_some_and(|r| now >= r && now - r <= reopen)
+                o.scope_key == scope
+                    && now >= o.incident.started_at - window
+                    && o.resolved_at.is_some_and(|r| now - r <= reopen)
             })
             .filter(|(_, o)| {
                 service.is_some_and(|s| o.services.keys().any(|t| self.related(scope, s, t)))
@@ -444,13 +471,14 @@ impl Correlator {
             .max_by_key(|(_, o)| o.last)
             .map(|(j, _)| j)?;
         let mut o = self.resolved.remove(j);
-        o.resolved_at = None;
-        o.last = now;
+        // A late signal reopens as of the resolution: a status cannot go back before it.
+        let at = o.resolved_at.take().map_or(now, |r| r.max(now));
+        o.last = o.last.max(now);
         self.steps.push(step(
             &o,
             REOPEN_FROM,
             IncidentStatus::Detected,
-            now,
+            at,
             "its signals recurred".into(),
         ));
         self.open.push(o);
@@ -530,6 +558,18 @@ impl Correlator {
         }
         // Not part of a live incident: wait `group_wait_secs` for related anomalies, so
         // that everything one fault sets off in the same moment lands in one incident.
+        // A signal older than the group window (merged late) takes back the anomalies of
+        // its time that aged out waiting, so they can still form the group they would have
+        // formed with it; what does not ripen ages out again.
+        let window = Duration::seconds(self.cfg.window_secs as i64);
+        if self.anomaly_time.is_some_and(|now| now - a.ts > window) && !self.aged.is_empty() {
+            let (back, stay): (Vec<Anomaly>, Vec<Anomaly>) =
+                std::mem::take(&mut self.aged).into_iter().partition(|p| {
+                    (p.ts - a.ts).abs() <= window && self.scope(&p.tenant, &p.labels) == scope
+                });
+            self.aged = stay;
+            self.pending.extend(back);
+        }
         self.pending.push(a);
         writes
     }
@@ -546,6 +586,7 @@ impl Correlator {
                     .is_some_and(|b| b.fingerprint(p.series_id) == fingerprint)
         };
         self.pending.retain(|p| !same(p));
+        self.aged.retain(|p| !same(p));
         let key = (a.tenant.clone(), fingerprint.clone());
         let Some(id) = self.alerts.remove(&key) else {
             return Vec::new();
@@ -680,6 +721,10 @@ impl Correlator {
                 }
             }
         }
+        // Links reach `window_secs` at most. Anomalies merged on time are all that close
+        // to the clock, so this only keeps one merged late from linking to ones far from
+        // its own time, which it could not have met had it come on time.
+        let window = Duration::seconds(self.cfg.window_secs as i64);
         let mut inside = vec![start];
         let mut seen: BTreeSet<usize> = [start].into();
         let mut i = 0;
@@ -687,7 +732,8 @@ impl Correlator {
             let cur = &self.pending[inside[i]];
             let (cs, ch) = self.service_and_host(&cur.labels);
             for (j, other) in self.pending.iter().enumerate() {
-                if seen.contains(&j) || scope_of(other) != key {
+                if seen.contains(&j) || scope_of(other) != key || (other.ts - cur.ts).abs() > window
+                {
                     continue;
                 }
                 let (os, oh) = self.service_and_host(&other.labels);
@@ -1475,6 +1521,139 @@ mod tests {
                 "a second incident opened: {w:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_prediction_merged_after_its_incident_resolved_gives_the_same_incidents() {
+        // Predictions carry no watermark, so the merge may take one stamped before its
+        // incident resolved itself after the resolution. It must still hold that incident
+        // open, so the same series going wrong again later joins it in either order.
+        let t = |m: i64| (1_700_000_000 + m * 60) * 1000;
+        for on_time in [true, false] {
+            let mut c = Correlator::new(cfg());
+            let mut w = c.process(Signal::Anomaly(anomaly(
+                "db",
+                "db-1",
+                0,
+                Severity::Critical,
+            )));
+            w.extend(c.advance(t(2)).0);
+            let id = w[0].incident.id.clone();
+            if on_time {
+                w.extend(c.process(predicted(20, 600, false)));
+                w.extend(c.advance(t(40)).0);
+            } else {
+                // Quiet since minute 0: resolved at minute 30, before the prediction.
+                w.extend(c.advance(t(40)).0);
+                assert!(
+                    c.take_steps()
+                        .iter()
+                        .any(|s| s.incident_id == id && s.to == IncidentStatus::Resolved),
+                    "the late order must resolve first, or it tests nothing"
+                );
+                w.extend(c.process(predicted(20, 600, false)));
+                let steps = c.take_steps();
+                let reopened = steps
+                    .iter()
+                    .find(|s| s.incident_id == id && s.to == IncidentStatus::Detected)
+                    .expect("the late prediction reopens its incident");
+                assert!(
+                    reopened.event.ts >= Utc.timestamp_opt(1_700_000_000 + 30 * 60, 0).unwrap()
+                );
+            }
+            // 30 minutes past the resolution, beyond reopen_secs.
+            let mut again = anomaly("db", "db-1", 60, Severity::Critical);
+            again.id = "db-60".into();
+            w.extend(c.process(Signal::Anomaly(again)));
+            w.extend(c.flush());
+            let joined: Vec<&str> = w
+                .iter()
+                .filter(|w| w.incident.id == id)
+                .flat_map(|w| w.new_anomaly_ids.iter().map(String::as_str))
+                .collect();
+            assert!(
+                joined.contains(&"p-20-false") && joined.contains(&"db-60"),
+                "on time: {on_time}: {w:#?}"
+            );
+            assert!(
+                w.iter().all(|w| w.incident.id == id),
+                "on time: {on_time}: a second incident opened: {w:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prediction_merged_after_its_companion_aged_out_still_opens_their_incident() {
+        // One warning anomaly alone opens nothing; with a warning prediction of the same
+        // moment it does. Merged after the anomaly left the group window, the prediction
+        // must still open the same incident, and hold it for what follows.
+        let t = |m: i64| (1_700_000_000 + m * 60) * 1000;
+        let warning_prediction = || match predicted(0, 600, false) {
+            Signal::Anomaly(mut a) => {
+                a.severity = Severity::Warning;
+                Signal::Anomaly(a)
+            }
+            other => other,
+        };
+        let mut runs = Vec::new();
+        for on_time in [true, false] {
+            let mut c = Correlator::new(cfg());
+            let mut w = c.process(Signal::Anomaly(anomaly("db", "db-1", 0, Severity::Warning)));
+            if on_time {
+                w.extend(c.process(warning_prediction()));
+                w.extend(c.advance(t(20)).0);
+            } else {
+                w.extend(c.advance(t(20)).0);
+                assert!(w.is_empty(), "one warning alone opens nothing: {w:#?}");
+                assert_eq!(c.pending(), 0, "the anomaly left the group window");
+                w.extend(c.process(warning_prediction()));
+                w.extend(c.advance(t(21)).0);
+            }
+            let mut again = anomaly("db", "db-1", 60, Severity::Warning);
+            again.id = "db-60".into();
+            w.extend(c.process(Signal::Anomaly(again)));
+            w.extend(c.flush());
+            let mut members: Vec<(String, String)> = w
+                .iter()
+                .flat_map(|w| {
+                    w.new_anomaly_ids
+                        .iter()
+                        .map(|a| (w.incident.id.clone(), a.clone()))
+                })
+                .collect();
+            members.sort();
+            runs.push(members);
+        }
+        assert_eq!(runs[0].len(), 3, "{:#?}", runs[0]);
+        assert!(
+            runs[0].iter().all(|(id, _)| *id == runs[0][0].0),
+            "{:#?}",
+            runs[0]
+        );
+        assert_eq!(runs[0], runs[1], "on time, then late");
+    }
+
+    #[test]
+    fn a_signal_merged_late_does_not_group_with_anomalies_far_from_its_time() {
+        // A warning prediction of minute 0 and a warning anomaly of minute 40, the same
+        // service: on time, each waits alone and opens nothing. Merged late, beside the
+        // anomaly, the prediction must not make a pair with it.
+        let t = |m: i64| (1_700_000_000 + m * 60) * 1000;
+        let mut c = Correlator::new(cfg());
+        let mut w = c.process(Signal::Anomaly(anomaly(
+            "db",
+            "db-1",
+            40,
+            Severity::Warning,
+        )));
+        let Signal::Anomaly(mut p) = predicted(0, 600, false) else {
+            unreachable!()
+        };
+        p.severity = Severity::Warning;
+        w.extend(c.process(Signal::Anomaly(p)));
+        w.extend(c.advance(t(42)).0);
+        w.extend(c.flush());
+        assert!(w.is_empty(), "{w:#?}");
     }
 
     #[test]
