@@ -7,6 +7,7 @@
 //! metric_points (and re-keyed onto seismo.points). Latency: with ingest and detect
 //! running and warmed up, a spike is produced and the time until its anomaly row exists is
 //! measured, repeatedly.
+#![expect(clippy::disallowed_methods, reason = "benchmarks time wall-clock runs")]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

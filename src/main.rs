@@ -1,4 +1,8 @@
 //! The `seismo` command line: dispatch of the subcommands declared in `seismo::cli`.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the CLI reports wall time and `--at` defaults to now"
+)]
 
 use std::path::PathBuf;
 

@@ -1,4 +1,8 @@
 //! Authentication end to end: the real router and embedded pipeline on port 0 over a temp SQLite, tokens from the library, the API and the CLI.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 mod common;
 

@@ -5,6 +5,10 @@
 //!
 //! Needs `SEISMO_TEST_KAFKA` and `SEISMO_TEST_PG_URL` (scripts/test.sh starts both); without
 //! them the distributed half fails with instructions, never skips.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 mod common;
 

@@ -3,6 +3,10 @@
 //!
 //! Needs `SEISMO_TEST_KAFKA` and `SEISMO_TEST_PG_URL` (scripts/test.sh starts both with
 //! scripts/services.sh); without them the test fails with instructions, never skips.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,5 +1,9 @@
 //! End-to-end tests of the embedded pipeline: simulated faults become incidents, and a
 //! graceful shutdown stores every accepted point.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 use std::sync::Arc;
 

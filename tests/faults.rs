@@ -2,6 +2,10 @@
 //! (PostgreSQL behind a proxy that drops every connection, distributed) for 60 s while
 //! telemetry keeps arriving. Nothing acknowledged may be lost, the stages must recover by
 //! themselves, and `/readyz` must report the outage while it lasts.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! Paging end to end: a firing alert through the embedded pipeline and the real HTTP API to recording PagerDuty, Slack and webhook servers.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! Every operation the OpenAPI description documents, called over HTTP on a running
 //! embedded process: each answers with a status the description lists for it, the
 //! served description is the generated one, and no documented operation goes uncalled.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! Resource tests against a real `seismo run` process: what hostile or careless clients
 //! can make it hold. Each case measures the process's resident memory (VmRSS) before and
 //! after and prints the figures (`cargo test --test resources -- --nocapture`).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 
 mod common;
 

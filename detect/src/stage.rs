@@ -1,5 +1,9 @@
 //! The detect stage: the [`Detector`] core behind the generic runner, writing anomalies to
 //! the store and to `seismo.anomalies` with the watermarks correlate merges them by.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the stage shell paces idle flushes by the wall clock; its core does not read it"
+)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};

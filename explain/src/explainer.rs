@@ -1,4 +1,8 @@
 //! The explainer: facts pack, cache, budget, one model call or the template, grounding, and the stored explanation.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "explanations are stamped when written and the token budget counts per wall-clock day"
+)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,4 +1,8 @@
 //! The explain stage: `seismo.incidents` changes in, each incident explained once its changes go quiet.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the stage stamps when it explained"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

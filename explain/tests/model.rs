@@ -1,4 +1,8 @@
 //! The explainer against a fake OpenAI-compatible server over real HTTP: protocol, retries, fallbacks, redaction, injection, cache and budget.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests stamp live data with the wall clock"
+)]
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,10 @@
 //!
 //! Every bound is an option with a safe default, every refusal names its option, and
 //! every refusal is counted in `seismo_ingest_refused_total{limit}` (see [`Limit`]).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "ingest times requests and stamps receipt in wall time"
+)]
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

@@ -5,6 +5,7 @@
 //! every record. Consumers join a consumer group with auto-commit off: offsets are
 //! committed only when a stage says its outputs are durable, which makes delivery
 //! at-least-once, and the stages' idempotent writes make it effectively exactly-once.
+#![expect(clippy::disallowed_methods, reason = "records carry their append time")]
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,8 @@
 //! Sending one request until the receiver accepts it, refuses it for good, or the retry budget is spent.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "paging is wall-clock work: retries, group and repeat intervals, delivery stamps"
+)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

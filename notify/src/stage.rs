@@ -1,4 +1,8 @@
 //! The notify stage: `seismo.incidents` changes in, pages out, each recorded in the notification log.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "paging is wall-clock work: retries, group and repeat intervals, delivery stamps"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};

@@ -1,6 +1,7 @@
 //! Ad-hoc SQL sees one tenant only, on SQLite, PostgreSQL and TimescaleDB: joins,
 //! subqueries, CTEs, unions and every trick a query can try return the caller's rows and no
 //! other's; writes and hidden tables are refused; row, time and memory limits stop it.
+#![expect(clippy::disallowed_methods, reason = "tests time real runs")]
 
 use std::sync::Arc;
 

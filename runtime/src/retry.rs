@@ -1,4 +1,8 @@
 //! Retries of transient failures with exponential backoff and jitter.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "backoff waits wall time and seeds its jitter from the clock"
+)]
 
 use std::future::Future;
 use std::time::{Duration, Instant};

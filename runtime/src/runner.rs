@@ -1,4 +1,8 @@
 //! The generic stage runner: positions, checkpoints, restore, replay skipping, retries.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the runner paces checkpoints and idle ticks by the wall clock; cores do not read it"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

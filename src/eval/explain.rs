@@ -13,6 +13,10 @@
 //! With `--demo-seeds N` the incidents of N whole demo runs join them: the simulator's
 //! telemetry through detection and correlation, each incident scored against the
 //! injected fault it matched (or as weak evidence when it matched none).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "evaluations report their wall time"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -8,6 +8,10 @@
 //! incidents (members and the bytes of their API answer). Run once as is and once with
 //! `--no-correlate`, as separate processes (`scripts/bench-long-host.sh`): the ratio of the
 //! two drain times is what correlation costs.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "evaluations report their wall time"
+)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -6,6 +6,10 @@
 //! way and checked against their published figures; and, for the intervals, coverage and
 //! MSIS at the chosen level. Each model alone is scored too, and the series are split
 //! into five folds (by position) so the spread of OWA across folds can be read.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "evaluations report their wall time"
+)]
 
 use std::path::Path;
 use std::time::Instant;

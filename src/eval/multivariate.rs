@@ -14,6 +14,10 @@
 //!   detected, the metrics ranked by the evidence the raised anomalies give them (a
 //!   series alarm: its own surprisal; a host anomaly: each member's attributed
 //!   surprisal), k = floor(P/100 · |labelled metrics|).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "evaluations report their wall time"
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,8 @@
 //! `seismo eval odds DIR`: isolation-forest ROC AUC on ODDS-style CSVs, as the paper measures it.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "evaluations report their wall time"
+)]
 
 use std::path::Path;
 use std::time::Instant;

@@ -100,6 +100,10 @@ macro_rules! checkpoint_store {
                 group: &str,
                 cps: &[$crate::checkpoint::PartitionCheckpoint],
             ) -> $crate::Result<Vec<bool>> {
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "checkpoints record when they were written"
+                )]
                 let now = chrono::Utc::now().timestamp_millis();
                 let mut tx = self.pool.begin().await?;
                 let mut written = Vec::with_capacity(cps.len());

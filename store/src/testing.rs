@@ -1,4 +1,8 @@
 //! Helpers for tests that need a real PostgreSQL: a fresh, migrated database per test.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "test databases take the clock for a unique name"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

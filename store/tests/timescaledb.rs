@@ -2,6 +2,10 @@
 //! retention policies, the 1-minute continuous aggregate with backfilled points, and the
 //! store contracts the plain-PostgreSQL tests check. They fail, never skip, when the
 //! extension is missing (`SEISMO_TEST_TSDB_URL`, started by scripts/test.sh).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests stamp live data with the wall clock"
+)]
 
 use chrono::{Duration, Utc};
 use seismo_schemas::{Labels, MetricPoint};

@@ -1,4 +1,8 @@
 //! Helpers shared by the tests that run real `seismo` processes: the process handle, its log, its address and its memory.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests time real runs and stamp live data with the wall clock"
+)]
 // Each test file uses a part of this module; what one file leaves unused is not dead.
 #![allow(dead_code)]
 

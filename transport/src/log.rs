@@ -13,6 +13,7 @@
 //! length | value)* | payload`. At open, the last segment of each partition is scanned and a
 //! torn or corrupt tail (a crash mid-append) is cut off: those records were never
 //! acknowledged.
+#![expect(clippy::disallowed_methods, reason = "records carry their append time")]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
