@@ -257,6 +257,7 @@ pub fn spawn(
                 ctx.cfg.correlate.scope_label.clone(),
                 ctx.store.clone(),
                 output,
+                ctx.anomaly_partitions,
             );
             tokio::spawn(async move {
                 seismo_runtime::run(&mut core, io).await?;

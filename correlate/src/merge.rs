@@ -8,10 +8,13 @@
 //! correlator sees the same sequence in an uninterrupted run, after a crash and replay, and
 //! with any number of detect processes, and its incidents come out the same. Replayed
 //! anomalies (a detect process that restarted from its checkpoint) carry sequence numbers
-//! the merger has already taken, and are dropped.
+//! the merger has already taken, and are dropped. The forecast stage's partitions are
+//! sources too (numbered from `FORECAST_SOURCE_BASE`), waited for once they have spoken:
+//! its predictions then take their place in the same order, however far forecast lags.
 
 use std::collections::BTreeMap;
 
+use seismo_schemas::topics::headers::FORECAST_SOURCE_BASE;
 use serde::{Deserialize, Serialize};
 
 use crate::Signal;
@@ -98,12 +101,12 @@ impl Merger {
     }
 
     /// The merge time before which every source has promised nothing more, once every
-    /// source has spoken.
+    /// detect source has spoken (a forecast source counts from its first watermark on).
     fn frontier(&self) -> Option<i64> {
         if (self
             .state
-            .values()
-            .filter(|s| s.watermark.is_some())
+            .iter()
+            .filter(|(id, s)| **id < FORECAST_SOURCE_BASE && s.watermark.is_some())
             .count() as u32)
             < self.sources
         {
@@ -227,6 +230,18 @@ mod tests {
         assert!(m.release().is_empty());
         m.watermark(1, 10);
         assert_eq!(ids(&m.release()), ["x"]);
+        // A forecast source is not waited for until it speaks; then it is.
+        let mut m = Merger::new(1);
+        m.anomaly(Some((0, (0, 0))), 10, anomaly("x", 0));
+        m.watermark(0, 20);
+        assert_eq!(ids(&m.release()), ["x"], "no forecast source has spoken");
+        m.watermark(FORECAST_SOURCE_BASE, 30);
+        m.anomaly(Some((0, (1, 0))), 40, anomaly("y", 0));
+        m.watermark(0, 50);
+        assert!(m.release().is_empty(), "held for the forecast source");
+        m.anomaly(Some((FORECAST_SOURCE_BASE, (0, 0))), 35, anomaly("p", 0));
+        m.watermark(FORECAST_SOURCE_BASE, 60);
+        assert_eq!(ids(&m.release()), ["p", "y"]);
         // A bound on what is held.
         let mut m = Merger::new(1);
         for i in 0..10 {

@@ -29,6 +29,19 @@ use crate::thresholds::Threshold;
 /// The detector name predicted anomalies carry.
 pub const DETECTOR: &str = "forecast";
 
+/// A series silent for this long (of its partition's event time) no longer holds the
+/// partition's watermark back, as in detect.
+const WATERMARK_IDLE_MS: i64 = 3_600_000;
+
+/// How far a partition's input has got, for its watermark.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Newest point time seen.
+    max_ts: i64,
+    /// The last watermark announced.
+    published: Option<i64>,
+}
+
 /// One series' state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct History {
@@ -141,6 +154,7 @@ pub struct Forecaster {
     candidates: Vec<usize>,
     series: HashMap<u32, HashMap<SeriesId, History>>,
     dirty: HashMap<u32, HashSet<SeriesId>>,
+    progress: HashMap<u32, Progress>,
     budget: Budget,
     pub stats: ForecastStats,
 }
@@ -168,6 +182,7 @@ impl Forecaster {
             cfg,
             series: HashMap::new(),
             dirty: HashMap::new(),
+            progress: HashMap::new(),
             stats: ForecastStats::default(),
         }
     }
@@ -230,8 +245,19 @@ impl Forecaster {
             }
             series.insert(u64::from_be_bytes(id), h);
         }
+        // The watermark is worked out again from the histories: what the checkpoint's
+        // inputs had announced, give or take a batch (correlate keeps the highest).
+        let max_ts = series.values().map(|h| h.last_ts).max().unwrap_or(i64::MIN);
         self.series.insert(partition, series);
         self.dirty.remove(&partition);
+        self.progress.insert(
+            partition,
+            Progress {
+                max_ts,
+                published: None,
+            },
+        );
+        self.advance_watermark(partition);
         Ok(())
     }
 
@@ -239,6 +265,40 @@ impl Forecaster {
     pub fn drop_partition(&mut self, partition: u32) {
         self.series.remove(&partition);
         self.dirty.remove(&partition);
+        self.progress.remove(&partition);
+    }
+
+    /// Whether this forecaster holds series of `partition`.
+    pub fn has_partition(&self, partition: u32) -> bool {
+        self.series.contains_key(&partition)
+    }
+
+    /// The newest watermark of `partition` not yet announced, if it moved: the end of
+    /// the oldest open bucket among the partition's active series (those with a point in
+    /// the last hour of its event time). A series forecasts only when a point of a later
+    /// bucket closes its open one, and a prediction carries that later bucket's time, so
+    /// none will be older, except one of a series back from silence, whose merge time is
+    /// then the watermark. Being a bucket ahead of detect's, it does not hold correlate
+    /// back when the input stops.
+    pub fn advance_watermark(&mut self, partition: u32) -> Option<i64> {
+        let series = self.series.get(&partition)?;
+        let progress = self.progress.get_mut(&partition)?;
+        let horizon = progress.max_ts.saturating_sub(WATERMARK_IDLE_MS);
+        let wm = series
+            .values()
+            .filter(|h| h.last_ts >= horizon)
+            .map(|h| h.open.saturating_add(1).saturating_mul(self.bucket_ms))
+            .min()?;
+        if progress.published.is_some_and(|p| wm <= p) {
+            return None;
+        }
+        progress.published = Some(wm);
+        Some(wm)
+    }
+
+    /// The last watermark announced for `partition`.
+    pub fn published_watermark(&self, partition: u32) -> Option<i64> {
+        self.progress.get(&partition)?.published
     }
 
     /// The first bucket after `b` at which series `id` is due.
@@ -260,6 +320,11 @@ impl Forecaster {
         // The same saturation as the detectors': a value beyond it cannot poison means.
         let value = p.value.clamp(-1e150, 1e150);
         let first_due = self.next_slot(id, b);
+        let progress = self.progress.entry(partition).or_insert(Progress {
+            max_ts: i64::MIN,
+            published: None,
+        });
+        progress.max_ts = progress.max_ts.max(p.ts);
         let h = self
             .series
             .entry(partition)
@@ -589,6 +654,42 @@ mod tests {
             budget_ms_per_sec: 0,
             ..ForecastConfig::default()
         }
+    }
+
+    #[test]
+    fn the_watermark_is_the_oldest_open_bucket_of_the_series_still_sending() {
+        let mut f = Forecaster::new(cfg());
+        let mut out = Produced::default();
+        let mut feed = |f: &mut Forecaster, host: &str, hour: i64| {
+            f.process(0, &point("m", host, T0 + hour * HOUR, 1.0), &mut out);
+        };
+        assert_eq!(f.advance_watermark(0), None, "nothing read yet");
+        for hour in 0..=4 {
+            feed(&mut f, "a", hour);
+            feed(&mut f, "b", hour);
+        }
+        // Both have hour 4 open: a prediction comes only when a point of hour 5 or later
+        // closes it, and carries that later hour.
+        assert_eq!(f.advance_watermark(0), Some(T0 + 5 * HOUR));
+        feed(&mut f, "a", 5);
+        assert_eq!(f.advance_watermark(0), None, "b still holds it at hour 4");
+        // b has been silent for more than an hour of the partition's time: it no longer
+        // holds the watermark back.
+        feed(&mut f, "a", 6);
+        assert_eq!(f.advance_watermark(0), Some(T0 + 7 * HOUR));
+        assert_eq!(f.published_watermark(0), Some(T0 + 7 * HOUR));
+        // Restored from a checkpoint, the watermark is worked out again.
+        let entries = {
+            f.dirty
+                .entry(0)
+                .or_default()
+                .extend(f.series[&0].keys().copied());
+            f.take_dirty(0)
+        };
+        let mut g = Forecaster::new(cfg());
+        g.restore(0, entries).unwrap();
+        assert_eq!(g.published_watermark(0), Some(T0 + 7 * HOUR));
+        assert_eq!(g.advance_watermark(0), None);
     }
 
     #[test]

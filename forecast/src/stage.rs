@@ -1,11 +1,12 @@
 //! The forecast stage on the bus: `seismo.points` → the `forecasts` table, and predicted breaches → the anomalies table and `seismo.anomalies`.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::{IntCounter, register_int_counter};
-use seismo_runtime::{Dirty, Entries, Stage, StageError};
+use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
 use seismo_schemas::topics::{self, headers};
 use seismo_schemas::{Anomaly, Forecast, correlation_key};
 use seismo_store::Store;
@@ -41,6 +42,11 @@ static PREDICTED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub struct ForecastOut {
     pub forecasts: Vec<Forecast>,
     pub anomalies: Vec<Anomaly>,
+    /// For each anomaly: its `seismo.points` partition, sequence (input offset, index)
+    /// and merge time, for correlate's merge.
+    pub sources: Vec<(u32, (i64, u32), i64)>,
+    /// (source partition, watermark in UTC ms) to announce.
+    pub watermarks: Vec<(u32, i64)>,
 }
 
 /// The forecast stage.
@@ -50,6 +56,17 @@ pub struct ForecastStage {
     output: Arc<dyn Producer>,
     scope_label: Option<String>,
     counted: ForecastStats,
+    /// Whether any threshold is configured: only then can predictions come, and only
+    /// then are watermarks announced (correlate waits for a source that announces).
+    predicts: bool,
+    /// Partitions of `seismo.anomalies`: every one hears every watermark.
+    anomaly_partitions: u32,
+    /// Partitions with input since the last tick.
+    touched: BTreeSet<u32>,
+    /// Partitions restored since the last tick, whose watermark is announced again.
+    restored: BTreeSet<u32>,
+    /// Watermarks announced for owned partitions that have no data yet.
+    empty_published: HashMap<u32, i64>,
 }
 
 impl ForecastStage {
@@ -58,19 +75,40 @@ impl ForecastStage {
         scope_label: Option<String>,
         store: Arc<dyn Store>,
         output: Arc<dyn Producer>,
+        anomaly_partitions: u32,
     ) -> Self {
         ForecastStage {
+            predicts: !cfg.thresholds.is_empty(),
             core: Forecaster::new(cfg),
             store,
             output,
             scope_label,
             counted: ForecastStats::default(),
+            anomaly_partitions: anomaly_partitions.max(1),
+            touched: BTreeSet::new(),
+            restored: BTreeSet::new(),
+            empty_published: HashMap::new(),
         }
     }
 
     /// What the core has done so far.
     pub fn stats(&self) -> ForecastStats {
         self.core.stats
+    }
+
+    /// Works out the watermarks of the partitions read since the last call.
+    fn announce(&mut self, out: &mut ForecastOut) {
+        for p in std::mem::take(&mut self.restored) {
+            if let Some(wm) = self.core.published_watermark(p) {
+                out.watermarks.push((p, wm));
+            }
+            self.touched.insert(p);
+        }
+        for p in std::mem::take(&mut self.touched) {
+            if let Some(wm) = self.core.advance_watermark(p) {
+                out.watermarks.push((p, wm));
+            }
+        }
     }
 }
 
@@ -87,6 +125,18 @@ impl Stage for ForecastStage {
             self.core.process(m.partition, &p, &mut produced);
             n += 1;
         }
+        self.touched.insert(m.partition);
+        let wm = self
+            .core
+            .published_watermark(m.partition)
+            .unwrap_or(i64::MIN);
+        for (i, a) in produced.anomalies.iter().enumerate() {
+            out.sources.push((
+                m.partition,
+                (m.offset, i as u32),
+                a.ts.timestamp_millis().max(wm),
+            ));
+        }
         out.forecasts.append(&mut produced.forecasts);
         out.anomalies.append(&mut produced.anomalies);
         let s = self.core.stats;
@@ -97,31 +147,80 @@ impl Stage for ForecastStage {
         n
     }
 
+    async fn tick(&mut self, out: &mut ForecastOut, tick: &Tick) {
+        if !self.predicts {
+            return;
+        }
+        self.announce(out);
+        // Owned partitions without data must not hold correlate back: they move with the
+        // slowest partition of this process that has data.
+        let data_min = tick
+            .assignment
+            .iter()
+            .filter_map(|p| self.core.published_watermark(*p))
+            .min();
+        if let Some(wm) = data_min {
+            for &p in &tick.assignment {
+                if !self.core.has_partition(p)
+                    && self.empty_published.get(&p).is_none_or(|w| *w < wm)
+                {
+                    self.empty_published.insert(p, wm);
+                    out.watermarks.push((p, wm));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut ForecastOut) {
+        if self.predicts {
+            self.announce(out);
+        }
+    }
+
     fn has_output(out: &ForecastOut) -> bool {
-        !out.forecasts.is_empty() || !out.anomalies.is_empty()
+        !out.forecasts.is_empty() || !out.anomalies.is_empty() || !out.watermarks.is_empty()
     }
 
     async fn write(&self, out: &ForecastOut) -> Result<(), StageError> {
-        self.store.insert_forecasts(&out.forecasts).await?;
+        if !out.forecasts.is_empty() {
+            self.store.insert_forecasts(&out.forecasts).await?;
+        }
         if !out.anomalies.is_empty() {
             self.store.insert_anomalies(&out.anomalies).await?;
-            // No source headers: correlation merges these at their own time and does
-            // not take them for replays of a detect partition's output.
-            let records = out
-                .anomalies
-                .iter()
-                .map(|a| {
-                    OutRecord::new(
-                        Bytes::from(correlation_key(
-                            &a.tenant,
-                            &a.labels,
-                            self.scope_label.as_deref(),
-                        )),
-                        Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
-                    )
-                    .header(headers::MERGE_AT, a.ts.timestamp_millis().to_string())
-                })
-                .collect();
+        }
+        // Numbered apart from detect's sources: correlate merges these in event-time
+        // order with detect's anomalies once this partition has announced a watermark,
+        // and drops replays by their sequence.
+        let source = |p: u32| (headers::FORECAST_SOURCE_BASE + p).to_string();
+        let mut records: Vec<OutRecord> = out
+            .anomalies
+            .iter()
+            .zip(&out.sources)
+            .map(|(a, (p, seq, merge_at))| {
+                OutRecord::new(
+                    Bytes::from(correlation_key(
+                        &a.tenant,
+                        &a.labels,
+                        self.scope_label.as_deref(),
+                    )),
+                    Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
+                )
+                .header(headers::SOURCE_PARTITION, source(*p))
+                .header(headers::SOURCE_SEQ, format!("{}.{}", seq.0, seq.1))
+                .header(headers::MERGE_AT, merge_at.to_string())
+            })
+            .collect();
+        for &(p, wm) in &out.watermarks {
+            for q in 0..self.anomaly_partitions {
+                records.push(
+                    OutRecord::new(Bytes::new(), Bytes::new())
+                        .to_partition(q)
+                        .header(headers::SOURCE_PARTITION, source(p))
+                        .header(headers::WATERMARK, wm.to_string()),
+                );
+            }
+        }
+        if !records.is_empty() {
             self.output.send(topics::ANOMALIES, records).await?;
         }
         Ok(())
@@ -132,10 +231,15 @@ impl Stage for ForecastStage {
     }
 
     fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
-        self.core.restore(partition, entries)
+        self.core.restore(partition, entries)?;
+        self.restored.insert(partition);
+        Ok(())
     }
 
     fn drop_partition(&mut self, partition: u32) {
         self.core.drop_partition(partition);
+        self.touched.remove(&partition);
+        self.restored.remove(&partition);
+        self.empty_published.remove(&partition);
     }
 }

@@ -20,8 +20,12 @@ pub const ALL: [&str; 6] = [METRICS, ALERTS, POINTS, ANOMALIES, INCIDENTS, DLQ];
 /// Headers Seismo's stages put on records of `seismo.anomalies`, so correlate can merge
 /// the anomalies of every detect partition in one deterministic, event-time order.
 pub mod headers {
-    /// The `seismo.points` partition whose detector produced the record.
+    /// The `seismo.points` partition whose detector produced the record; for the
+    /// forecast stage's predictions, [`FORECAST_SOURCE_BASE`] plus that partition.
     pub const SOURCE_PARTITION: &str = "seismo-source-partition";
+    /// Source numbers from here on are forecast partitions. Correlate waits for one only
+    /// once it has announced a watermark, so a deployment without forecast never stalls.
+    pub const FORECAST_SOURCE_BASE: u32 = 1 << 20;
     /// `OFFSET.INDEX`: the input record and the position within its outputs, unique and
     /// increasing per source partition, so replays are recognised and dropped.
     pub const SOURCE_SEQ: &str = "seismo-source-seq";
