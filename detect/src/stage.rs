@@ -5,14 +5,14 @@
     reason = "the stage shell paces idle flushes by the wall clock; its core does not read it"
 )]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::{IntCounter, register_int_counter};
-use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
+use seismo_runtime::{Announcer, Dirty, Entries, Stage, StageError, Tick, WatermarkSource};
 use seismo_schemas::topics::{self, headers};
 use seismo_schemas::{Anomaly, BandPoint, correlation_key};
 use seismo_store::Store;
@@ -64,13 +64,8 @@ pub struct DetectStage {
     scope_label: Option<String>,
     /// Partitions of `seismo.anomalies`: every one hears every watermark.
     anomaly_partitions: u32,
-    /// Partitions with input since the last tick.
-    touched: BTreeSet<u32>,
-    /// Watermarks announced for owned partitions that have no data yet.
-    empty_published: HashMap<u32, i64>,
-    /// Partitions restored from a checkpoint since the last tick, whose watermark is
-    /// announced again.
-    restored: BTreeSet<u32>,
+    /// Which watermarks to announce at the next tick.
+    announcer: Announcer,
     /// Points scored and anomalies raised by this process.
     pub points: u64,
     pub raised: u64,
@@ -95,7 +90,7 @@ impl DetectStage {
             if anomalies.is_empty() {
                 continue;
             }
-            self.touched.insert(p);
+            self.announcer.touch(p);
             let wm = self.det.published_watermark(p).unwrap_or(i64::MIN);
             for a in anomalies {
                 // After the record's own anomalies (indexes from 0) and earlier flushes.
@@ -128,12 +123,22 @@ impl DetectStage {
             output,
             scope_label,
             anomaly_partitions: anomaly_partitions.max(1),
-            touched: BTreeSet::new(),
-            empty_published: HashMap::new(),
-            restored: BTreeSet::new(),
+            announcer: Announcer::default(),
             points: 0,
             raised: 0,
         }
+    }
+}
+
+impl WatermarkSource for Detector {
+    fn published_watermark(&self, partition: u32) -> Option<i64> {
+        Detector::published_watermark(self, partition)
+    }
+    fn advance_watermark(&mut self, partition: u32) -> Option<i64> {
+        Detector::advance_watermark(self, partition)
+    }
+    fn has_partition(&self, partition: u32) -> bool {
+        Detector::has_partition(self, partition)
     }
 }
 
@@ -150,7 +155,7 @@ impl Stage for DetectStage {
         let mut folded = 0;
         let repeated_before = self.det.repeated;
         let mut index = 0u32;
-        self.touched.insert(m.partition);
+        self.announcer.touch(m.partition);
         self.flush_seq.insert(m.partition, (m.offset, 0));
         for point in seismo_schemas::points_of_record(&m.payload) {
             match point {
@@ -195,49 +200,16 @@ impl Stage for DetectStage {
             self.flush(horizon, out);
             out.bands.append(&mut self.det.take_bands());
         }
-        // A checkpoint can hold a watermark whose announcement never reached the bus (the
-        // process died between the two), or input whose watermark was never worked out:
-        // correlate would hold that partition's last anomalies until its idle release.
-        // Announcing a watermark again is harmless (correlate keeps the highest).
-        for p in std::mem::take(&mut self.restored) {
-            if let Some(wm) = self.det.published_watermark(p) {
-                out.watermarks.push((p, wm));
-            }
-            self.touched.insert(p);
-        }
-        for p in std::mem::take(&mut self.touched) {
-            if let Some(wm) = self.det.advance_watermark(p) {
-                out.watermarks.push((p, wm));
-            }
-        }
-        // Owned partitions without data must not hold correlate back: they move with the
-        // slowest partition of this process that has data.
-        let data_min = tick
-            .assignment
-            .iter()
-            .filter_map(|p| self.det.published_watermark(*p))
-            .min();
-        if let Some(wm) = data_min {
-            for &p in &tick.assignment {
-                if !self.det.has_partition(p)
-                    && self.empty_published.get(&p).is_none_or(|w| *w < wm)
-                {
-                    self.empty_published.insert(p, wm);
-                    out.watermarks.push((p, wm));
-                }
-            }
-        }
+        self.announcer.announce(&mut self.det, &mut out.watermarks);
+        self.announcer
+            .cover_empty(&self.det, &tick.assignment, &mut out.watermarks);
     }
 
     /// The input ended (a file run): every open bucket is scored and announced.
     fn finish(&mut self, out: &mut DetectOut) {
         self.flush(i64::MAX, out);
         out.bands.append(&mut self.det.take_bands());
-        for p in std::mem::take(&mut self.touched) {
-            if let Some(wm) = self.det.advance_watermark(p) {
-                out.watermarks.push((p, wm));
-            }
-        }
+        self.announcer.announce(&mut self.det, &mut out.watermarks);
     }
 
     fn has_output(out: &DetectOut) -> bool {
@@ -290,14 +262,13 @@ impl Stage for DetectStage {
 
     fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
         self.det.restore(partition, entries)?;
-        self.restored.insert(partition);
+        self.announcer.restored(partition);
         Ok(())
     }
 
     fn drop_partition(&mut self, partition: u32) {
         self.det.drop_partition(partition);
-        self.empty_published.remove(&partition);
-        self.restored.remove(&partition);
+        self.announcer.drop_partition(partition);
     }
 }
 

@@ -1,12 +1,11 @@
 //! The forecast stage on the bus: `seismo.points` → the `forecasts` table, and predicted breaches → the anomalies table and `seismo.anomalies`.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::{IntCounter, register_int_counter};
-use seismo_runtime::{Dirty, Entries, Stage, StageError, Tick};
+use seismo_runtime::{Announcer, Dirty, Entries, Stage, StageError, Tick, WatermarkSource};
 use seismo_schemas::topics::{self, headers};
 use seismo_schemas::{Anomaly, Forecast, correlation_key};
 use seismo_store::Store;
@@ -61,12 +60,8 @@ pub struct ForecastStage {
     predicts: bool,
     /// Partitions of `seismo.anomalies`: every one hears every watermark.
     anomaly_partitions: u32,
-    /// Partitions with input since the last tick.
-    touched: BTreeSet<u32>,
-    /// Partitions restored since the last tick, whose watermark is announced again.
-    restored: BTreeSet<u32>,
-    /// Watermarks announced for owned partitions that have no data yet.
-    empty_published: HashMap<u32, i64>,
+    /// Which watermarks to announce at the next tick.
+    announcer: Announcer,
 }
 
 impl ForecastStage {
@@ -85,9 +80,7 @@ impl ForecastStage {
             scope_label,
             counted: ForecastStats::default(),
             anomaly_partitions: anomaly_partitions.max(1),
-            touched: BTreeSet::new(),
-            restored: BTreeSet::new(),
-            empty_published: HashMap::new(),
+            announcer: Announcer::default(),
         }
     }
 
@@ -95,20 +88,17 @@ impl ForecastStage {
     pub fn stats(&self) -> ForecastStats {
         self.core.stats
     }
+}
 
-    /// Works out the watermarks of the partitions read since the last call.
-    fn announce(&mut self, out: &mut ForecastOut) {
-        for p in std::mem::take(&mut self.restored) {
-            if let Some(wm) = self.core.published_watermark(p) {
-                out.watermarks.push((p, wm));
-            }
-            self.touched.insert(p);
-        }
-        for p in std::mem::take(&mut self.touched) {
-            if let Some(wm) = self.core.advance_watermark(p) {
-                out.watermarks.push((p, wm));
-            }
-        }
+impl WatermarkSource for Forecaster {
+    fn published_watermark(&self, partition: u32) -> Option<i64> {
+        Forecaster::published_watermark(self, partition)
+    }
+    fn advance_watermark(&mut self, partition: u32) -> Option<i64> {
+        Forecaster::advance_watermark(self, partition)
+    }
+    fn has_partition(&self, partition: u32) -> bool {
+        Forecaster::has_partition(self, partition)
     }
 }
 
@@ -125,7 +115,7 @@ impl Stage for ForecastStage {
             self.core.process(m.partition, &p, &mut produced);
             n += 1;
         }
-        self.touched.insert(m.partition);
+        self.announcer.touch(m.partition);
         let wm = self
             .core
             .published_watermark(m.partition)
@@ -151,29 +141,14 @@ impl Stage for ForecastStage {
         if !self.predicts {
             return;
         }
-        self.announce(out);
-        // Owned partitions without data must not hold correlate back: they move with the
-        // slowest partition of this process that has data.
-        let data_min = tick
-            .assignment
-            .iter()
-            .filter_map(|p| self.core.published_watermark(*p))
-            .min();
-        if let Some(wm) = data_min {
-            for &p in &tick.assignment {
-                if !self.core.has_partition(p)
-                    && self.empty_published.get(&p).is_none_or(|w| *w < wm)
-                {
-                    self.empty_published.insert(p, wm);
-                    out.watermarks.push((p, wm));
-                }
-            }
-        }
+        self.announcer.announce(&mut self.core, &mut out.watermarks);
+        self.announcer
+            .cover_empty(&self.core, &tick.assignment, &mut out.watermarks);
     }
 
     fn finish(&mut self, out: &mut ForecastOut) {
         if self.predicts {
-            self.announce(out);
+            self.announcer.announce(&mut self.core, &mut out.watermarks);
         }
     }
 
@@ -232,14 +207,12 @@ impl Stage for ForecastStage {
 
     fn restore(&mut self, partition: u32, entries: Entries) -> Result<(), String> {
         self.core.restore(partition, entries)?;
-        self.restored.insert(partition);
+        self.announcer.restored(partition);
         Ok(())
     }
 
     fn drop_partition(&mut self, partition: u32) {
         self.core.drop_partition(partition);
-        self.touched.remove(&partition);
-        self.restored.remove(&partition);
-        self.empty_published.remove(&partition);
+        self.announcer.drop_partition(partition);
     }
 }

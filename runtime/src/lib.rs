@@ -12,8 +12,10 @@ mod error;
 mod health;
 mod retry;
 mod runner;
+mod watermarks;
 
 pub use error::{ErrorDomain, StageError};
 pub use health::{Health, StageHealth, StageState, resident_bytes};
 pub use retry::RetryPolicy;
 pub use runner::{Checkpointing, Dirty, Entries, RunReport, Stage, StageIo, Tick, run};
+pub use watermarks::{Announcer, WatermarkSource};
