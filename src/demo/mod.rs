@@ -322,6 +322,9 @@ pub async fn run(
         .context("creating the demo's bus folder")?;
     cfg.bus.dir = bus_dir.path().display().to_string();
     let started = Instant::now();
+    // The counter is process-wide: several demos in one process (`eval explain
+    // --demo-seeds`) report each run's own.
+    let postponed_before = counter("seismo_forecast_postponed_total");
     let pipeline = Embedded::start(&cfg, store.clone())?;
     let progress = if opts.progress {
         ProgressBar::new(fleet.minutes)
@@ -342,7 +345,8 @@ pub async fn run(
     let stats = pipeline.finish().await?;
     let points = produced?;
     let wall_s = started.elapsed().as_secs_f64();
-    let summary = summarise(&fleet, store.as_ref(), points, wall_s).await?;
+    let postponed = counter("seismo_forecast_postponed_total") - postponed_before;
+    let summary = summarise(&fleet, store.as_ref(), points, wall_s, postponed).await?;
     Ok((summary, stats))
 }
 
@@ -355,6 +359,7 @@ pub async fn summarise(
     store: &dyn Store,
     points: u64,
     wall_s: f64,
+    forecasts_postponed: u64,
 ) -> anyhow::Result<Summary> {
     let counts = store.counts().await?;
     let mut incidents = seismo_store::all_incidents(store, &fleet.tenant).await?;
@@ -496,7 +501,7 @@ pub async fn summarise(
         anomalies: counts.anomalies,
         incidents: counts.incidents,
         forecasts: counts.forecasts,
-        forecasts_postponed: counter("seismo_forecast_postponed_total"),
+        forecasts_postponed,
         alerts: counts.alerts,
         faults,
         unexplained_incidents: unexplained_incident_ids.len(),
