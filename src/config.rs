@@ -66,7 +66,9 @@ pub struct StagesConfig {
     /// in seconds.
     pub stuck_after_secs: u64,
     /// Correlate holds anomalies until every detect partition's watermark passes them;
-    /// after this many seconds without any input it releases what it holds, in seconds.
+    /// after this many seconds without any input it releases what it holds, in seconds. A
+    /// forecast partition silent this long while the others go on is no longer waited for
+    /// until it speaks again.
     pub idle_release_secs: u64,
 }
 

@@ -314,8 +314,17 @@ impl CoOccurrence {
         ts_ms.div_euclid(self.tick_ms.max(1))
     }
 
-    /// Notes that the stream's event time reached `ts_ms` (a watermark).
-    pub fn clock(&mut self, ts_ms: i64) {
+    /// Notes that the stream began by `ts_ms` (its first watermark): ticks count from
+    /// there, so a quiet fleet's first fault is weighed against the quiet it followed.
+    pub fn begin(&mut self, ts_ms: i64) {
+        let tick = self.tick_of(ts_ms);
+        self.start = Some(self.start.map_or(tick, |s| s.min(tick)));
+    }
+
+    /// Notes that the stream's event time reached `ts_ms`. Only anomalies move it (see
+    /// [`CoOccurrence::observe`]), never watermarks: when a watermark arrives depends on
+    /// the run, and a decision weighed against more elapsed ticks may come out otherwise.
+    fn clock(&mut self, ts_ms: i64) {
         let tick = self.tick_of(ts_ms);
         self.start.get_or_insert(tick);
         self.now = self.now.max(tick);

@@ -200,10 +200,9 @@ pub struct Correlator {
     steps: Vec<StatusStep>,
     pending: Vec<Anomaly>,
     /// Pending anomalies that waited `window_secs` without earning an incident, kept
-    /// `reopen_secs` longer (at most `MAX_AGED`): a signal merged late (forecast's
-    /// predictions carry no watermark) may still complete their group, as it would have
-    /// had it come on time.
-    #[serde(default)]
+    /// `reopen_secs` longer (at most `MAX_AGED`): a signal merged late (an alert stamped
+    /// in the past, a prediction before its forecast partition's first watermark) may
+    /// still complete their group, as it would have had it come on time.
     aged: Vec<Anomaly>,
     /// Which incident each alert (tenant, fingerprint) joined.
     alerts: HashMap<(String, String), String>,
@@ -421,8 +420,11 @@ impl Correlator {
         // The watermark covers both inputs (alerts are merged by event time too), so
         // the anomaly clock, which grouping waits by, may take it.
         self.anomaly_time = Some(now);
+        // Learned co-occurrence keeps its own clock, moved by the anomalies alone: a group
+        // that ripens here is then weighed against the same count of elapsed ticks as had
+        // the next signal noticed it, whichever watermarks this run happened to see.
         if self.learns() {
-            self.learned.clock(now_ms);
+            self.learned.begin(now_ms);
         }
         let writes = self.ripen(false);
         self.expire();
@@ -438,7 +440,9 @@ impl Correlator {
     }
 
     /// An open incident the signal belongs to, else one that resolved itself within
-    /// `reopen_secs` before `now` and is related, which reopens.
+    /// `reopen_secs` before `now` and is related, which is taken back among the open ones
+    /// still marked resolved: once the signal is in, [`Correlator::settle`] reopens it or
+    /// puts it back.
     fn find_or_reopen(
         &mut self,
         scope: &str,
@@ -471,18 +475,37 @@ impl Correlator {
             .max_by_key(|(_, o)| o.last)
             .map(|(j, _)| j)?;
         let mut o = self.resolved.remove(j);
-        // A late signal reopens as of the resolution: a status cannot go back before it.
-        let at = o.resolved_at.take().map_or(now, |r| r.max(now));
         o.last = o.last.max(now);
-        self.steps.push(step(
-            &o,
-            REOPEN_FROM,
-            IncidentStatus::Detected,
-            at,
-            "its signals recurred".into(),
-        ));
         self.open.push(o);
         Some(self.open.len() - 1)
+    }
+
+    /// Decides the status of incident `i` once a signal stamped `at` has joined it, if it
+    /// had resolved itself: a signal that leaves it ongoing now (recent, or an alert still
+    /// firing, or a prediction still standing) reopens it; one of its quiet past (merged
+    /// late) only joins, and it stays resolved as it was. Reopening it then would resolve
+    /// it again at the same moment, a step the store has already taken.
+    fn settle(&mut self, i: usize, at: DateTime<Utc>) {
+        let Some(r) = self.open[i].resolved_at else {
+            return;
+        };
+        let quiet = Duration::seconds(self.cfg.quiet_secs as i64);
+        let watermark = self.anomaly_time.max(self.alert_time).unwrap_or_default();
+        let o = &self.open[i];
+        if watermark - o.last > quiet && !o.held_open(watermark) {
+            let o = self.open.remove(i);
+            self.resolved.push(o);
+            return;
+        }
+        self.open[i].resolved_at = None;
+        // A late signal reopens as of the resolution: a status cannot go back before it.
+        self.steps.push(step(
+            &self.open[i],
+            REOPEN_FROM,
+            IncidentStatus::Detected,
+            r.max(at),
+            "its signals recurred".into(),
+        ));
     }
 
     fn find_open(
@@ -554,21 +577,29 @@ impl Correlator {
             let event = self.attach_event(&self.open[i].incident.id, &a);
             self.absorb(i, &a);
             writes.push(self.write(i, vec![a.id.clone()], vec![], vec![event]));
+            self.settle(i, a.ts);
             return writes;
         }
         // Not part of a live incident: wait `group_wait_secs` for related anomalies, so
         // that everything one fault sets off in the same moment lands in one incident.
-        // A signal older than the group window (merged late) takes back the anomalies of
-        // its time that aged out waiting, so they can still form the group they would have
-        // formed with it; what does not ripen ages out again.
+        // A signal merged late takes back the anomalies of its time that aged out waiting
+        // (only a late one can be within the window of those), so they can still form the
+        // group they would have formed with it, at once, as they would have on time; what
+        // does not ripen ages out again.
         let window = Duration::seconds(self.cfg.window_secs as i64);
-        if self.anomaly_time.is_some_and(|now| now - a.ts > window) && !self.aged.is_empty() {
+        if self.anomaly_time.is_some_and(|now| a.ts < now) && !self.aged.is_empty() {
             let (back, stay): (Vec<Anomaly>, Vec<Anomaly>) =
                 std::mem::take(&mut self.aged).into_iter().partition(|p| {
                     (p.ts - a.ts).abs() <= window && self.scope(&p.tenant, &p.labels) == scope
                 });
             self.aged = stay;
+            let took_back = !back.is_empty();
             self.pending.extend(back);
+            self.pending.push(a);
+            if took_back {
+                writes.extend(self.ripen(false));
+            }
+            return writes;
         }
         self.pending.push(a);
         writes
@@ -1001,7 +1032,9 @@ impl Correlator {
         self.open[i].signals += 1;
         self.open[i].firing.insert(a.fingerprint.clone());
         self.alerts.insert(key, self.open[i].incident.id.clone());
-        vec![self.write(i, vec![], vec![a.fingerprint], events)]
+        let w = self.write(i, vec![], vec![a.fingerprint], events);
+        self.settle(i, at);
+        vec![w]
     }
 
     /// Ranks the incident's services as root-cause candidates with [`rank::rank`], the
@@ -1634,6 +1667,69 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_of_a_resolved_incidents_quiet_past_joins_it_without_reopening_it() {
+        // Critical db anomalies at minutes 0 and 10; quiet since, so resolved at minute 40.
+        // A db anomaly of minute 5 merged after that belongs to the incident, but the
+        // incident stays resolved: reopening it would resolve it again at minute 40, a
+        // step the store has already taken (and would skip, leaving it DETECTED).
+        let t = |m: i64| (1_700_000_000 + m * 60) * 1000;
+        let mut c = Correlator::new(cfg());
+        let mut w = c.process(Signal::Anomaly(anomaly(
+            "db",
+            "db-1",
+            0,
+            Severity::Critical,
+        )));
+        let mut ten = anomaly("db", "db-1", 10, Severity::Critical);
+        ten.id = "db-10".into();
+        w.extend(c.process(Signal::Anomaly(ten)));
+        w.extend(c.advance(t(45)).0);
+        let id = w[0].incident.id.clone();
+        assert!(
+            c.take_steps()
+                .iter()
+                .any(|s| s.incident_id == id && s.to == IncidentStatus::Resolved),
+            "resolved at minute 40, or this tests nothing"
+        );
+        let mut late = anomaly("db", "db-1", 5, Severity::Critical);
+        late.id = "db-5".into();
+        let w = c.process(Signal::Anomaly(late));
+        assert!(
+            w.iter()
+                .any(|w| w.incident.id == id && w.new_anomaly_ids == ["db-5"]),
+            "{w:#?}"
+        );
+        c.advance(t(46));
+        c.advance(t(80));
+        assert_eq!(c.take_steps(), Vec::new(), "no status step");
+        assert!(c.open_ids().is_empty());
+    }
+
+    #[test]
+    fn a_signal_less_than_a_window_late_still_completes_its_group() {
+        // A warning at minute 0 waits alone and ages out of the group window at minute 16.
+        // A warning prediction of minute 2 merged then (14 minutes late) would have made a
+        // pair with it on time: it must still, and the incident opens at once.
+        let t = |m: i64| (1_700_000_000 + m * 60) * 1000;
+        let mut c = Correlator::new(cfg());
+        let mut w = c.process(Signal::Anomaly(anomaly("db", "db-1", 0, Severity::Warning)));
+        w.extend(c.advance(t(16)).0);
+        assert!(w.is_empty(), "one warning alone opens nothing: {w:#?}");
+        assert_eq!(c.pending(), 0, "the anomaly left the group window");
+        let Signal::Anomaly(mut p) = predicted(2, 600, false) else {
+            unreachable!()
+        };
+        p.severity = Severity::Warning;
+        let w = c.process(Signal::Anomaly(p));
+        let mut members: Vec<&str> = w
+            .iter()
+            .flat_map(|w| w.new_anomaly_ids.iter().map(String::as_str))
+            .collect();
+        members.sort();
+        assert_eq!(members, ["db-db-1-0", "p-2-false"], "{w:#?}");
+    }
+
+    #[test]
     fn a_signal_merged_late_does_not_group_with_anomalies_far_from_its_time() {
         // A warning prediction of minute 0 and a warning anomaly of minute 40, the same
         // service: on time, each waits alone and opens nothing. Merged late, beside the
@@ -1724,6 +1820,38 @@ mod tests {
                 .extend(w.new_anomaly_ids.iter().cloned());
         }
         out
+    }
+
+    #[test]
+    fn without_a_graph_a_group_is_weighed_the_same_whichever_watermarks_came() {
+        // A critical api anomaly and a warning db anomaly in the same minute, after 15
+        // quiet minutes. Whether that is a rare coincidence depends on how many ticks have
+        // elapsed; a watermark that happens to arrive after the group wait must not change
+        // the count its ripening is weighed against.
+        let at = |m: i64| (1_700_000_000 + m * 60) * 1000;
+        let run = |watermarks: &[i64]| {
+            let mut c = Correlator::new(CorrelateConfig {
+                learn_cooccurrence: true,
+                ..Default::default()
+            });
+            let mut w = c.advance(at(0)).0;
+            w.extend(c.process(Signal::Anomaly(anomaly(
+                "api",
+                "a-1",
+                15,
+                Severity::Critical,
+            ))));
+            w.extend(c.process(Signal::Anomaly(anomaly("db", "d-1", 15, Severity::Warning))));
+            for &m in watermarks {
+                w.extend(c.advance(at(m)).0);
+            }
+            w.extend(c.flush());
+            members(&w)
+        };
+        let soon = run(&[16, 40]);
+        assert!(!soon.is_empty(), "the critical anomaly opens an incident");
+        assert_eq!(soon, run(&[40]));
+        assert_eq!(soon, run(&[17, 25, 40]));
     }
 
     #[test]

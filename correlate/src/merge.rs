@@ -66,6 +66,25 @@ impl Merger {
         s.watermark = Some(s.watermark.map_or(at_ms, |w| w.max(at_ms)));
     }
 
+    /// Forecast sources (numbered from `FORECAST_SOURCE_BASE`) waited for now.
+    pub fn forecast_sources(&self) -> impl Iterator<Item = u32> + '_ {
+        self.state
+            .iter()
+            .filter(|(id, s)| **id >= FORECAST_SOURCE_BASE && s.watermark.is_some())
+            .map(|(id, _)| *id)
+    }
+
+    /// Stops waiting for a forecast source until it speaks again: it has gone silent (its
+    /// process stopped, or forecasting was switched off), and must not hold the merge
+    /// back for good. Its replays are still recognised.
+    pub fn forget(&mut self, source: u32) {
+        if source >= FORECAST_SOURCE_BASE
+            && let Some(s) = self.state.get_mut(&source)
+        {
+            s.watermark = None;
+        }
+    }
+
     /// Takes an anomaly in. `from` is its source and sequence when it came from a detect
     /// partition (records written straight to the topic have none). Returns false for a
     /// replay of an anomaly already taken.
@@ -242,6 +261,32 @@ mod tests {
         m.anomaly(Some((FORECAST_SOURCE_BASE, (0, 0))), 35, anomaly("p", 0));
         m.watermark(FORECAST_SOURCE_BASE, 60);
         assert_eq!(ids(&m.release()), ["p", "y"]);
+        // A forecast source never stands in for a detect source that has not spoken.
+        let mut m = Merger::new(2);
+        m.anomaly(Some((0, (0, 0))), 0, anomaly("x", 0));
+        m.watermark(0, 10);
+        m.watermark(FORECAST_SOURCE_BASE, 10);
+        assert!(m.release().is_empty(), "detect source 1 is still to speak");
+        m.watermark(1, 10);
+        assert_eq!(ids(&m.release()), ["x"]);
+        // A forecast source forgotten is not waited for until it speaks again; a detect
+        // source cannot be forgotten.
+        m.anomaly(Some((0, (1, 0))), 20, anomaly("y", 0));
+        m.watermark(0, 30);
+        m.watermark(1, 30);
+        assert!(m.release().is_empty(), "held for the forecast source");
+        assert_eq!(
+            m.forecast_sources().collect::<Vec<_>>(),
+            [FORECAST_SOURCE_BASE]
+        );
+        m.forget(FORECAST_SOURCE_BASE);
+        m.forget(1);
+        assert_eq!(ids(&m.release()), ["y"]);
+        m.watermark(FORECAST_SOURCE_BASE, 35);
+        m.anomaly(Some((0, (2, 0))), 40, anomaly("z", 0));
+        m.watermark(0, 50);
+        m.watermark(1, 50);
+        assert!(m.release().is_empty(), "it spoke again");
         // A bound on what is held.
         let mut m = Merger::new(1);
         for i in 0..10 {

@@ -137,6 +137,9 @@ pub struct CorrelateStage {
     store: Arc<dyn Store>,
     output: Arc<dyn Producer>,
     refreshed: Instant,
+    /// When each forecast source last announced a watermark (by the wall clock): one
+    /// silent for `idle_release` is no longer waited for.
+    heard: BTreeMap<u32, Instant>,
     pub stats: CorrelateStats,
 }
 
@@ -157,6 +160,7 @@ impl CorrelateStage {
             store,
             output,
             refreshed: Instant::now(),
+            heard: BTreeMap::new(),
             stats: CorrelateStats::default(),
         }
     }
@@ -193,7 +197,8 @@ impl Stage for CorrelateStage {
     /// 5: incidents know their standing predicted breaches.
     /// 6: the correlator keeps learned co-occurrence of services.
     /// 7: co-occurrence keeps late-tolerant open ticks and pairs by name, then name.
-    const FORMAT: u32 = 7;
+    /// 8: the correlator keeps aged-out pending anomalies for late signals.
+    const FORMAT: u32 = 8;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {
@@ -223,6 +228,9 @@ impl Stage for CorrelateStage {
         } else {
             let source: Option<u32> = header_num(m, headers::SOURCE_PARTITION);
             if let (Some(src), Some(wm)) = (source, header_num::<i64>(m, headers::WATERMARK)) {
+                if src >= headers::FORECAST_SOURCE_BASE {
+                    self.heard.insert(src, Instant::now());
+                }
                 self.part(m.partition).merge.watermark(src, wm);
                 return 0;
             }
@@ -253,7 +261,29 @@ impl Stage for CorrelateStage {
 
     async fn tick(&mut self, out: &mut CorrelateOut, tick: &Tick) {
         let idle = tick.idle_for >= self.idle_release;
+        let now = Instant::now();
         for (p, part) in self.parts.iter_mut() {
+            // A forecast source that has gone quiet (stopped, or switched off; restored
+            // from a checkpoint and never heard since) while detect's go on would hold
+            // the merge back for good: after `idle_release` it is no longer waited for,
+            // and what it sends later is merged as late (see the correlator).
+            let silent: Vec<u32> = part
+                .merge
+                .forecast_sources()
+                .filter(|src| {
+                    now.duration_since(*self.heard.entry(*src).or_insert(now)) >= self.idle_release
+                })
+                .collect();
+            for src in silent {
+                tracing::warn!(
+                    partition = p,
+                    source = src - headers::FORECAST_SOURCE_BASE,
+                    silent_secs = self.idle_release.as_secs(),
+                    "a forecast partition stopped announcing watermarks; correlate no longer waits for it"
+                );
+                part.merge.forget(src);
+                self.dirty.insert(*p);
+            }
             let mut released = part.merge.release();
             released.extend(part.merge.release_excess(MAX_HELD));
             if idle && part.merge.held() > 0 {
@@ -421,5 +451,72 @@ impl Stage for CorrelateStage {
     fn drop_partition(&mut self, partition: u32) {
         self.parts.remove(&partition);
         self.dirty.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seismo_transport::InProcBus;
+
+    fn watermark(source: u32, at_ms: i64) -> Message {
+        Message {
+            topic: topics::ANOMALIES.into(),
+            partition: 0,
+            offset: 0,
+            key: Bytes::new(),
+            payload: Bytes::new(),
+            headers: vec![
+                (
+                    headers::SOURCE_PARTITION.into(),
+                    Bytes::from(source.to_string()),
+                ),
+                (headers::WATERMARK.into(), Bytes::from(at_ms.to_string())),
+            ],
+            timestamp_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forecast_source_silent_for_the_idle_period_is_no_longer_waited_for() {
+        let store = seismo_store::SqliteStore::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let bus = InProcBus::new(1, 1024);
+        let idle = Duration::from_secs(1);
+        let mut stage = CorrelateStage::new(
+            CorrelateConfig::default(),
+            1,
+            idle,
+            Arc::new(store),
+            Arc::new(bus.producer(&[topics::INCIDENTS])),
+        );
+        let forecast = headers::FORECAST_SOURCE_BASE;
+        let flowing = Tick {
+            idle_for: Duration::ZERO,
+            assignment: vec![0],
+        };
+        let mut out = CorrelateOut::default();
+        stage.process(&watermark(forecast, 1_000), &mut out);
+        stage.process(&watermark(0, 5_000), &mut out);
+        stage.tick(&mut out, &flowing).await;
+        let waited = |s: &CorrelateStage| s.parts[&0].merge.forecast_sources().count();
+        assert_eq!(waited(&stage), 1, "it spoke: it is waited for");
+        assert_eq!(
+            stage.parts[&0].merge.released_to(),
+            Some(1_000),
+            "held at forecast's watermark"
+        );
+        // Detect goes on; forecast says nothing more.
+        tokio::time::sleep(idle + Duration::from_millis(100)).await;
+        stage.process(&watermark(0, 6_000), &mut out);
+        stage.tick(&mut out, &flowing).await;
+        assert_eq!(waited(&stage), 0, "silent for the idle period: forgotten");
+        assert_eq!(stage.parts[&0].merge.released_to(), Some(6_000));
+        // It speaks again: waited for again.
+        stage.process(&watermark(forecast, 6_500), &mut out);
+        stage.tick(&mut out, &flowing).await;
+        assert_eq!(waited(&stage), 1);
     }
 }
