@@ -365,7 +365,8 @@ impl CoOccurrence {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        from.map_or(0.0, |s| (self.now - s).max(0) as f64)
+        // Before any anomaly `now` is i64::MIN: nothing counted yet.
+        from.map_or(0.0, |s| self.now.saturating_sub(s).max(0) as f64)
     }
 
     /// Whether `a` and `b` have gone wrong together in `scope` more often than chance allows.
@@ -645,6 +646,19 @@ mod tests {
         quiet.observe("t", "api", 0);
         quiet.clock(22 * MIN);
         assert!(quiet.coincidence_is_rare("t", "new-a", "new-b", 0));
+    }
+
+    #[test]
+    fn a_stream_that_began_but_saw_no_anomaly_has_counted_nothing() {
+        let mut c = CoOccurrence::new(60);
+        c.begin(10 * MIN);
+        assert!(!c.related("s", "a", "b"));
+        assert!(!c.coincidence_is_rare("s", "a", "b", 0));
+        c.observe("s", "a", 40 * MIN);
+        assert!(
+            c.coincidence_is_rare("s", "a", "b", 0),
+            "30 quiet ticks counted"
+        );
     }
 
     #[test]

@@ -397,10 +397,11 @@ impl Correlator {
             self.pending = pending;
             self.aged.extend(aged);
             self.aged.retain(|a| now - a.ts <= window + reopen);
-            let excess = self.aged.len().saturating_sub(MAX_AGED);
-            if excess > 0 {
+            if self.aged.len() > MAX_AGED {
+                // Down to nine-tenths, oldest first: at the cap that is one sort per
+                // thousand anomalies aged, not one per signal.
                 self.aged.sort_by(|x, y| (x.ts, &x.id).cmp(&(y.ts, &y.id)));
-                self.aged.drain(..excess);
+                self.aged.drain(..self.aged.len() - MAX_AGED * 9 / 10);
             }
         }
     }

@@ -216,3 +216,135 @@ impl Stage for ForecastStage {
         self.announcer.drop_partition(partition);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::thresholds::{Threshold, Trigger};
+    use seismo_schemas::Severity;
+    use seismo_transport::{Consumer, InProcBus};
+    use std::collections::BTreeMap;
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    /// One hour of a disk filling 0.25 points an hour from 40 %, as one record of
+    /// `seismo.points` partition 3.
+    fn hour(h: i64) -> Message {
+        let lines: String = (0..60)
+            .map(|m| {
+                let t = h as f64 + m as f64 / 60.0;
+                let v = 40.0 + 0.25 * t + 2.0 * (t * std::f64::consts::TAU / 24.0).sin();
+                serde_json::json!({
+                    "name": "disk_used_percent",
+                    "labels": {"host": "db1"},
+                    "ts": T0 + h * 3_600_000 + m * 60_000,
+                    "value": v,
+                })
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        Message {
+            topic: topics::POINTS.into(),
+            partition: 3,
+            offset: h,
+            key: Bytes::new(),
+            payload: Bytes::from(lines),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn predictions_never_come_before_their_partitions_announced_watermark() {
+        let store = seismo_store::SqliteStore::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let bus = InProcBus::new(2, 1 << 20);
+        let mut consumers = bus.subscribe(topics::ANOMALIES, "test", 1);
+        let mut cfg = ForecastConfig {
+            budget_ms_per_sec: 0,
+            ..ForecastConfig::default()
+        };
+        cfg.thresholds.push(Threshold {
+            name: "disk-full".into(),
+            metric: Some("disk_used_percent".into()),
+            labels: BTreeMap::new(),
+            above: Some(90.0),
+            below: None,
+            trigger: Trigger::Interval,
+            severity: Severity::Critical,
+        });
+        let mut stage = ForecastStage::new(
+            cfg,
+            None,
+            Arc::new(store),
+            Arc::new(bus.producer(&[topics::ANOMALIES])),
+            2,
+        );
+        let tick = Tick {
+            idle_for: std::time::Duration::ZERO,
+            assignment: vec![3],
+        };
+        // 90 % comes at about hour 200: predictions come well before.
+        for h in 0..190 {
+            let mut out = ForecastOut::default();
+            stage.process(&hour(h), &mut out);
+            stage.tick(&mut out, &tick).await;
+            stage.write(&out).await.unwrap();
+        }
+        drop(stage);
+        bus.seal();
+        let source = (headers::FORECAST_SOURCE_BASE + 3).to_string();
+        let num = |m: &Message, h: &str| -> i64 {
+            std::str::from_utf8(m.header(h).expect(h))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // Per anomaly partition: the watermark announced so far, and the last sequence.
+        let mut announced: BTreeMap<u32, i64> = BTreeMap::new();
+        let mut last_seq: BTreeMap<u32, (i64, u32)> = BTreeMap::new();
+        let mut predictions = 0;
+        while let Some(batch) = consumers[0].next_batch(1000).await {
+            for m in batch.unwrap() {
+                assert_eq!(
+                    m.header(headers::SOURCE_PARTITION).map(|v| v.as_ref()),
+                    Some(source.as_bytes())
+                );
+                if m.payload.is_empty() {
+                    let wm = num(&m, headers::WATERMARK);
+                    let slot = announced.entry(m.partition).or_insert(wm);
+                    assert!(wm >= *slot, "watermarks never go back");
+                    *slot = wm;
+                    continue;
+                }
+                let a: Anomaly = serde_json::from_slice(&m.payload).unwrap();
+                let merge_at = num(&m, headers::MERGE_AT);
+                assert!(merge_at >= a.ts.timestamp_millis());
+                if let Some(wm) = announced.get(&m.partition) {
+                    assert!(
+                        merge_at >= *wm,
+                        "merge time {merge_at} before watermark {wm}"
+                    );
+                }
+                let (o, i) = std::str::from_utf8(m.header(headers::SOURCE_SEQ).unwrap())
+                    .unwrap()
+                    .split_once('.')
+                    .unwrap();
+                let seq = (o.parse().unwrap(), i.parse().unwrap());
+                if let Some(prev) = last_seq.insert(m.partition, seq) {
+                    assert!(seq > prev, "sequence {seq:?} after {prev:?}");
+                }
+                predictions += 1;
+            }
+        }
+        assert!(predictions > 0, "nothing predicted");
+        assert_eq!(
+            announced.len(),
+            2,
+            "every anomaly partition hears the watermark"
+        );
+    }
+}
