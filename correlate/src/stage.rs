@@ -266,12 +266,18 @@ impl Stage for CorrelateStage {
             // A forecast source that has gone quiet (stopped, or switched off; restored
             // from a checkpoint and never heard since) while detect's go on would hold
             // the merge back for good: after `idle_release` it is no longer waited for,
-            // and what it sends later is merged as late (see the correlator).
+            // and what it sends later is merged as late (see the correlator). When no
+            // input comes at all, forecast's silence says nothing about forecast: its
+            // clock restarts, so it is not forgotten the moment detect resumes.
             let silent: Vec<u32> = part
                 .merge
                 .forecast_sources()
                 .filter(|src| {
-                    now.duration_since(*self.heard.entry(*src).or_insert(now)) >= self.idle_release
+                    let heard = self.heard.entry(*src).or_insert(now);
+                    if idle {
+                        *heard = now;
+                    }
+                    now.duration_since(*heard) >= self.idle_release
                 })
                 .collect();
             for src in silent {
@@ -477,21 +483,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_forecast_source_silent_for_the_idle_period_is_no_longer_waited_for() {
+    /// A one-partition stage over an in-memory store whose idle period is `idle`.
+    async fn stage_idle_after(idle: Duration) -> CorrelateStage {
         let store = seismo_store::SqliteStore::connect("sqlite::memory:")
             .await
             .unwrap();
         store.migrate().await.unwrap();
         let bus = InProcBus::new(1, 1024);
-        let idle = Duration::from_secs(1);
-        let mut stage = CorrelateStage::new(
+        CorrelateStage::new(
             CorrelateConfig::default(),
             1,
             idle,
             Arc::new(store),
             Arc::new(bus.producer(&[topics::INCIDENTS])),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_forecast_source_silent_for_the_idle_period_is_no_longer_waited_for() {
+        let idle = Duration::from_secs(1);
+        let mut stage = stage_idle_after(idle).await;
         let forecast = headers::FORECAST_SOURCE_BASE;
         let flowing = Tick {
             idle_for: Duration::ZERO,
@@ -518,5 +529,37 @@ mod tests {
         stage.process(&watermark(forecast, 6_500), &mut out);
         stage.tick(&mut out, &flowing).await;
         assert_eq!(waited(&stage), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forecast_source_is_not_forgotten_while_all_input_is_idle() {
+        let idle = Duration::from_secs(1);
+        let mut stage = stage_idle_after(idle).await;
+        let forecast = headers::FORECAST_SOURCE_BASE;
+        let mut out = CorrelateOut::default();
+        stage.process(&watermark(forecast, 1_000), &mut out);
+        stage.process(&watermark(0, 5_000), &mut out);
+        let flowing = Tick {
+            idle_for: Duration::ZERO,
+            assignment: vec![0],
+        };
+        stage.tick(&mut out, &flowing).await;
+        // Nothing at all comes in for longer than the idle period.
+        tokio::time::sleep(idle + Duration::from_millis(100)).await;
+        let quiet = Tick {
+            idle_for: idle + Duration::from_millis(100),
+            assignment: vec![0],
+        };
+        stage.tick(&mut out, &quiet).await;
+        let waited = |s: &CorrelateStage| s.parts[&0].merge.forecast_sources().count();
+        assert_eq!(
+            waited(&stage),
+            1,
+            "everything was quiet, not forecast alone"
+        );
+        // Detect resumes: forecast gets its own idle period to speak again.
+        stage.process(&watermark(0, 6_000), &mut out);
+        stage.tick(&mut out, &flowing).await;
+        assert_eq!(waited(&stage), 1, "not forgotten the moment detect resumes");
     }
 }
