@@ -19,5 +19,5 @@ pub use detector::{DETECTOR_NAME, Detector, ENSEMBLE_PARTS, ENTITY_DETECTOR_NAME
 pub use iforest::{ForestParams, IsolationForest, Rng, Rows, c as average_path_length};
 pub use model::{AlarmRun, DetectConfig, Scored, SeriesModel};
 pub use seasonal::SeasonalView;
-pub use stage::{DetectOut, DetectStage, Source};
+pub use stage::{DetectOut, DetectStage};
 pub use stream::{PARTS, StreamConfig, StreamScore, StreamScorer, normal_tail};

@@ -10,13 +10,15 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+
 use prometheus::{IntCounter, register_int_counter};
-use seismo_runtime::{Announcer, Dirty, Entries, Stage, StageError, Tick, WatermarkSource};
-use seismo_schemas::topics::{self, headers};
-use seismo_schemas::{Anomaly, BandPoint, correlation_key};
+use seismo_runtime::{
+    Announcer, Dirty, Entries, MergeTag, Stage, StageError, Tick, WatermarkSource, merge_records,
+};
+use seismo_schemas::topics;
+use seismo_schemas::{Anomaly, BandPoint};
 use seismo_store::Store;
-use seismo_transport::{Message, OutRecord, Producer};
+use seismo_transport::{Message, Producer};
 
 use crate::{DetectConfig, Detector};
 
@@ -31,22 +33,11 @@ static BAD: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric")
 });
 
-/// Where an anomaly came from, for correlate's merge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Source {
-    /// The `seismo.points` partition.
-    pub partition: u32,
-    /// (input offset, index among that record's anomalies): increasing per partition.
-    pub seq: (i64, u32),
-    /// Merge time: the anomaly's time, or the partition's last watermark if later.
-    pub merge_at_ms: i64,
-}
-
 /// What a batch of points produced.
 #[derive(Debug, Default)]
 pub struct DetectOut {
     pub anomalies: Vec<Anomaly>,
-    pub sources: Vec<Source>,
+    pub sources: Vec<MergeTag>,
     /// (source partition, watermark in UTC ms) to announce.
     pub watermarks: Vec<(u32, i64)>,
     /// Expected bands sampled on the way, for the `bands` table.
@@ -95,7 +86,7 @@ impl DetectStage {
             for a in anomalies {
                 // After the record's own anomalies (indexes from 0) and earlier flushes.
                 *flushes += 1;
-                out.sources.push(Source {
+                out.sources.push(MergeTag {
                     partition: p,
                     seq: (*offset, FLUSH_SEQ_BASE + *flushes),
                     merge_at_ms: a.ts.timestamp_millis().max(wm),
@@ -166,7 +157,7 @@ impl Stage for DetectStage {
                             .det
                             .published_watermark(m.partition)
                             .unwrap_or(i64::MIN);
-                        out.sources.push(Source {
+                        out.sources.push(MergeTag {
                             partition: m.partition,
                             seq: (m.offset, index),
                             merge_at_ms: a.ts.timestamp_millis().max(wm),
@@ -223,34 +214,14 @@ impl Stage for DetectStage {
         if !out.bands.is_empty() {
             self.store.insert_bands(&out.bands).await?;
         }
-        let mut records: Vec<OutRecord> = out
-            .anomalies
-            .iter()
-            .zip(&out.sources)
-            .map(|(a, s)| {
-                OutRecord::new(
-                    Bytes::from(correlation_key(
-                        &a.tenant,
-                        &a.labels,
-                        self.scope_label.as_deref(),
-                    )),
-                    Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
-                )
-                .header(headers::SOURCE_PARTITION, s.partition.to_string())
-                .header(headers::SOURCE_SEQ, format!("{}.{}", s.seq.0, s.seq.1))
-                .header(headers::MERGE_AT, s.merge_at_ms.to_string())
-            })
-            .collect();
-        for &(p, wm) in &out.watermarks {
-            for q in 0..self.anomaly_partitions {
-                records.push(
-                    OutRecord::new(Bytes::new(), Bytes::new())
-                        .to_partition(q)
-                        .header(headers::SOURCE_PARTITION, p.to_string())
-                        .header(headers::WATERMARK, wm.to_string()),
-                );
-            }
-        }
+        let records = merge_records(
+            &out.anomalies,
+            &out.sources,
+            &out.watermarks,
+            0,
+            self.anomaly_partitions,
+            self.scope_label.as_deref(),
+        );
         self.output.send(topics::ANOMALIES, records).await?;
         ANOMALIES.inc_by(out.anomalies.len() as u64);
         Ok(())
@@ -275,6 +246,7 @@ impl Stage for DetectStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use seismo_transport::{InProcBus, Message};
 
     fn record(offset: i64) -> Message {

@@ -634,7 +634,6 @@ fn breach_anomaly(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::thresholds::Trigger;
 
     fn point(name: &str, host: &str, ts: i64, value: f64) -> MetricPoint {
         MetricPoint {
@@ -787,15 +786,7 @@ mod tests {
     #[test]
     fn a_planted_capacity_breach_is_predicted_with_its_eta_and_withdrawn() {
         let mut c = cfg();
-        c.thresholds.push(Threshold {
-            name: "disk-full".into(),
-            metric: Some("disk_used_percent".into()),
-            labels: BTreeMap::new(),
-            above: Some(90.0),
-            below: None,
-            trigger: Trigger::Interval,
-            severity: Severity::Critical,
-        });
+        c.thresholds.push(Threshold::disk_full());
         let mut f = Forecaster::new(c);
         let mut s = 7u64;
         let mut noise = || {

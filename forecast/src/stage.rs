@@ -3,13 +3,15 @@
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+
 use prometheus::{IntCounter, register_int_counter};
-use seismo_runtime::{Announcer, Dirty, Entries, Stage, StageError, Tick, WatermarkSource};
+use seismo_runtime::{
+    Announcer, Dirty, Entries, MergeTag, Stage, StageError, Tick, WatermarkSource, merge_records,
+};
 use seismo_schemas::topics::{self, headers};
-use seismo_schemas::{Anomaly, Forecast, correlation_key};
+use seismo_schemas::{Anomaly, Forecast};
 use seismo_store::Store;
-use seismo_transport::{Message, OutRecord, Producer};
+use seismo_transport::{Message, Producer};
 
 use crate::forecaster::{ForecastStats, Produced};
 use crate::{ForecastConfig, Forecaster};
@@ -43,7 +45,7 @@ pub struct ForecastOut {
     pub anomalies: Vec<Anomaly>,
     /// For each anomaly: its `seismo.points` partition, sequence (input offset, index)
     /// and merge time, for correlate's merge.
-    pub sources: Vec<(u32, (i64, u32), i64)>,
+    pub sources: Vec<MergeTag>,
     /// (source partition, watermark in UTC ms) to announce.
     pub watermarks: Vec<(u32, i64)>,
 }
@@ -121,11 +123,11 @@ impl Stage for ForecastStage {
             .published_watermark(m.partition)
             .unwrap_or(i64::MIN);
         for (i, a) in produced.anomalies.iter().enumerate() {
-            out.sources.push((
-                m.partition,
-                (m.offset, i as u32),
-                a.ts.timestamp_millis().max(wm),
-            ));
+            out.sources.push(MergeTag {
+                partition: m.partition,
+                seq: (m.offset, i as u32),
+                merge_at_ms: a.ts.timestamp_millis().max(wm),
+            });
         }
         out.forecasts.append(&mut produced.forecasts);
         out.anomalies.append(&mut produced.anomalies);
@@ -166,35 +168,14 @@ impl Stage for ForecastStage {
         // Numbered apart from detect's sources: correlate merges these in event-time
         // order with detect's anomalies once this partition has announced a watermark,
         // and drops replays by their sequence.
-        let source = |p: u32| (headers::FORECAST_SOURCE_BASE + p).to_string();
-        let mut records: Vec<OutRecord> = out
-            .anomalies
-            .iter()
-            .zip(&out.sources)
-            .map(|(a, (p, seq, merge_at))| {
-                OutRecord::new(
-                    Bytes::from(correlation_key(
-                        &a.tenant,
-                        &a.labels,
-                        self.scope_label.as_deref(),
-                    )),
-                    Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
-                )
-                .header(headers::SOURCE_PARTITION, source(*p))
-                .header(headers::SOURCE_SEQ, format!("{}.{}", seq.0, seq.1))
-                .header(headers::MERGE_AT, merge_at.to_string())
-            })
-            .collect();
-        for &(p, wm) in &out.watermarks {
-            for q in 0..self.anomaly_partitions {
-                records.push(
-                    OutRecord::new(Bytes::new(), Bytes::new())
-                        .to_partition(q)
-                        .header(headers::SOURCE_PARTITION, source(p))
-                        .header(headers::WATERMARK, wm.to_string()),
-                );
-            }
-        }
+        let records = merge_records(
+            &out.anomalies,
+            &out.sources,
+            &out.watermarks,
+            headers::FORECAST_SOURCE_BASE,
+            self.anomaly_partitions,
+            self.scope_label.as_deref(),
+        );
         if !records.is_empty() {
             self.output.send(topics::ANOMALIES, records).await?;
         }
@@ -220,8 +201,8 @@ impl Stage for ForecastStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::thresholds::{Threshold, Trigger};
-    use seismo_schemas::Severity;
+    use crate::thresholds::Threshold;
+    use bytes::Bytes;
     use seismo_transport::{Consumer, InProcBus};
     use std::collections::BTreeMap;
 
@@ -267,15 +248,7 @@ mod tests {
             budget_ms_per_sec: 0,
             ..ForecastConfig::default()
         };
-        cfg.thresholds.push(Threshold {
-            name: "disk-full".into(),
-            metric: Some("disk_used_percent".into()),
-            labels: BTreeMap::new(),
-            above: Some(90.0),
-            below: None,
-            trigger: Trigger::Interval,
-            severity: Severity::Critical,
-        });
+        cfg.thresholds.push(Threshold::disk_full());
         let mut stage = ForecastStage::new(
             cfg,
             None,

@@ -48,6 +48,20 @@ fn warning() -> Severity {
 }
 
 impl Threshold {
+    /// The tests' capacity rule: `disk_used_percent` above 90 % over the interval is critical.
+    #[cfg(test)]
+    pub(crate) fn disk_full() -> Self {
+        Threshold {
+            name: "disk-full".into(),
+            metric: Some("disk_used_percent".into()),
+            labels: BTreeMap::new(),
+            above: Some(90.0),
+            below: None,
+            trigger: Trigger::Interval,
+            severity: Severity::Critical,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("forecast.thresholds: every threshold needs a name".into());

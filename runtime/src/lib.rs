@@ -18,4 +18,4 @@ pub use error::{ErrorDomain, StageError};
 pub use health::{Health, StageHealth, StageState, resident_bytes};
 pub use retry::RetryPolicy;
 pub use runner::{Checkpointing, Dirty, Entries, RunReport, Stage, StageIo, Tick, run};
-pub use watermarks::{Announcer, WatermarkSource};
+pub use watermarks::{Announcer, MergeTag, WatermarkSource, merge_records};

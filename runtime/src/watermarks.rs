@@ -9,6 +9,60 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use bytes::Bytes;
+use seismo_schemas::{Anomaly, correlation_key, topics::headers};
+use seismo_transport::OutRecord;
+
+/// Where an anomaly sits in correlate's merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeTag {
+    /// The `seismo.points` partition it came from.
+    pub partition: u32,
+    /// (input offset, index among that record's anomalies): increasing per partition.
+    pub seq: (i64, u32),
+    /// Merge time: the anomaly's time, or the partition's last watermark if later.
+    pub merge_at_ms: i64,
+}
+
+/// The `seismo.anomalies` records of a batch: each anomaly keyed by its correlation key
+/// and tagged for the merge, then each watermark announced to every anomaly partition.
+/// A stage's partitions are numbered from `source_base` in the merge, so that two stages
+/// reading the same points partition are two sources.
+pub fn merge_records(
+    anomalies: &[Anomaly],
+    tags: &[MergeTag],
+    watermarks: &[(u32, i64)],
+    source_base: u32,
+    anomaly_partitions: u32,
+    scope_label: Option<&str>,
+) -> Vec<OutRecord> {
+    let source = |p: u32| (source_base + p).to_string();
+    let mut records: Vec<OutRecord> = anomalies
+        .iter()
+        .zip(tags)
+        .map(|(a, t)| {
+            OutRecord::new(
+                Bytes::from(correlation_key(&a.tenant, &a.labels, scope_label)),
+                Bytes::from(serde_json::to_vec(a).expect("anomalies serialise")),
+            )
+            .header(headers::SOURCE_PARTITION, source(t.partition))
+            .header(headers::SOURCE_SEQ, format!("{}.{}", t.seq.0, t.seq.1))
+            .header(headers::MERGE_AT, t.merge_at_ms.to_string())
+        })
+        .collect();
+    for &(p, wm) in watermarks {
+        for q in 0..anomaly_partitions {
+            records.push(
+                OutRecord::new(Bytes::new(), Bytes::new())
+                    .to_partition(q)
+                    .header(headers::SOURCE_PARTITION, source(p))
+                    .header(headers::WATERMARK, wm.to_string()),
+            );
+        }
+    }
+    records
+}
+
 /// A core whose partitions have watermarks.
 pub trait WatermarkSource {
     /// The watermark last announced for `partition`, if any.
