@@ -295,7 +295,8 @@ async fn rca_cmd(
 ) -> anyhow::Result<()> {
     use seismo::eval::rca;
     let started = std::time::Instant::now();
-    let (mut investigated, mut streamed, mut holding) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut investigated, mut streamed, mut holding, mut holding_then) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut split, mut coverage, mut spread) = (Vec::new(), Vec::new(), Vec::new());
     for path in rca::systems(dir)? {
         let mut sys = rca::load_system(&path)?;
@@ -331,8 +332,10 @@ async fn rca_cmd(
                 let mut sc = rca::score_streamed(case, out);
                 sc.first_opened.system = sys.name.clone();
                 sc.holding.system = sys.name.clone();
+                sc.holding_then.system = sys.name.clone();
                 streamed.push(sc.first_opened);
                 holding.push(sc.holding);
+                holding_then.push(sc.holding_then);
                 split.push(sc.opened_in_window);
                 spread.push(sc.holding_window);
             }
@@ -365,6 +368,10 @@ async fn rca_cmd(
             "\nstreaming incidents: the incident that took the first anomaly of the fault window, whenever it opened:"
         );
         print!("{}", rca::render(&holding));
+        println!(
+            "\nstreaming incidents: that incident as it stood at the end of the fault window (five buckets after it):"
+        );
+        print!("{}", rca::render(&holding_then));
         let with = split.iter().filter(|n| **n > 0).count();
         let mut sorted = split.clone();
         sorted.sort_unstable();
@@ -401,7 +408,7 @@ async fn rca_cmd(
         std::fs::write(
             path,
             serde_json::to_vec_pretty(
-                &serde_json::json!({"investigate": investigated, "streaming": streamed, "holding": holding}),
+                &serde_json::json!({"investigate": investigated, "streaming": streamed, "holding": holding, "holding_then": holding_then}),
             )?,
         )?;
     }

@@ -85,17 +85,19 @@ struct ServiceFacts {
     max_score: f64,
     strongest: String,
     count: usize,
-    /// The largest change of each kind of metric, which ranking weighs.
+    /// The largest recent change of each kind of metric, which ranking weighs.
     changes: BTreeMap<MetricRole, Strongest>,
 }
 
-/// The largest change of one kind seen on a service.
+/// The largest change of one kind seen on a service within `window_secs` of its newest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Strongest {
     metric: String,
     size: f64,
     expected: f64,
     observed: f64,
+    /// When the anomaly behind it happened.
+    at: DateTime<Utc>,
 }
 
 /// How far outside its expected band an anomaly lies, in half-band widths, in the direction
@@ -152,6 +154,12 @@ struct Open {
     predicted: BTreeMap<String, DateTime<Utc>>,
     /// When it last resolved itself (event time), while it may still reopen.
     resolved_at: Option<DateTime<Utc>>,
+    /// Its latest change for the worse, and when the run of such changes it belongs to
+    /// began (a run ends when none comes for `window_secs`): ranking weighs the changes
+    /// of the current run, so an incident open through several faults names the cause of
+    /// the one going on, while one fault's tail and settling keep its cause.
+    worse: DateTime<Utc>,
+    episode: DateTime<Utc>,
 }
 
 impl Open {
@@ -171,6 +179,10 @@ pub struct StatusStep {
     pub from: &'static [IncidentStatus],
     pub to: IncidentStatus,
     pub event: IncidentEvent,
+    /// The incident as the correlator saw it at the step. The store's copy may already
+    /// hold later writes of the same batch, so what is announced for this step takes its
+    /// title, severity, scope and ranking from here.
+    pub seen: Incident,
 }
 
 /// Statuses an incident resolves itself from: nobody has said they are working on it.
@@ -253,6 +265,7 @@ fn step(
             from_status: None,
             to_status: Some(to),
         },
+        seen: o.incident.clone(),
     }
 }
 
@@ -821,6 +834,8 @@ impl Correlator {
             firing: BTreeSet::new(),
             predicted: BTreeMap::new(),
             resolved_at: None,
+            worse: at,
+            episode: at,
         });
         self.open.len() - 1
     }
@@ -849,6 +864,7 @@ impl Correlator {
             severity,
             change,
         } = sig;
+        let window = Duration::seconds(self.cfg.window_secs as i64);
         let o = &mut self.open[i];
         if let Some(s) = service {
             let f = o.services.entry(s.to_string()).or_insert(ServiceFacts {
@@ -859,19 +875,24 @@ impl Correlator {
                 changes: BTreeMap::new(),
             });
             if let Some((role, size, expected, observed)) = change {
-                let slot = f.changes.entry(role).or_insert(Strongest {
+                if size > 0.0 {
+                    if at - o.worse > window {
+                        o.episode = at;
+                    }
+                    o.worse = o.worse.max(at);
+                }
+                let fresh = Strongest {
                     metric: what.to_string(),
                     size,
                     expected,
                     observed,
-                });
-                if size > slot.size {
-                    *slot = Strongest {
-                        metric: what.to_string(),
-                        size,
-                        expected,
-                        observed,
-                    };
+                    at,
+                };
+                let slot = f.changes.entry(role).or_insert(fresh.clone());
+                // A larger change wins; so does any change for the worse once the largest
+                // belongs to an earlier run of changes.
+                if size > slot.size || (size > 0.0 && slot.at < o.episode) {
+                    *slot = fresh;
                 }
             }
             f.count += 1;
@@ -1042,23 +1063,28 @@ impl Correlator {
     /// function `investigate` uses, fed with each service's largest change of each kind;
     /// among equal scores the service that went wrong first ranks first.
     fn rank(&self, o: &Open) -> Vec<RootCauseCandidate> {
+        // Only the changes of the current run of changes for the worse (see `Open`).
+        let recent = o.episode;
         let evidence: Vec<Evidence> = o
             .services
             .iter()
             .flat_map(|(s, f)| {
-                f.changes.iter().map(move |(role, c)| Evidence {
-                    service: s.clone(),
-                    metric: c.metric.clone(),
-                    role: *role,
-                    change: Change {
-                        size: c.size,
-                        before: c.expected,
-                        after: c.observed,
-                        onset_ms: Some(f.first.timestamp_millis()),
-                    },
-                    // An anomaly below its expected value on a server latency is a fall.
-                    falling: *role == MetricRole::ServerLatency && c.observed < c.expected,
-                })
+                f.changes
+                    .iter()
+                    .filter(move |(_, c)| c.at >= recent)
+                    .map(move |(role, c)| Evidence {
+                        service: s.clone(),
+                        metric: c.metric.clone(),
+                        role: *role,
+                        change: Change {
+                            size: c.size,
+                            before: c.expected,
+                            after: c.observed,
+                            onset_ms: Some(f.first.timestamp_millis()),
+                        },
+                        // An anomaly below its expected value on a server latency is a fall.
+                        falling: *role == MetricRole::ServerLatency && c.observed < c.expected,
+                    })
             })
             .collect();
         let first_all = o.services.values().map(|f| f.first).min();
@@ -1244,6 +1270,64 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn an_incident_open_through_two_faults_names_the_cause_of_the_one_going_on() {
+        let mut c = Correlator::new(cfg());
+        let mut writes = Vec::new();
+        for (s, h, m) in [
+            ("db", "db-1", 0),
+            ("db", "db-2", 1),
+            ("catalog", "cat-1", 1),
+        ] {
+            writes.extend(c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))));
+        }
+        writes.extend(c.process(Signal::Anomaly(anomaly(
+            "gateway",
+            "gw-1",
+            2,
+            Severity::Warning,
+        ))));
+        let first = writes.last().unwrap().incident.clone();
+        assert_eq!(first.root_cause_candidates[0].target, "service=db");
+        // Twenty minutes on, still within the quiet period: payments slows checkout, and
+        // the same incident takes it in. db's changes are more than a window old.
+        for (s, h, m) in [("checkout", "co-1", 20), ("payments", "pay-1", 21)] {
+            writes.extend(c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))));
+        }
+        let last = &writes.last().unwrap().incident;
+        assert_eq!(last.id, first.id, "one incident");
+        assert_eq!(last.root_cause_candidates[0].target, "service=payments");
+        assert!(
+            last.root_cause_candidates
+                .iter()
+                .all(|c| c.target != "service=db"),
+            "{:?}",
+            last.root_cause_candidates
+        );
+    }
+
+    #[test]
+    fn a_faults_lingering_tail_keeps_its_cause() {
+        let mut c = Correlator::new(cfg());
+        let mut writes = Vec::new();
+        for (s, h, m) in [
+            ("db", "db-1", 0),
+            ("db", "db-2", 1),
+            ("catalog", "cat-1", 1),
+            ("gateway", "gw-1", 2),
+            // The symptoms linger, each within a window of the last, for longer than a
+            // window after db's own changes.
+            ("catalog", "cat-2", 12),
+            ("gateway", "gw-2", 24),
+        ] {
+            writes.extend(c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))));
+        }
+        let ids: BTreeSet<_> = writes.iter().map(|w| w.incident.id.clone()).collect();
+        assert_eq!(ids.len(), 1);
+        let last = &writes.last().unwrap().incident;
+        assert_eq!(last.root_cause_candidates[0].target, "service=db");
     }
 
     #[test]

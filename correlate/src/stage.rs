@@ -198,7 +198,8 @@ impl Stage for CorrelateStage {
     /// 6: the correlator keeps learned co-occurrence of services.
     /// 7: co-occurrence keeps late-tolerant open ticks and pairs by name, then name.
     /// 8: the correlator keeps aged-out pending anomalies for late signals.
-    const FORMAT: u32 = 8;
+    /// 9: a service's strongest changes carry their time (ranking weighs recent ones).
+    const FORMAT: u32 = 9;
 
     fn process(&mut self, m: &Message, out: &mut CorrelateOut) -> u64 {
         if m.topic == topics::ALERTS {
@@ -375,6 +376,7 @@ impl Stage for CorrelateStage {
         if !out.writes.is_empty() {
             self.store.write_incidents(&out.writes).await?;
         }
+
         let mut changes: Vec<IncidentChange> = out
             .writes
             .iter()
@@ -382,7 +384,7 @@ impl Stage for CorrelateStage {
             .collect();
         // After the writes: a reopening's signal is stored before the status moves.
         for st in &out.steps {
-            let Some(incident) = self
+            let Some(mut incident) = self
                 .store
                 .engine_transition(&st.tenant, &st.incident_id, st.from, st.to, &st.event)
                 .await?
@@ -390,6 +392,11 @@ impl Stage for CorrelateStage {
                 // People moved it on (investigating, learned...): theirs to close.
                 continue;
             };
+            // The status and people's fields from the store; the analysis as of the step.
+            incident.title = st.seen.title.clone();
+            incident.severity = st.seen.severity;
+            incident.scope = st.seen.scope.clone();
+            incident.root_cause_candidates = st.seen.root_cause_candidates.clone();
             let kind = if st.to == IncidentStatus::Resolved {
                 AUTO_RESOLVED.inc();
                 ChangeKind::Resolved

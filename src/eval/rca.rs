@@ -328,6 +328,32 @@ pub async fn stream_day(
     store.migrate().await?;
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
     let pipeline = crate::pipeline::Embedded::start(&cfg, store.clone())?;
+    // Every incident change, as a pager would have heard it: a case is also judged on its
+    // incident as it stood then, not only at the end of the day (an incident open for
+    // hours takes in later faults).
+    let mut heard = pipeline
+        .bus
+        .subscribe(&[topics::INCIDENTS], "seismo-eval-rca")?;
+    let listener = tokio::spawn(async move {
+        use seismo_transport::Consumer;
+        let mut changes: Vec<seismo_schemas::IncidentChange> = Vec::new();
+        // A change published again (a replayed write) carries the incident as it is at
+        // the replay: the first one heard is the one of its time.
+        let mut seen = std::collections::HashSet::new();
+        while let Some(batch) = heard.next_batch(1024).await {
+            let batch = batch?;
+            changes.extend(
+                batch
+                    .iter()
+                    .filter_map(|m| {
+                        serde_json::from_slice::<seismo_schemas::IncidentChange>(&m.payload).ok()
+                    })
+                    .filter(|c| seen.insert(c.id.clone())),
+            );
+            heard.commit(&batch).await?;
+        }
+        anyhow::Ok(changes)
+    });
     // Every point in time order, one record per sampling round, as a scraper would send.
     let mut points: Vec<MetricPoint> = day
         .series
@@ -360,6 +386,9 @@ pub async fn stream_day(
             .await?;
     }
     pipeline.finish().await?;
+    let mut changes = listener.await??;
+    changes.sort_by_key(|c| c.at);
+    let changes = std::sync::Arc::new(changes);
     // Every incident of the day, however many: a case judged on a truncated list would
     // miss its incidents silently.
     let incidents =
@@ -378,6 +407,7 @@ pub async fn stream_day(
             .await?;
         out.push(Streamed {
             incidents: incidents.clone(),
+            changes: changes.clone(),
             window_anomalies: anomalies.items,
             bucket,
         });
@@ -388,6 +418,8 @@ pub async fn stream_day(
 /// What streaming a case's day left in the store, for that case.
 pub struct Streamed {
     pub incidents: Vec<seismo_schemas::Incident>,
+    /// Every change published on `seismo.incidents` that day, in event-time order.
+    pub changes: std::sync::Arc<Vec<seismo_schemas::IncidentChange>>,
     pub window_anomalies: Vec<seismo_schemas::Anomaly>,
     /// The data's sampling interval, ms.
     pub bucket: i64,
@@ -406,6 +438,10 @@ pub struct StreamedScore {
     /// SRE looking at the fault's first symptom lands (an incident already open for an
     /// earlier, related fault takes it in).
     pub holding: CaseResult,
+    /// The same incident as it stood at the end of the fault window (its last change
+    /// published by then, or its opening if it opened later): what the SRE paged for
+    /// this fault saw, before later faults joined it.
+    pub holding_then: CaseResult,
     /// Incidents opened in the window.
     pub opened_in_window: usize,
     /// Distinct incidents that took the window's anomalies: how far one fault is split.
@@ -460,9 +496,17 @@ pub fn score_streamed(case: &Case, streamed: &Streamed) -> StreamedScore {
         .iter()
         .filter(|i| window.iter().any(|a| i.anomaly_ids.contains(&a.id)))
         .count();
+    let then = holding.and_then(|h| {
+        let of_it = || streamed.changes.iter().filter(|c| c.incident.id == h.id);
+        of_it()
+            .rfind(|c| c.at.timestamp_millis() <= to)
+            .or_else(|| of_it().next())
+            .map(|c| &c.incident)
+    });
     StreamedScore {
         first_opened: result_of(case, inside.first().copied()),
         holding: result_of(case, holding),
+        holding_then: result_of(case, then),
         opened_in_window: inside.len(),
         holding_window,
     }
