@@ -1063,39 +1063,67 @@ impl Correlator {
     /// function `investigate` uses, fed with each service's largest change of each kind;
     /// among equal scores the service that went wrong first ranks first.
     fn rank(&self, o: &Open) -> Vec<RootCauseCandidate> {
-        // Only the changes of the current run of changes for the worse (see `Open`).
-        let recent = o.episode;
-        let evidence: Vec<Evidence> = o
+        // The changes of the current run of changes for the worse (see `Open`) rank first;
+        // the services of earlier runs follow, below them, as those runs ranked them.
+        let run = o.episode;
+        let evidence: Vec<(bool, Evidence)> = o
             .services
             .iter()
             .flat_map(|(s, f)| {
-                f.changes
-                    .iter()
-                    .filter(move |(_, c)| c.at >= recent)
-                    .map(move |(role, c)| Evidence {
-                        service: s.clone(),
-                        metric: c.metric.clone(),
-                        role: *role,
-                        change: Change {
-                            size: c.size,
-                            before: c.expected,
-                            after: c.observed,
-                            onset_ms: Some(f.first.timestamp_millis()),
+                f.changes.iter().map(move |(role, c)| {
+                    (
+                        c.at >= run,
+                        Evidence {
+                            service: s.clone(),
+                            metric: c.metric.clone(),
+                            role: *role,
+                            change: Change {
+                                size: c.size,
+                                before: c.expected,
+                                after: c.observed,
+                                onset_ms: Some(f.first.timestamp_millis()),
+                            },
+                            // An anomaly below its expected value on a server latency is a fall.
+                            falling: *role == MetricRole::ServerLatency && c.observed < c.expected,
                         },
-                        // An anomaly below its expected value on a server latency is a fall.
-                        falling: *role == MetricRole::ServerLatency && c.observed < c.expected,
-                    })
+                    )
+                })
             })
             .collect();
         let first_all = o.services.values().map(|f| f.first).min();
-        let mut out = rank::rank(&self.graph, &evidence, None);
         let first = |c: &RootCauseCandidate| o.services.get(&c.target).map(|f| f.first);
-        out.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| first(a).cmp(&first(b)))
-                .then_with(|| a.target.cmp(&b.target))
-        });
+        let ranked = |e: Vec<Evidence>| {
+            let mut out = rank::rank(&self.graph, &e, None);
+            out.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then_with(|| first(a).cmp(&first(b)))
+                    .then_with(|| a.target.cmp(&b.target))
+            });
+            out
+        };
+        let mut out = ranked(
+            evidence
+                .iter()
+                .filter(|(now, _)| *now)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        );
+        let floor = out.last().map(|c| c.score).unwrap_or(1.0);
+        let current: BTreeSet<String> = out.iter().map(|c| c.target.clone()).collect();
+        for mut c in ranked(evidence.into_iter().map(|(_, e)| e).collect()) {
+            if out.len() >= 5 {
+                break;
+            }
+            if current.contains(&c.target) {
+                continue;
+            }
+            // Never above a candidate of the run going on.
+            c.score = c.score.min(floor);
+            c.evidence
+                .insert(0, "from an earlier run of changes in this incident".into());
+            out.push(c);
+        }
         out.truncate(5);
         for c in &mut out {
             if let Some(f) = o.services.get(&c.target) {
@@ -1298,13 +1326,14 @@ mod tests {
         }
         let last = &writes.last().unwrap().incident;
         assert_eq!(last.id, first.id, "one incident");
-        assert_eq!(last.root_cause_candidates[0].target, "service=payments");
+        let ranked = &last.root_cause_candidates;
+        assert_eq!(ranked[0].target, "service=payments");
+        // The first fault's cause is still shown, below, and said to be of the earlier run.
+        let db = ranked.iter().find(|c| c.target == "service=db").unwrap();
+        assert!(db.score <= ranked[0].score);
         assert!(
-            last.root_cause_candidates
-                .iter()
-                .all(|c| c.target != "service=db"),
-            "{:?}",
-            last.root_cause_candidates
+            db.evidence.iter().any(|e| e.contains("earlier run")),
+            "{db:?}"
         );
     }
 
