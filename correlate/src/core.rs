@@ -878,6 +878,10 @@ impl Correlator {
                 if size > 0.0 {
                     if at - o.worse > window {
                         o.episode = at;
+                    } else if at < o.episode && o.episode - at <= window {
+                        // Merged late, but within a window of the run's start: the run
+                        // began with it, as it would have had it come on time.
+                        o.episode = at;
                     }
                     o.worse = o.worse.max(at);
                 }
@@ -889,9 +893,10 @@ impl Correlator {
                     at,
                 };
                 let slot = f.changes.entry(role).or_insert(fresh.clone());
-                // A larger change wins; so does any change for the worse once the largest
-                // belongs to an earlier run of changes.
-                if size > slot.size || (size > 0.0 && slot.at < o.episode) {
+                // Within one run the larger change wins; a change for the worse of the
+                // current run replaces one of an earlier run, never the other way round.
+                let (now, then) = (at >= o.episode, slot.at >= o.episode);
+                if (now == then && size > slot.size) || (now && !then && size > 0.0) {
                     *slot = fresh;
                 }
             }
@@ -1300,30 +1305,34 @@ mod tests {
         }
     }
 
+    /// Feeds warning anomalies (service, host, minute) in order; returns the writes.
+    fn warnings(c: &mut Correlator, signals: &[(&str, &str, i64)]) -> Vec<IncidentWrite> {
+        signals
+            .iter()
+            .flat_map(|&(s, h, m)| c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))))
+            .collect()
+    }
+
     #[test]
     fn an_incident_open_through_two_faults_names_the_cause_of_the_one_going_on() {
         let mut c = Correlator::new(cfg());
-        let mut writes = Vec::new();
-        for (s, h, m) in [
-            ("db", "db-1", 0),
-            ("db", "db-2", 1),
-            ("catalog", "cat-1", 1),
-        ] {
-            writes.extend(c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))));
-        }
-        writes.extend(c.process(Signal::Anomaly(anomaly(
-            "gateway",
-            "gw-1",
-            2,
-            Severity::Warning,
-        ))));
+        let mut writes = warnings(
+            &mut c,
+            &[
+                ("db", "db-1", 0),
+                ("db", "db-2", 1),
+                ("catalog", "cat-1", 1),
+                ("gateway", "gw-1", 2),
+            ],
+        );
         let first = writes.last().unwrap().incident.clone();
         assert_eq!(first.root_cause_candidates[0].target, "service=db");
         // Twenty minutes on, still within the quiet period: payments slows checkout, and
         // the same incident takes it in. db's changes are more than a window old.
-        for (s, h, m) in [("checkout", "co-1", 20), ("payments", "pay-1", 21)] {
-            writes.extend(c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))));
-        }
+        writes.extend(warnings(
+            &mut c,
+            &[("checkout", "co-1", 20), ("payments", "pay-1", 21)],
+        ));
         let last = &writes.last().unwrap().incident;
         assert_eq!(last.id, first.id, "one incident");
         let ranked = &last.root_cause_candidates;
@@ -1338,21 +1347,52 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_merged_late_belongs_to_the_run_it_would_have_joined_on_time() {
+        let mut c = Correlator::new(cfg());
+        let mut writes = warnings(
+            &mut c,
+            &[
+                ("db", "db-1", 5),
+                ("db", "db-2", 6),
+                ("catalog", "cat-1", 6),
+                ("gateway", "gw-1", 7),
+                // Two minutes before the incident's first signal, merged late.
+                ("checkout", "co-1", 3),
+            ],
+        );
+        let last = writes.pop().unwrap().incident;
+        assert!(
+            last.root_cause_candidates
+                .iter()
+                .any(|c| c.target == "service=checkout"),
+            "{:?}",
+            last.root_cause_candidates
+        );
+        assert!(
+            last.root_cause_candidates
+                .iter()
+                .all(|c| c.evidence.iter().all(|e| !e.contains("earlier run"))),
+            "one fault, one run: {:?}",
+            last.root_cause_candidates
+        );
+    }
+
+    #[test]
     fn a_faults_lingering_tail_keeps_its_cause() {
         let mut c = Correlator::new(cfg());
-        let mut writes = Vec::new();
-        for (s, h, m) in [
-            ("db", "db-1", 0),
-            ("db", "db-2", 1),
-            ("catalog", "cat-1", 1),
-            ("gateway", "gw-1", 2),
-            // The symptoms linger, each within a window of the last, for longer than a
-            // window after db's own changes.
-            ("catalog", "cat-2", 12),
-            ("gateway", "gw-2", 24),
-        ] {
-            writes.extend(c.process(Signal::Anomaly(anomaly(s, h, m, Severity::Warning))));
-        }
+        let writes = warnings(
+            &mut c,
+            &[
+                ("db", "db-1", 0),
+                ("db", "db-2", 1),
+                ("catalog", "cat-1", 1),
+                ("gateway", "gw-1", 2),
+                // The symptoms linger, each within a window of the last, for longer than
+                // a window after db's own changes.
+                ("catalog", "cat-2", 12),
+                ("gateway", "gw-2", 24),
+            ],
+        );
         let ids: BTreeSet<_> = writes.iter().map(|w| w.incident.id.clone()).collect();
         assert_eq!(ids.len(), 1);
         let last = &writes.last().unwrap().incident;
