@@ -154,8 +154,8 @@ struct Open {
     predicted: BTreeMap<String, DateTime<Utc>>,
     /// When it last resolved itself (event time), while it may still reopen.
     resolved_at: Option<DateTime<Utc>>,
-    /// Its latest change for the worse, and when the run of such changes it belongs to
-    /// began (a run ends when none comes for `window_secs`): ranking weighs the changes
+    /// Its latest change for the worse (at or beyond the edge of the expected band, size
+    /// 1 or more), and when the run of such changes it belongs to began (a run ends when none comes for `window_secs`): ranking weighs the changes
     /// of the current run, so an incident open through several faults names the cause of
     /// the one going on, while one fault's tail and settling keep its cause.
     worse: DateTime<Utc>,
@@ -875,7 +875,10 @@ impl Correlator {
                 changes: BTreeMap::new(),
             });
             if let Some((role, size, expected, observed)) = change {
-                if size > 0.0 {
+                // For the worse: at or beyond the edge of the expected band. A reading
+                // inside it (a fault's settling, flagged for its shape) is not.
+                let worse = size >= 1.0;
+                if worse {
                     if at - o.worse > window {
                         o.episode = at;
                     } else if at < o.episode && o.episode - at <= window {
@@ -896,7 +899,7 @@ impl Correlator {
                 // Within one run the larger change wins; a change for the worse of the
                 // current run replaces one of an earlier run, never the other way round.
                 let (now, then) = (at >= o.episode, slot.at >= o.episode);
-                if (now == then && size > slot.size) || (now && !then && size > 0.0) {
+                if (now == then && size > slot.size) || (now && !then && worse) {
                     *slot = fresh;
                 }
             }
