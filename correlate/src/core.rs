@@ -85,11 +85,12 @@ struct ServiceFacts {
     max_score: f64,
     strongest: String,
     count: usize,
-    /// The largest recent change of each kind of metric, which ranking weighs.
+    /// The largest change of each kind of metric, of the incident's current run of changes
+    /// for the worse where it has one there (see `Open::episode`); ranking weighs these.
     changes: BTreeMap<MetricRole, Strongest>,
 }
 
-/// The largest change of one kind seen on a service within `window_secs` of its newest.
+/// The largest change of one kind seen on a service (see `ServiceFacts::changes`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Strongest {
     metric: String,
@@ -155,9 +156,10 @@ struct Open {
     /// When it last resolved itself (event time), while it may still reopen.
     resolved_at: Option<DateTime<Utc>>,
     /// Its latest change for the worse (at or beyond the edge of the expected band, size
-    /// 1 or more), and when the run of such changes it belongs to began (a run ends when none comes for `window_secs`): ranking weighs the changes
-    /// of the current run, so an incident open through several faults names the cause of
-    /// the one going on, while one fault's tail and settling keep its cause.
+    /// 1 or more), and when the run of such changes it belongs to began (a run ends when
+    /// none comes for `window_secs`): ranking weighs the changes of the current run, so an
+    /// incident open through several faults names the cause of the one going on, while one
+    /// fault's tail and settling keep its cause.
     worse: DateTime<Utc>,
     episode: DateTime<Utc>,
 }
